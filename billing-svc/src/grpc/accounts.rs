@@ -1,0 +1,131 @@
+//! CreateAccount and GetAccount.
+
+use billpay_contracts::billing::v1 as wire;
+use service_kit::{
+    audit::admit_account,
+    auth::Caller,
+    clock::timestamp_from_micros,
+    errors::{FieldViolations, refusal},
+};
+use tonic::{Code, Request, Status};
+
+use super::{
+    BillingApi,
+    convert::{money_field, money_to_wire},
+};
+use crate::{
+    domain::account::{
+        Account, AccountId, AccountStatus, CustomerRef, DisplayName, NewAccount, Phone,
+    },
+    storage::CreateOutcome,
+};
+
+impl BillingApi {
+    pub(super) async fn handle_create_account(
+        &self,
+        request: Request<wire::CreateAccountRequest>,
+    ) -> Result<wire::CreateAccountResponse, Status> {
+        let new_account = parse_new_account(request.get_ref())?;
+        let (account, created) = match self.store.create_account(&new_account).await? {
+            CreateOutcome::Created(account) => (account, true),
+            CreateOutcome::Existing(account) if account.was_created_by(&new_account) => {
+                (account, false)
+            }
+            CreateOutcome::Existing(_) => {
+                return Err(refusal(
+                    Code::AlreadyExists,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "an account with this customer_ref exists with different details",
+                ));
+            }
+        };
+        tracing::Span::current().record("account_id", account.account_id.as_str());
+        Ok(wire::CreateAccountResponse {
+            account: Some(account_to_wire(&account, PhoneView::Full)),
+            created,
+        })
+    }
+
+    pub(super) async fn handle_get_account(
+        &self,
+        request: Request<wire::GetAccountRequest>,
+    ) -> Result<wire::GetAccountResponse, Status> {
+        let caller = Caller::of(&request)?;
+        let account_id = parse_account_id(&request.get_ref().account_id)?;
+        admit_account(self.store.db(), caller, "GetAccount", account_id.as_str()).await?;
+        let account = self
+            .store
+            .account(&account_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no account {}", account_id.as_str())))?;
+        let view = if caller.is_operator() {
+            PhoneView::Masked
+        } else {
+            PhoneView::Full
+        };
+        Ok(wire::GetAccountResponse {
+            account: Some(account_to_wire(&account, view)),
+        })
+    }
+}
+
+/// Parses a required `account_id` field.
+pub(super) fn parse_account_id(text: &str) -> Result<AccountId, Status> {
+    let mut violations = FieldViolations::new();
+    let account_id = violations.check("account_id", AccountId::parse(text));
+    violations.into_result()?;
+    account_id.ok_or_else(|| Status::internal("account_id checked but missing"))
+}
+
+fn parse_new_account(request: &wire::CreateAccountRequest) -> Result<NewAccount, Status> {
+    let mut violations = FieldViolations::new();
+    let customer_ref = violations.check("customer_ref", CustomerRef::parse(&request.customer_ref));
+    let display_name = violations.check("display_name", DisplayName::parse(&request.display_name));
+    let phone = violations.check("phone", Phone::parse(&request.phone));
+    let credit_limit = money_field(
+        &mut violations,
+        "credit_limit",
+        request.credit_limit.as_ref(),
+    );
+    violations.into_result()?;
+    match (customer_ref, display_name, phone, credit_limit) {
+        (Some(customer_ref), Some(display_name), Some(phone), Some(credit_limit)) => {
+            Ok(NewAccount {
+                customer_ref,
+                display_name,
+                phone,
+                credit_limit,
+            })
+        }
+        _ => Err(Status::internal("a field was refused without a violation")),
+    }
+}
+
+/// Whether the caller may see the phone in full.
+#[derive(Debug, Clone, Copy)]
+enum PhoneView {
+    Full,
+    Masked,
+}
+
+fn account_to_wire(account: &Account, phone: PhoneView) -> wire::Account {
+    let status = match account.status {
+        AccountStatus::Active => wire::AccountStatus::Active,
+        AccountStatus::Delinquent => wire::AccountStatus::Delinquent,
+        AccountStatus::Closed => wire::AccountStatus::Closed,
+    };
+    wire::Account {
+        account_id: account.account_id.as_str().to_owned(),
+        customer_ref: account.customer_ref.as_str().to_owned(),
+        display_name: account.display_name.as_str().to_owned(),
+        phone: match phone {
+            PhoneView::Full => account.phone.as_str().to_owned(),
+            PhoneView::Masked => account.phone.masked(),
+        },
+        status: status.into(),
+        credit_limit: Some(money_to_wire(account.credit_limit)),
+        available_credit: Some(money_to_wire(account.available_credit())),
+        credit_balance: Some(money_to_wire(account.credit_balance)),
+        created_at: Some(timestamp_from_micros(account.created_at_micros)),
+    }
+}

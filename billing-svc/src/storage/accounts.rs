@@ -1,0 +1,107 @@
+//! The accounts table.
+
+use service_kit::{
+    clock::now_micros,
+    money::{Currency, Money},
+};
+use sqlx::{Row, any::AnyRow};
+
+use super::{StorageError, Store};
+use crate::domain::account::{
+    Account, AccountId, AccountStatus, CustomerRef, DisplayName, NewAccount, Phone,
+};
+
+const ACCOUNT_COLUMNS: &str = "account_id, customer_ref, display_name, phone, status, currency_code, \
+     credit_limit_minor, principal_unpaid_minor, credit_balance_minor, created_at_micros";
+
+/// What CreateAccount found.
+#[derive(Debug)]
+pub enum CreateOutcome {
+    /// This call opened the account.
+    Created(Account),
+    /// An account with that customer_ref already existed; the caller compares.
+    Existing(Account),
+}
+
+impl Store {
+    /// Opens an account unless one with the same customer_ref exists; the unique
+    /// constraint, not a read-then-write, decides between racing callers.
+    pub async fn create_account(
+        &self,
+        request: &NewAccount,
+    ) -> Result<CreateOutcome, StorageError> {
+        let now = now_micros();
+        let inserted = sqlx::query(
+            "INSERT INTO accounts (account_id, customer_ref, display_name, phone, status, currency_code, \
+               credit_limit_minor, principal_unpaid_minor, credit_balance_minor, created_at_micros, updated_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $8) \
+             ON CONFLICT (customer_ref) DO NOTHING",
+        )
+        .bind(AccountId::generate().as_str())
+        .bind(request.customer_ref.as_str())
+        .bind(request.display_name.as_str())
+        .bind(request.phone.as_str())
+        .bind(AccountStatus::Active.as_str())
+        .bind(request.credit_limit.currency().code())
+        .bind(request.credit_limit.minor())
+        .bind(now)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        let account = self
+            .account_by_customer_ref(&request.customer_ref)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("account vanished after insert".into()))?;
+        Ok(if inserted == 1 {
+            CreateOutcome::Created(account)
+        } else {
+            CreateOutcome::Existing(account)
+        })
+    }
+
+    pub async fn account(&self, account_id: &AccountId) -> Result<Option<Account>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"
+        ))
+        .bind(account_id.as_str())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+
+    async fn account_by_customer_ref(
+        &self,
+        customer_ref: &CustomerRef,
+    ) -> Result<Option<Account>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE customer_ref = $1"
+        ))
+        .bind(customer_ref.as_str())
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(account_from_row).transpose()
+    }
+}
+
+fn account_from_row(row: &AnyRow) -> Result<Account, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
+    let currency =
+        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+    let money = |column: &str| -> Result<Money, StorageError> {
+        Money::from_minor(currency, row.try_get(column)?).map_err(|_| corrupt(column))
+    };
+    Ok(Account {
+        account_id: AccountId::parse(row.try_get("account_id")?)
+            .map_err(|_| corrupt("account_id"))?,
+        customer_ref: CustomerRef::parse(row.try_get("customer_ref")?)
+            .map_err(|_| corrupt("customer_ref"))?,
+        display_name: DisplayName::parse(row.try_get("display_name")?)
+            .map_err(|_| corrupt("display_name"))?,
+        phone: Phone::parse(row.try_get("phone")?).map_err(|_| corrupt("phone"))?,
+        status: AccountStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
+        credit_limit: money("credit_limit_minor")?,
+        principal_unpaid: money("principal_unpaid_minor")?,
+        credit_balance: money("credit_balance_minor")?,
+        created_at_micros: row.try_get("created_at_micros")?,
+    })
+}

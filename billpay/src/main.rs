@@ -1,0 +1,31 @@
+use clap::{Parser, Subcommand};
+
+/// billpay: installment credit billing and repayments.
+#[derive(Debug, Parser)]
+#[command(name = "billpay", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run billing-svc and payment-svc in one process on SQLite.
+    Up(billpay::up::UpArgs),
+    /// Print a bearer token.
+    Token(billpay::token::TokenArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Up(args) => {
+            service_kit::telemetry::init(args.json_logs);
+            billpay::up::run(&args, service_kit::shutdown::signal()).await
+        }
+        Command::Token(args) => {
+            println!("{}", billpay::token::run(&args)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! `billpay up`: billing-svc and payment-svc in one process on SQLite files, with a
+//! demo account, printing addresses, dev tokens and grpcurl commands.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use billpay_contracts::{
+    billing::v1::{CreateAccountRequest, billing_service_client::BillingServiceClient},
+    common::v1::Money,
+};
+use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use tokio::sync::watch;
+
+/// Dev tokens printed by `up` last this long.
+const DEV_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
+/// The account `up` opens so there is something to look at.
+const DEMO_CUSTOMER_REF: &str = "demo-customer";
+
+/// Arguments of `billpay up`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Where the SQLite files live.
+    #[arg(long, env = "BILLPAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// billing-svc's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    pub billing_addr: SocketAddr,
+    /// payment-svc's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50052")]
+    pub payment_addr: SocketAddr,
+    /// Log JSON lines instead of text.
+    #[arg(long, env = "BILLPAY_JSON_LOGS")]
+    pub json_logs: bool,
+}
+
+/// Runs both services until `shutdown`, then drains both and returns.
+pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let sqlite_url = |file: &str| format!("sqlite://{}", args.data_dir.join(file).display());
+    let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
+        args.billing_addr,
+        sqlite_url("billing.db"),
+    ))
+    .await?;
+    let payment = payment_svc::app::Application::build(&payment_svc::config::Config::dev(
+        args.payment_addr,
+        sqlite_url("payment.db"),
+    ))
+    .await?;
+    let billing_addr = billing.local_addr();
+    let payment_addr = payment.local_addr();
+
+    let (stop, stopped) = watch::channel(());
+    let until_stopped = |mut stopped: watch::Receiver<()>| async move {
+        let _ = stopped.changed().await;
+    };
+    let mut billing_task = tokio::spawn(billing.run_until_stopped(until_stopped(stopped.clone())));
+    let mut payment_task = tokio::spawn(payment.run_until_stopped(until_stopped(stopped)));
+
+    let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
+    let demo_account_id = open_demo_account(billing_addr, &key).await?;
+    print_banner(args, billing_addr, payment_addr, &key, &demo_account_id);
+
+    tokio::select! {
+        () = shutdown => {}
+        result = &mut billing_task => bail!("billing-svc stopped unexpectedly: {:?}", result?),
+        result = &mut payment_task => bail!("payment-svc stopped unexpectedly: {:?}", result?),
+    }
+    let _ = stop.send(());
+    billing_task.await??;
+    payment_task.await??;
+    println!("billpay stopped cleanly.");
+    Ok(())
+}
+
+/// Opens (or finds, on a restart) the demo account through the public API.
+async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Result<String> {
+    let token = mint(
+        key,
+        "billpay-up",
+        Role::Service,
+        &["billing:write"],
+        None,
+        60,
+    );
+    let mut client = BillingServiceClient::connect(format!("http://{billing_addr}"))
+        .await
+        .context("cannot reach billing-svc to open the demo account")?;
+    let mut request = tonic::Request::new(CreateAccountRequest {
+        customer_ref: DEMO_CUSTOMER_REF.into(),
+        display_name: "Demo Customer".into(),
+        phone: "13812341234".into(),
+        credit_limit: Some(Money::new("CNY", "50000.00")),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .context("token as metadata")?,
+    );
+    let account = client
+        .create_account(request)
+        .await
+        .context("cannot open the demo account")?
+        .into_inner()
+        .account
+        .context("CreateAccount answered without an account")?;
+    Ok(account.account_id)
+}
+
+fn print_banner(
+    args: &UpArgs,
+    billing: SocketAddr,
+    payment: SocketAddr,
+    key: &JwtKey,
+    demo_account_id: &str,
+) {
+    let service = mint(
+        key,
+        "dev-service",
+        Role::Service,
+        ALL_SCOPES,
+        None,
+        DEV_TOKEN_TTL_SECONDS,
+    );
+    let operator = mint(
+        key,
+        "dev-operator",
+        Role::Operator,
+        &[],
+        None,
+        DEV_TOKEN_TTL_SECONDS,
+    );
+    let customer = mint(
+        key,
+        "dev-customer",
+        Role::Customer,
+        &[],
+        Some(demo_account_id),
+        DEV_TOKEN_TTL_SECONDS,
+    );
+    let auth = |token: &str| format!("-H 'authorization: Bearer {token}'");
+    println!(
+        "\
+billpay is up (dev mode, data in {data}).
+  billing-svc  {billing}
+  payment-svc  {payment}
+  demo account {demo_account_id}
+
+Dev tokens (valid 24 h, signed with the dev secret):
+  service (all scopes)  {service}
+  operator              {operator}
+  customer ({demo_account_id})  {customer}
+
+Try (grpcurl):
+  grpcurl -plaintext {billing} list
+  grpcurl -plaintext {payment} list
+  grpcurl -plaintext {billing} describe billing.v1.BillingService
+  grpcurl -plaintext {billing} grpc.health.v1.Health/Check
+  grpcurl -plaintext {payment} grpc.health.v1.Health/Check
+  grpcurl -plaintext {service_auth} -d '{{\"customer_ref\":\"c-1001\",\"display_name\":\"Li Lei\",\"phone\":\"13912345678\",\"credit_limit\":{{\"currency_code\":\"CNY\",\"amount\":\"20000.00\"}}}}' {billing} billing.v1.BillingService/CreateAccount
+  grpcurl -plaintext {operator_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
+  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
+
+Ctrl-C (or SIGTERM) stops it cleanly.",
+        data = args.data_dir.display(),
+        service_auth = auth(&service),
+        operator_auth = auth(&operator),
+        customer_auth = auth(&customer),
+    );
+}

@@ -1,0 +1,59 @@
+//! Start-up: connect, migrate, bind; then serve until told to stop.
+
+use std::{future::Future, net::SocketAddr};
+
+use billpay_contracts::payment::v1::payment_service_server::{PaymentServiceServer, SERVICE_NAME};
+use service_kit::{server::ServeError, startup::Foundation};
+use tonic::service::Routes;
+
+use crate::{
+    config::Config,
+    grpc::{PaymentApi, RPC_RULES},
+    storage::MIGRATIONS,
+};
+
+/// The largest request payment-svc decodes.
+const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+
+/// payment-svc, built and bound, not yet serving.
+#[derive(Debug)]
+pub struct Application {
+    foundation: Foundation,
+}
+
+impl Application {
+    /// Validates `config`, connects and migrates the database, and binds the port.
+    /// Every configuration error surfaces here, before any request.
+    pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let foundation = Foundation::build(
+            "payment-svc",
+            &config.common,
+            &config.database_url,
+            &MIGRATIONS,
+            config.listen_addr,
+        )
+        .await?;
+        Ok(Self { foundation })
+    }
+
+    /// The bound address (the real port when configured with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.foundation.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        tracing::info!(addr = %self.local_addr(), "payment-svc serving");
+        let api = PaymentApi;
+        let mut routes = Routes::builder();
+        routes.add_service(
+            PaymentServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),
+        );
+        self.foundation
+            .run_until_stopped(routes, &[SERVICE_NAME], RPC_RULES, shutdown)
+            .await
+    }
+}

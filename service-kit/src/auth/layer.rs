@@ -1,0 +1,224 @@
+//! The tower layer that authenticates every RPC but health and reflection.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use super::{Caller, JwtKey, RpcRule, admits};
+use crate::clock::now_unix_seconds;
+
+/// Paths anyone may call: load balancers and grpcurl need them before any token.
+const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// Verifies `authorization: Bearer <JWT>` and the caller's right to the RPC.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    key: JwtKey,
+    rules: &'static [RpcRule],
+}
+
+impl AuthLayer {
+    /// `rules` lists every RPC of the service; a path it does not list is refused.
+    pub fn new(key: JwtKey, rules: &'static [RpcRule]) -> Self {
+        Self { key, rules }
+    }
+
+    /// The caller for `path` and `authorization`, or the status that refuses them.
+    /// `Ok(None)` for public paths.
+    fn authorize(
+        &self,
+        path: &str,
+        authorization: Option<&[u8]>,
+    ) -> Result<Option<Caller>, Status> {
+        if PUBLIC_PATH_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+        {
+            return Ok(None);
+        }
+        let token = authorization
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("missing 'authorization: Bearer <token>' metadata")
+            })?;
+        let claims = self
+            .key
+            .verify(token.trim(), now_unix_seconds())
+            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| rule.path == path)
+            .ok_or_else(|| Status::permission_denied(format!("no access rule for {path}")))?;
+        if !admits(rule, &claims) {
+            return Err(Status::permission_denied(format!(
+                "role {:?} with scopes {:?} may not call {path} (needs scope {})",
+                claims.role, claims.scopes, rule.scope
+            )));
+        }
+        Ok(Some(Caller {
+            subject: claims.sub,
+            role: claims.role,
+            account_id: claims.account_id,
+        }))
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthService<S> {
+    inner: S,
+    layer: AuthLayer,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send + 'static>>;
+
+impl<S, RequestBody> Service<http::Request<RequestBody>> for AuthService<S>
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    RequestBody: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<RequestBody>) -> Self::Future {
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .map(http::HeaderValue::as_bytes);
+        match self.layer.authorize(request.uri().path(), authorization) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    tracing::Span::current().record("caller", caller.subject.as_str());
+                    request.extensions_mut().insert(caller);
+                }
+                // The clone that was driven ready is the one that must serve the call.
+                let clone = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, clone);
+                Box::pin(ready.call(request))
+            }
+            Err(status) => {
+                tracing::info!(code = ?status.code(), message = status.message(), "refused");
+                Box::pin(async move { Ok(status.into_http()) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Access, Claims, Role};
+
+    const RULES: &[RpcRule] = &[
+        RpcRule {
+            path: "/x.v1.S/Read",
+            scope: "x:read",
+            access: Access::Read,
+        },
+        RpcRule {
+            path: "/x.v1.S/Write",
+            scope: "x:write",
+            access: Access::ServiceOnly,
+        },
+        RpcRule {
+            path: "/x.v1.S/Pay",
+            scope: "x:pay",
+            access: Access::CustomerWrite,
+        },
+    ];
+
+    fn layer() -> AuthLayer {
+        AuthLayer::new(
+            JwtKey::new(b"0123456789abcdef0123456789abcdef").unwrap(),
+            RULES,
+        )
+    }
+
+    fn bearer(role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
+        let claims = Claims {
+            sub: "t".into(),
+            role,
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            account_id: account_id.map(str::to_owned),
+            exp: now_unix_seconds() + 60,
+            iat: 0,
+        };
+        format!("Bearer {}", layer().key.sign(&claims)).into_bytes()
+    }
+
+    #[test]
+    fn decides_by_role_scope_and_path() {
+        use tonic::Code::{PermissionDenied as Denied, Unauthenticated};
+        let service_read = bearer(Role::Service, &["x:read"], None);
+        let operator = bearer(Role::Operator, &[], None);
+        let customer = bearer(Role::Customer, &[], Some("acc_1"));
+        let customer_without_account = bearer(Role::Customer, &[], None);
+        let cases: &[(&str, Option<&[u8]>, Option<tonic::Code>)] = &[
+            ("/grpc.health.v1.Health/Check", None, None),
+            (
+                "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+                None,
+                None,
+            ),
+            ("/x.v1.S/Read", None, Some(Unauthenticated)),
+            (
+                "/x.v1.S/Read",
+                Some(b"Bearer nonsense"),
+                Some(Unauthenticated),
+            ),
+            ("/x.v1.S/Read", Some(b"Basic abc"), Some(Unauthenticated)),
+            ("/x.v1.S/Read", Some(&service_read), None),
+            ("/x.v1.S/Write", Some(&service_read), Some(Denied)),
+            ("/x.v1.S/Unknown", Some(&service_read), Some(Denied)),
+            ("/x.v1.S/Read", Some(&operator), None),
+            ("/x.v1.S/Write", Some(&operator), Some(Denied)),
+            ("/x.v1.S/Pay", Some(&operator), Some(Denied)),
+            ("/x.v1.S/Read", Some(&customer), None),
+            ("/x.v1.S/Pay", Some(&customer), None),
+            ("/x.v1.S/Write", Some(&customer), Some(Denied)),
+            (
+                "/x.v1.S/Read",
+                Some(&customer_without_account),
+                Some(Denied),
+            ),
+        ];
+        for (path, authorization, expected) in cases {
+            let got = layer()
+                .authorize(path, *authorization)
+                .err()
+                .map(|s| s.code());
+            assert_eq!(
+                got,
+                *expected,
+                "{path} {:?}",
+                authorization.map(String::from_utf8_lossy)
+            );
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Who may call what: JWT verification as a tower layer, and the caller it leaves in
+//! each request's extensions for handlers to scope accounts with.
+//!
+//! The layer decides by role and scope from a per-service table of RPC rules. It
+//! cannot see request bodies, so account scoping (customers see only their own
+//! account) and operator auditing happen in the handlers, through [`Caller`].
+
+mod jwt;
+mod layer;
+
+use serde::{Deserialize, Serialize};
+use tonic::Status;
+
+pub use jwt::{Claims, JwtKey, SECRET_BYTES_MIN, SecretTooShort, TokenError};
+pub use layer::{AuthLayer, AuthService};
+
+/// The secret that dev mode (`billpay up`, tests) signs with when none is configured.
+/// Public on purpose: outside dev mode the services refuse to start without their own.
+pub const DEV_JWT_SECRET: &str = "billpay-dev-secret-not-for-production-use";
+
+/// Every scope a service token can hold (SPEC §7).
+pub const ALL_SCOPES: &[&str] = &[
+    "billing:read",
+    "billing:write",
+    "billing:apply",
+    "billing:admin",
+    "billing:events",
+    "payment:read",
+    "payment:write",
+    "payment:refund",
+];
+
+/// Mints a token for `subject` valid for `ttl_seconds` from now: what `billpay token`,
+/// `billpay up` and the tests hand out.
+pub fn mint(
+    key: &JwtKey,
+    subject: &str,
+    role: Role,
+    scopes: &[&str],
+    account_id: Option<&str>,
+    ttl_seconds: i64,
+) -> String {
+    let now = crate::clock::now_unix_seconds();
+    key.sign(&Claims {
+        sub: subject.to_owned(),
+        role,
+        scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+        account_id: account_id.map(str::to_owned),
+        exp: now + ttl_seconds,
+        iat: now,
+    })
+}
+
+/// What kind of party a token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Another service; allowed what its scopes name.
+    Service,
+    /// A support operator; read-only everywhere, every call audited.
+    Operator,
+    /// A customer; their own account only.
+    Customer,
+}
+
+/// Which roles an RPC admits, besides services holding its scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Services with the scope only.
+    ServiceOnly,
+    /// Also operators (audited) and the customer, for their own account.
+    Read,
+    /// Also the customer, for their own account; not operators.
+    CustomerWrite,
+}
+
+/// The rule for one RPC, by its full gRPC path.
+#[derive(Debug, Clone, Copy)]
+pub struct RpcRule {
+    /// `/package.Service/Method`.
+    pub path: &'static str,
+    /// The scope a service token needs.
+    pub scope: &'static str,
+    pub access: Access,
+}
+
+/// The verified bearer of a request, put in its extensions by [`AuthLayer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub subject: String,
+    pub role: Role,
+    /// Set for customers: the only account they may touch.
+    pub account_id: Option<String>,
+}
+
+impl Caller {
+    /// The caller of a request that passed [`AuthLayer`].
+    pub fn of<T>(request: &tonic::Request<T>) -> Result<&Caller, Status> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .ok_or_else(|| Status::unauthenticated("no verified caller on this request"))
+    }
+
+    /// Refuses a customer acting on any account but their own. Services and
+    /// operators (whose role already limits what they may do) pass.
+    pub fn check_account(&self, account_id: &str) -> Result<(), Status> {
+        match (&self.role, &self.account_id) {
+            (Role::Customer, Some(own)) if own == account_id => Ok(()),
+            (Role::Customer, _) => Err(Status::permission_denied(
+                "a customer token may only access its own account",
+            )),
+            (Role::Service | Role::Operator, _) => Ok(()),
+        }
+    }
+
+    pub fn is_operator(&self) -> bool {
+        self.role == Role::Operator
+    }
+}
+
+/// Decides whether `claims` may call the RPC `rule` describes.
+fn admits(rule: &RpcRule, claims: &Claims) -> bool {
+    match claims.role {
+        Role::Service => claims.scopes.iter().any(|scope| scope == rule.scope),
+        Role::Operator => rule.access == Access::Read,
+        Role::Customer => claims.account_id.is_some() && rule.access != Access::ServiceOnly,
+    }
+}

@@ -1,0 +1,255 @@
+//! One SQL layer for SQLite and PostgreSQL: an `AnyPool`, the dialect it speaks, and
+//! embedded per-dialect migrations run at start-up.
+//!
+//! SQL shared by both dialects uses `$1` placeholders, `RETURNING` and `ON CONFLICT`,
+//! which both accept. Only schema files differ per dialect.
+
+use std::{path::Path, str::FromStr, time::Duration};
+
+use sqlx::{
+    Any, AnyPool, Connection, Executor, Transaction,
+    any::{AnyConnectOptions, AnyPoolOptions},
+};
+
+/// How long a SQLite writer waits for the lock before giving up.
+const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+/// How long to wait for a pooled connection.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Serialises concurrent migrations of replicas starting together on PostgreSQL.
+const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x6269_6c6c_7061_79; // "billpay"
+
+/// The database behind a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database URL must start with sqlite:// or postgres://, got {0:?}")]
+    UnsupportedUrl(String),
+    #[error("cannot create the directory for the SQLite file {path}: {source}")]
+    CreateDirectory {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("migration {version} ({name}) failed: {source}")]
+    Migration {
+        version: i64,
+        name: &'static str,
+        source: sqlx::Error,
+    },
+    #[error(
+        "the database has migration {0} applied, which this build does not know: refusing to run an older build against a newer schema"
+    )]
+    UnknownMigration(i64),
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+}
+
+/// One schema change, embedded in the binary.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: i64,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// A service's schema history, once per dialect, in version order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    pub sqlite: &'static [Migration],
+    pub postgres: &'static [Migration],
+}
+
+/// A connection pool and the dialect it speaks.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    dialect: Dialect,
+}
+
+impl Db {
+    /// Connects to `url` (`sqlite://path` or `postgres://…`). A SQLite file and its
+    /// directory are created when missing; every SQLite connection runs in WAL mode
+    /// with a busy timeout and foreign keys on.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let (dialect, url) = normalise_url(url)?;
+        let options = AnyConnectOptions::from_str(&url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if dialect == Dialect::Sqlite {
+                        connection
+                            .execute(&*format!(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                            ))
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool, dialect })
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`), so a read-then-write never fails half way with
+    /// SQLITE_BUSY; PostgreSQL uses its default READ COMMITTED.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Postgres => self.pool.begin().await,
+        }
+    }
+
+    /// Applies the migrations of this dialect that are not applied yet, each in its
+    /// own transaction, in version order. Safe when replicas start together.
+    pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
+        let list = match self.dialect {
+            Dialect::Sqlite => migrations.sqlite,
+            Dialect::Postgres => migrations.postgres,
+        };
+        let mut connection = self.pool.acquire().await?;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(POSTGRES_MIGRATION_LOCK_KEY)
+                .execute(&mut *connection)
+                .await?;
+        }
+        let result = apply_pending(&mut connection, list).await;
+        if self.dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(POSTGRES_MIGRATION_LOCK_KEY)
+                .execute(&mut *connection)
+                .await?;
+        }
+        result
+    }
+}
+
+async fn apply_pending(
+    connection: &mut sqlx::AnyConnection,
+    list: &[Migration],
+) -> Result<(), DbError> {
+    connection
+        .execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (\
+               version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at_micros BIGINT NOT NULL)",
+        )
+        .await?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM schema_migrations ORDER BY version")
+            .fetch_all(&mut *connection)
+            .await?;
+    if let Some(unknown) = applied
+        .iter()
+        .find(|version| !list.iter().any(|migration| migration.version == **version))
+    {
+        return Err(DbError::UnknownMigration(*unknown));
+    }
+    for migration in list.iter().filter(|m| !applied.contains(&m.version)) {
+        let failed = |source| DbError::Migration {
+            version: migration.version,
+            name: migration.name,
+            source,
+        };
+        let mut transaction = connection.begin().await.map_err(failed)?;
+        for statement in statements(migration.sql) {
+            transaction.execute(statement).await.map_err(failed)?;
+        }
+        sqlx::query(
+            "INSERT INTO schema_migrations (version, name, applied_at_micros) VALUES ($1, $2, $3)",
+        )
+        .bind(migration.version)
+        .bind(migration.name)
+        .bind(crate::clock::now_micros())
+        .execute(&mut *transaction)
+        .await
+        .map_err(failed)?;
+        transaction.commit().await.map_err(failed)?;
+    }
+    Ok(())
+}
+
+/// Splits a schema file into statements at semicolons that end a line. Schema files
+/// are ours, so they keep to that form.
+fn statements(sql: &str) -> impl Iterator<Item = &str> {
+    sql.split(";\n").map(str::trim).filter(|statement| {
+        statement
+            .lines()
+            .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
+    })
+}
+
+fn normalise_url(url: &str) -> Result<(Dialect, String), DbError> {
+    if let Some(rest) = url.strip_prefix("sqlite://") {
+        let path = rest.split('?').next().unwrap_or(rest);
+        if let Some(parent) = Path::new(path)
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|source| DbError::CreateDirectory {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let url = if rest.contains("mode=") {
+            url.to_owned()
+        } else if rest.contains('?') {
+            format!("{url}&mode=rwc")
+        } else {
+            format!("{url}?mode=rwc")
+        };
+        Ok((Dialect::Sqlite, url))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok((Dialect::Postgres, url.to_owned()))
+    } else {
+        Err(DbError::UnsupportedUrl(url.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_schema_files_into_statements() {
+        let sql =
+            "-- a comment\nCREATE TABLE a (x BIGINT);\n\nCREATE INDEX i ON a (x);\n-- trailing\n";
+        let found: Vec<_> = statements(sql).collect();
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[1].ends_with("CREATE INDEX i ON a (x)"));
+    }
+
+    #[test]
+    fn recognises_dialects_by_url() {
+        assert_eq!(
+            normalise_url("postgres://h/db").unwrap().0,
+            Dialect::Postgres
+        );
+        let (dialect, url) = normalise_url("sqlite://").unwrap();
+        assert_eq!(
+            (dialect, url.as_str()),
+            (Dialect::Sqlite, "sqlite://?mode=rwc")
+        );
+        assert!(matches!(
+            normalise_url("mysql://h/db"),
+            Err(DbError::UnsupportedUrl(_))
+        ));
+    }
+}

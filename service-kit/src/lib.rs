@@ -1,0 +1,15 @@
+//! The runtime billing-svc and payment-svc share: configuration, authentication,
+//! telemetry, the database pool and migrations, serving (health, reflection,
+//! shutdown) and the mapping of errors to gRPC statuses. No business rules live here.
+
+pub mod audit;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod errors;
+pub mod money;
+pub mod server;
+pub mod shutdown;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,125 @@
+//! Serving a service: health, reflection (v1 and v1alpha), auth, per-RPC spans,
+//! limits, and a bounded drain on shutdown.
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{service::RoutesBuilder, transport::Server};
+use tonic_health::ServingStatus;
+use tower::ServiceBuilder;
+
+use crate::{auth::AuthLayer, telemetry::RpcSpanLayer};
+
+/// Limits that apply to every RPC of a server.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// A call still running after this is cancelled with DEADLINE_EXCEEDED.
+    pub request_timeout: Duration,
+    /// Calls served at once on one connection.
+    pub concurrency_per_connection: usize,
+    /// How long in-flight calls may take to finish after shutdown begins.
+    pub drain_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot build the reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("the server task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A gRPC server bound to its port, ready to serve.
+#[derive(Debug)]
+pub struct GrpcServer {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+}
+
+impl GrpcServer {
+    /// Binds `addr`; port 0 picks a free port (see [`GrpcServer::local_addr`]).
+    pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let local_addr = listener.local_addr()?;
+        Ok(Self {
+            listener,
+            local_addr,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves `routes` (whose services are named in `service_names`, for health) plus
+    /// health and reflection until `shutdown` resolves; then reports NOT_SERVING,
+    /// stops accepting, and waits up to the drain timeout for in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        mut routes: RoutesBuilder,
+        service_names: &[&str],
+        limits: ServerLimits,
+        auth: AuthLayer,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        for name in service_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::Serving)
+                .await;
+        }
+        // grpcurl 1.8 speaks only v1alpha; newer clients use v1. Serve both.
+        // `list` names only what this server serves; every contract stays describable.
+        let reflection = || {
+            service_names.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(billpay_contracts::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .with_service_name(tonic_health::pb::health_server::SERVICE_NAME),
+                |builder, name| builder.with_service_name(*name),
+            )
+        };
+        routes
+            .add_service(health_service)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?);
+
+        let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
+        let server = Server::builder()
+            .timeout(limits.request_timeout)
+            .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .layer(ServiceBuilder::new().layer(RpcSpanLayer).layer(auth))
+            .add_routes(routes.routes())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+                let _ = stop_receiver.await;
+            });
+        let mut server = tokio::spawn(server);
+        tokio::select! {
+            result = &mut server => return Ok(result??),
+            () = shutdown => {}
+        }
+
+        tracing::info!(addr = %self.local_addr, "draining");
+        health_reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in service_names {
+            health_reporter
+                .set_service_status(*name, ServingStatus::NotServing)
+                .await;
+        }
+        let _ = stop_sender.send(());
+        match tokio::time::timeout(limits.drain_timeout, &mut server).await {
+            Ok(result) => result??,
+            Err(_) => {
+                tracing::warn!(timeout = ?limits.drain_timeout, "drain timed out; cancelling the calls still running");
+                server.abort();
+            }
+        }
+        tracing::info!(addr = %self.local_addr, "stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! What every service does at start-up, in the same order: validate the shared
+//! settings, open and migrate its own database, bind its port.
+
+use std::{future::Future, net::SocketAddr};
+
+use anyhow::Context as _;
+use tonic::service::RoutesBuilder;
+
+use crate::{
+    auth::{AuthLayer, JwtKey, RpcRule},
+    config::CommonArgs,
+    db::{Db, Migrations},
+    server::{GrpcServer, ServeError, ServerLimits},
+};
+
+/// A service's database, port, limits and token key, ready for its handlers.
+#[derive(Debug)]
+pub struct Foundation {
+    pub db: Db,
+    pub key: JwtKey,
+    server: GrpcServer,
+    limits: ServerLimits,
+}
+
+impl Foundation {
+    /// Fails with one clear message on any bad setting, unreachable database, failed
+    /// migration or taken port.
+    pub async fn build(
+        service: &str,
+        common: &CommonArgs,
+        database_url: &str,
+        migrations: &Migrations,
+        listen_addr: SocketAddr,
+    ) -> anyhow::Result<Self> {
+        let limits = common.limits()?;
+        let key = common.jwt_key()?;
+        let db = Db::connect(database_url, common.db_max_connections)
+            .await
+            .with_context(|| format!("{service}: cannot open database {}", redact(database_url)))?;
+        db.migrate(migrations)
+            .await
+            .with_context(|| format!("{service}: cannot migrate database"))?;
+        let server = GrpcServer::bind(listen_addr)
+            .await
+            .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?;
+        Ok(Self {
+            db,
+            key,
+            server,
+            limits,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Serves `routes` behind auth (`rules`) until `shutdown`, then drains.
+    pub async fn run_until_stopped(
+        self,
+        routes: RoutesBuilder,
+        service_names: &[&str],
+        rules: &'static [RpcRule],
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let auth = AuthLayer::new(self.key, rules);
+        self.server
+            .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
+            .await
+    }
+}
+
+/// A database URL fit for logs: no password.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://…{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h/db"),
+            "postgres://…@h/db"
+        );
+        assert_eq!(super::redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

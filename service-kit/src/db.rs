@@ -16,7 +16,7 @@ const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// How long to wait for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serialises concurrent migrations of replicas starting together on PostgreSQL.
-const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x6269_6c6c_7061_79; // "billpay"
+const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x0062_696c_6c70_6179; // "billpay" in ASCII
 
 /// The database behind a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

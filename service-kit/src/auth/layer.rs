@@ -179,7 +179,9 @@ mod tests {
         let operator = bearer(Role::Operator, &[], None);
         let customer = bearer(Role::Customer, &[], Some("acc_1"));
         let customer_without_account = bearer(Role::Customer, &[], None);
-        let cases: &[(&str, Option<&[u8]>, Option<tonic::Code>)] = &[
+        // (path, authorization metadata, the refusal expected or None)
+        type Case<'a> = (&'a str, Option<&'a [u8]>, Option<tonic::Code>);
+        let cases: &[Case] = &[
             ("/grpc.health.v1.Health/Check", None, None),
             (
                 "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",

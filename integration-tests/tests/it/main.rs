@@ -1,0 +1,30 @@
+//! The one integration test binary: every test runs the real services over gRPC,
+//! once on SQLite and once on PostgreSQL (skipped, saying so, without
+//! `BILLPAY_TEST_POSTGRES_URL`).
+
+// Test code: a panic is a failed assertion.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod accounts;
+mod auth;
+mod bad_input;
+mod lifecycle;
+mod support;
+
+/// Declares `$test` once per backend: `$test::sqlite` and `$test::postgres`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($test:ident),+ $(,)?) => {$(
+        mod $test {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$test(integration_tests::Backend::Sqlite, concat!(module_path!(), "::sqlite")).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$test(integration_tests::Backend::Postgres, concat!(module_path!(), "::postgres")).await;
+            }
+        }
+    )+};
+}

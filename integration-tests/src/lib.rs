@@ -42,6 +42,7 @@ pub struct TestApp {
     pub billing_db: Db,
     key: JwtKey,
     stop: watch::Sender<()>,
+    postgres_databases: Vec<String>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
     _data_dir: tempfile::TempDir,
 }
@@ -51,6 +52,7 @@ impl TestApp {
     /// PostgreSQL and no server is configured.
     pub async fn spawn(backend: Backend, test: &str) -> Option<Self> {
         let data_dir = tempfile::tempdir().unwrap();
+        let mut postgres_databases = Vec::new();
         let (billing_url, payment_url) = match backend {
             Backend::Sqlite => (
                 format!("sqlite://{}", data_dir.path().join("billing.db").display()),
@@ -61,10 +63,13 @@ impl TestApp {
                     say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
                     return None;
                 };
-                (
-                    fresh_postgres_database(&server_url, "billing").await,
-                    fresh_postgres_database(&server_url, "payment").await,
-                )
+                let (billing, payment) = (database_name("billing"), database_name("payment"));
+                let urls = (
+                    fresh_postgres_database(&server_url, &billing).await,
+                    fresh_postgres_database(&server_url, &payment).await,
+                );
+                postgres_databases = vec![billing, payment];
+                urls
             }
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
@@ -96,6 +101,7 @@ impl TestApp {
             billing_db: Db::connect(&billing_url, 2).await.unwrap(),
             key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
             stop,
+            postgres_databases,
             tasks,
             _data_dir: data_dir,
         })
@@ -138,10 +144,22 @@ impl TestApp {
     }
 
     /// Stops both services and waits for them to drain; fails if either failed.
+    /// PostgreSQL test databases are dropped afterwards.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         for task in self.tasks {
             task.await.unwrap().unwrap();
+        }
+        self.billing_db.pool().close().await;
+        if let (Backend::Postgres, Ok(server_url)) = (self.backend, std::env::var(POSTGRES_URL_VAR)) {
+            let admin = Db::connect(&server_url, 1).await.unwrap();
+            for name in &self.postgres_databases {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(admin.pool())
+                    .await
+                    .unwrap();
+            }
+            admin.pool().close().await;
         }
     }
 }
@@ -165,9 +183,14 @@ pub async fn connect(addr: SocketAddr) -> Channel {
         .unwrap()
 }
 
-/// Creates an empty database on the server at `server_url` and returns its URL.
-async fn fresh_postgres_database(server_url: &str, service: &str) -> String {
-    let name = format!("billpay_it_{service}_{}", uuid::Uuid::now_v7().simple());
+/// A database name no other test uses.
+fn database_name(service: &str) -> String {
+    format!("billpay_it_{service}_{}", uuid::Uuid::now_v7().simple())
+}
+
+/// Creates the empty database `name` on the server at `server_url` (whose URL must
+/// name some database, e.g. `/postgres`) and returns the new database's URL.
+async fn fresh_postgres_database(server_url: &str, name: &str) -> String {
     let admin = Db::connect(server_url, 1).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(admin.pool())

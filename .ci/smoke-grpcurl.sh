@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Starts `billpay up` on a scratch data directory, runs every grpcurl command it
+# prints (as an operator would paste them), checks what they answer, then stops it
+# with SIGTERM and checks it exits 0.
+set -euo pipefail
+billpay="$1"
+work=$(mktemp -d)
+trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+"$billpay" up --data-dir "$work/data" >"$work/out" 2>"$work/log" &
+pid=$!
+for _ in $(seq 1 100); do
+  grep -q 'stops it cleanly' "$work/out" && break
+  kill -0 "$pid" 2>/dev/null || { cat "$work/log"; echo "billpay up exited early"; exit 1; }
+  sleep 0.1
+done
+grep -q 'stops it cleanly' "$work/out" || { cat "$work/log"; echo "billpay up printed no banner"; exit 1; }
+
+failures=0
+check() { # check <description> <file> <pattern>
+  if grep -q -- "$3" "$2"; then echo "ok   $1"; else echo "FAIL $1 (no '$3')"; cat "$2"; failures=$((failures + 1)); fi
+}
+
+n=0
+while IFS= read -r command; do
+  n=$((n + 1))
+  bash -c "$command" >"$work/reply.$n" 2>&1 || true
+done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
+[ "$n" -ge 8 ] || { echo "expected at least 8 grpcurl commands, got $n"; exit 1; }
+
+check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
+check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
+check "payment list"            "$work/reply.2" 'payment.v1.PaymentService'
+check "describe"                "$work/reply.3" 'rpc CreateAccount'
+check "billing health"          "$work/reply.4" '"status": "SERVING"'
+check "payment health"          "$work/reply.5" '"status": "SERVING"'
+check "CreateAccount"           "$work/reply.6" '"customerRef": "c-1001"'
+check "GetAccount as operator"  "$work/reply.7" '"phone": "138\*\*\*\*1234"'
+check "GetAccount as customer"  "$work/reply.8" '"phone": "13812341234"'
+
+bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
+check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"
+
+kill -TERM "$pid"
+status=0
+wait "$pid" || status=$?
+[ "$status" -eq 0 ] && echo "ok   SIGTERM exits 0" || { echo "FAIL SIGTERM exit status $status"; failures=$((failures + 1)); }
+check "stopped cleanly" "$work/out" 'billpay stopped cleanly.'
+
+[ "$failures" -eq 0 ] || { echo "$failures smoke check(s) failed"; exit 1; }
+echo "smoke: all checks passed"

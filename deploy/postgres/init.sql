@@ -1,0 +1,3 @@
+-- Each service owns its own database (SPEC §2).
+CREATE DATABASE billing;
+CREATE DATABASE payment;

@@ -151,7 +151,8 @@ impl TestApp {
             task.await.unwrap().unwrap();
         }
         self.billing_db.pool().close().await;
-        if let (Backend::Postgres, Ok(server_url)) = (self.backend, std::env::var(POSTGRES_URL_VAR)) {
+        if let (Backend::Postgres, Ok(server_url)) = (self.backend, std::env::var(POSTGRES_URL_VAR))
+        {
             let admin = Db::connect(&server_url, 1).await.unwrap();
             for name in &self.postgres_databases {
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

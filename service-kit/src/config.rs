@@ -67,7 +67,10 @@ impl CommonArgs {
     /// The token key: the configured secret, or the dev secret in dev mode only.
     pub fn jwt_key(&self) -> Result<JwtKey, ConfigError> {
         // An empty value (as `VAR=` or compose's `${VAR:-}` gives) means "not set".
-        let configured = self.jwt_secret.as_deref().filter(|secret| !secret.is_empty());
+        let configured = self
+            .jwt_secret
+            .as_deref()
+            .filter(|secret| !secret.is_empty());
         let secret = match (configured, self.dev) {
             (Some(secret), _) => secret,
             (None, true) => DEV_JWT_SECRET,

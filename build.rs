@@ -11,6 +11,8 @@ const PROTO_FILES: &[&str] = &[
     "proto/common/v1/money.proto",
     "proto/common/v1/repayment_target.proto",
     "proto/billing/v1/account.proto",
+    "proto/billing/v1/product.proto",
+    "proto/billing/v1/plan.proto",
     "proto/billing/v1/billing_service.proto",
     "proto/payment/v1/payment_service.proto",
 ];

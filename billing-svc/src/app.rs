@@ -1,6 +1,9 @@
 //! Start-up: connect, migrate, bind; then serve until told to stop.
 
-use std::{future::Future, net::SocketAddr};
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use anyhow::Context as _;
+use chrono::FixedOffset;
 
 use billpay_contracts::billing::v1::billing_service_server::{BillingServiceServer, SERVICE_NAME};
 use service_kit::{server::ServeError, startup::Foundation};
@@ -8,6 +11,7 @@ use tonic::service::Routes;
 
 use crate::{
     config::Config,
+    domain::product::Catalog,
     grpc::{BillingApi, RPC_RULES},
     storage::{MIGRATIONS, Store},
 };
@@ -19,12 +23,24 @@ const REQUEST_BYTES_MAX: usize = 1024 * 1024;
 #[derive(Debug)]
 pub struct Application {
     foundation: Foundation,
+    catalog: Arc<Catalog>,
+    business_offset: FixedOffset,
 }
 
 impl Application {
     /// Validates `config`, connects and migrates the database, and binds the port.
     /// Every configuration error surfaces here, before any request.
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
+        let catalog = match &config.products_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("billing-svc: cannot read products file {}", path.display())
+                })?;
+                Catalog::from_toml(&text)
+            }
+            None => Catalog::demo(),
+        }
+        .context("billing-svc: the product catalog is not valid")?;
         let foundation = Foundation::build(
             "billing-svc",
             &config.common,
@@ -33,7 +49,11 @@ impl Application {
             config.listen_addr,
         )
         .await?;
-        Ok(Self { foundation })
+        Ok(Self {
+            foundation,
+            catalog: Arc::new(catalog),
+            business_offset: config.business_utc_offset,
+        })
     }
 
     /// The bound address (the real port when configured with port 0).
@@ -47,7 +67,11 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         tracing::info!(addr = %self.local_addr(), "billing-svc serving");
-        let api = BillingApi::new(Store::new(self.foundation.db.clone()));
+        let api = BillingApi::new(
+            Store::new(self.foundation.db.clone()),
+            self.catalog,
+            self.business_offset,
+        );
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),

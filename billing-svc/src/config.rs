@@ -1,6 +1,8 @@
 //! billing-svc's configuration: flags with environment fallbacks.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
+
+use chrono::{FixedOffset, Offset as _};
 
 use service_kit::config::CommonArgs;
 
@@ -21,6 +23,18 @@ pub struct Config {
         default_value = "sqlite://data/billing.db"
     )]
     pub database_url: String,
+    /// A products file (TOML, the shape of billing-svc/products.toml); the demo set
+    /// when unset.
+    #[arg(long, env = "BILLING_PRODUCTS_FILE")]
+    pub products_file: Option<PathBuf>,
+    /// The business time zone as a UTC offset: bills fall due at its midnight.
+    #[arg(
+        long,
+        env = "BILLING_BUSINESS_UTC_OFFSET",
+        default_value = "+08:00",
+        allow_hyphen_values = true
+    )]
+    pub business_utc_offset: FixedOffset,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -31,7 +45,15 @@ impl Config {
         Self {
             listen_addr,
             database_url,
+            products_file: None,
+            business_utc_offset: shanghai(),
             common: CommonArgs::dev(),
         }
     }
+}
+
+/// Asia/Shanghai's offset, UTC+8 (no daylight saving), the default business zone.
+pub fn shanghai() -> FixedOffset {
+    // 8 hours is within the ±24 h east_opt accepts; the fallback is never taken.
+    FixedOffset::east_opt(8 * 3600).unwrap_or(chrono::Utc.fix())
 }

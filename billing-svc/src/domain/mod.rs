@@ -2,3 +2,12 @@
 //! are parsed, not validated: holding one means it is well-formed.
 
 pub mod account;
+pub mod apr;
+pub mod bill;
+pub mod calendar;
+pub mod plan;
+pub mod product;
+pub mod schedule;
+#[cfg(test)]
+mod schedule_properties;
+pub mod statement;

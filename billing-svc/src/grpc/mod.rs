@@ -2,40 +2,112 @@
 //! requests into domain values, calls storage, and maps every outcome to a status.
 
 mod accounts;
+mod bills;
 mod convert;
+mod plans;
 
-use billpay_contracts::billing::v1::{
-    CreateAccountRequest, CreateAccountResponse, GetAccountRequest, GetAccountResponse,
-    billing_service_server::BillingService,
+use std::sync::Arc;
+
+use billpay_contracts::billing::v1::{self as wire, billing_service_server::BillingService};
+use chrono::{FixedOffset, NaiveDate};
+use service_kit::{
+    auth::{Access, RpcRule},
+    clock::now_micros,
 };
-use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
-use crate::storage::{StorageError, Store};
+use crate::{
+    domain::{calendar::business_date, product::Catalog},
+    storage::{StorageError, Store},
+};
+
+const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
+    RpcRule {
+        path: method,
+        scope,
+        access,
+    }
+}
 
 /// Who may call each RPC (see SPEC §7). A method missing here is refused.
 pub const RPC_RULES: &[RpcRule] = &[
-    RpcRule {
-        path: "/billing.v1.BillingService/CreateAccount",
-        scope: "billing:write",
-        access: Access::ServiceOnly,
-    },
-    RpcRule {
-        path: "/billing.v1.BillingService/GetAccount",
-        scope: "billing:read",
-        access: Access::Read,
-    },
+    rule(
+        "/billing.v1.BillingService/CreateAccount",
+        "billing:write",
+        Access::ServiceOnly,
+    ),
+    rule(
+        "/billing.v1.BillingService/GetAccount",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/GetAccountSummary",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/GetCreditRecord",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/ListProducts",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/QuotePlan",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/CreatePlan",
+        "billing:write",
+        Access::ServiceOnly,
+    ),
+    rule(
+        "/billing.v1.BillingService/GetPlan",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/ListPlans",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/ListBills",
+        "billing:read",
+        Access::Read,
+    ),
+    rule(
+        "/billing.v1.BillingService/GetBill",
+        "billing:read",
+        Access::Read,
+    ),
 ];
 
 /// The BillingService implementation.
 #[derive(Debug, Clone)]
 pub struct BillingApi {
     store: Store,
+    catalog: Arc<Catalog>,
+    business_offset: FixedOffset,
 }
 
 impl BillingApi {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, catalog: Arc<Catalog>, business_offset: FixedOffset) -> Self {
+        Self {
+            store,
+            catalog,
+            business_offset,
+        }
+    }
+
+    /// Today in the business time zone.
+    fn today(&self) -> NaiveDate {
+        business_date(now_micros(), self.business_offset)
     }
 }
 
@@ -45,19 +117,30 @@ impl From<StorageError> for Status {
     }
 }
 
-#[tonic::async_trait]
-impl BillingService for BillingApi {
-    async fn create_account(
-        &self,
-        request: Request<CreateAccountRequest>,
-    ) -> Result<Response<CreateAccountResponse>, Status> {
-        self.handle_create_account(request).await.map(Response::new)
-    }
+/// Each RPC delegates to its `handle_*` method, which returns the bare response.
+macro_rules! delegate {
+    ($($rpc:ident => $handler:ident($request:ty) -> $response:ty;)+) => {
+        #[tonic::async_trait]
+        impl BillingService for BillingApi {
+            $(
+                async fn $rpc(&self, request: Request<$request>) -> Result<Response<$response>, Status> {
+                    self.$handler(request).await.map(Response::new)
+                }
+            )+
+        }
+    };
+}
 
-    async fn get_account(
-        &self,
-        request: Request<GetAccountRequest>,
-    ) -> Result<Response<GetAccountResponse>, Status> {
-        self.handle_get_account(request).await.map(Response::new)
-    }
+delegate! {
+    create_account => handle_create_account(wire::CreateAccountRequest) -> wire::CreateAccountResponse;
+    get_account => handle_get_account(wire::GetAccountRequest) -> wire::GetAccountResponse;
+    get_account_summary => handle_get_account_summary(wire::GetAccountSummaryRequest) -> wire::GetAccountSummaryResponse;
+    get_credit_record => handle_get_credit_record(wire::GetCreditRecordRequest) -> wire::GetCreditRecordResponse;
+    list_products => handle_list_products(wire::ListProductsRequest) -> wire::ListProductsResponse;
+    quote_plan => handle_quote_plan(wire::QuotePlanRequest) -> wire::QuotePlanResponse;
+    create_plan => handle_create_plan(wire::CreatePlanRequest) -> wire::CreatePlanResponse;
+    get_plan => handle_get_plan(wire::GetPlanRequest) -> wire::GetPlanResponse;
+    list_plans => handle_list_plans(wire::ListPlansRequest) -> wire::ListPlansResponse;
+    list_bills => handle_list_bills(wire::ListBillsRequest) -> wire::ListBillsResponse;
+    get_bill => handle_get_bill(wire::GetBillRequest) -> wire::GetBillResponse;
 }

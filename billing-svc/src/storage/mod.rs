@@ -1,23 +1,41 @@
 //! Everything billing-svc keeps, and the only module that speaks SQL.
 
 mod accounts;
+mod bills;
+mod plans;
 
 use service_kit::db::{Db, Migration, Migrations};
 
 pub use accounts::CreateOutcome;
+pub use bills::BillPageKey;
+pub use plans::{CreatePlanOutcome, NewPlan};
 
 /// billing-svc's schema, per dialect, in version order.
 pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[Migration {
-        version: 1,
-        name: "accounts",
-        sql: include_str!("../../migrations/sqlite/0001_accounts.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "accounts",
-        sql: include_str!("../../migrations/postgres/0001_accounts.sql"),
-    }],
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "accounts",
+            sql: include_str!("../../migrations/sqlite/0001_accounts.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "plans",
+            sql: include_str!("../../migrations/sqlite/0002_plans.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "accounts",
+            sql: include_str!("../../migrations/postgres/0001_accounts.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "plans",
+            sql: include_str!("../../migrations/postgres/0002_plans.sql"),
+        },
+    ],
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,107 @@
+//! Business dates: the calendar day in the business time zone (Asia/Shanghai, UTC+8,
+//! by default), which decides what is due.
+
+use chrono::{DateTime, FixedOffset, Months, NaiveDate};
+
+/// How far back a plan's purchase date may go (a back-dated import).
+pub const BACKDATE_YEARS_MAX: u32 = 5;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DateError {
+    #[error("must be a date written YYYY-MM-DD")]
+    Malformed,
+    #[error("must not be in the future (today is {0})")]
+    Future(NaiveDate),
+    #[error("must be at most {BACKDATE_YEARS_MAX} years ago (on or after {0})")]
+    TooOld(NaiveDate),
+}
+
+/// The business date at `now_micros` (unix microseconds) in the zone `offset`.
+pub fn business_date(now_micros: i64, offset: FixedOffset) -> NaiveDate {
+    DateTime::from_timestamp_micros(now_micros)
+        .unwrap_or_default()
+        .with_timezone(&offset)
+        .date_naive()
+}
+
+/// Parses exactly `YYYY-MM-DD`.
+pub fn parse_date(text: &str) -> Result<NaiveDate, DateError> {
+    let well_formed = text.len() == 10
+        && text.bytes().enumerate().all(|(i, b)| match i {
+            4 | 7 => b == b'-',
+            _ => b.is_ascii_digit(),
+        });
+    if !well_formed {
+        return Err(DateError::Malformed);
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| DateError::Malformed)
+}
+
+/// A purchase date: absent means today; otherwise today or up to five years back.
+pub fn purchase_date(text: &str, today: NaiveDate) -> Result<NaiveDate, DateError> {
+    if text.is_empty() {
+        return Ok(today);
+    }
+    let date = parse_date(text)?;
+    let earliest = today
+        .checked_sub_months(Months::new(12 * BACKDATE_YEARS_MAX))
+        .unwrap_or(NaiveDate::MIN);
+    if date > today {
+        Err(DateError::Future(today))
+    } else if date < earliest {
+        Err(DateError::TooOld(earliest))
+    } else {
+        Ok(date)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn date(text: &str) -> NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn the_business_day_turns_at_midnight_in_shanghai() {
+        let shanghai = FixedOffset::east_opt(8 * 3600).unwrap();
+        // 2026-03-01T15:59:59Z is 23:59:59 in Shanghai; a second later is the 2nd.
+        let before = 1_772_380_799_000_000;
+        assert_eq!(business_date(before, shanghai), date("2026-03-01"));
+        assert_eq!(
+            business_date(before + 1_000_000, shanghai),
+            date("2026-03-02")
+        );
+    }
+
+    #[test]
+    fn purchase_dates_are_checked() {
+        let today = date("2026-11-29");
+        assert_eq!(purchase_date("", today), Ok(today));
+        assert_eq!(purchase_date("2026-11-29", today), Ok(today));
+        assert_eq!(purchase_date("2021-11-29", today), Ok(date("2021-11-29")));
+        assert_eq!(
+            purchase_date("2026-11-30", today),
+            Err(DateError::Future(today))
+        );
+        assert_eq!(
+            purchase_date("2021-11-28", today),
+            Err(DateError::TooOld(date("2021-11-29")))
+        );
+        for bad in [
+            "2026-02-30",
+            "26-01-01",
+            "2026/01/01",
+            "2026-1-1",
+            " 2026-01-01",
+            "yesterday",
+        ] {
+            assert_eq!(
+                purchase_date(bad, today),
+                Err(DateError::Malformed),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The plans table, and opening a plan: plan, credit reservation and bills in one
+//! transaction, with races settled by the database.
+
+use std::collections::HashMap;
+
+use service_kit::{
+    clock::now_micros,
+    money::{Currency, Money},
+};
+use sqlx::{Row, any::AnyRow};
+
+use super::{StorageError, Store, bills::BILL_COLUMNS, bills::bill_from_row};
+use crate::domain::{
+    account::{AccountId, AccountStatus},
+    bill::Bill,
+    calendar::parse_date,
+    plan::{Plan, PlanStatus, PricedPlan},
+    product::InstallmentMethod,
+};
+
+const PLAN_COLUMNS: &str = "plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
+     term_count, rate, currency_code, price_minor, down_payment_minor, principal_minor, purchase_date, \
+     apr, effective_rate, status, created_at_micros";
+
+/// A priced plan to open for an account.
+#[derive(Debug)]
+pub struct NewPlan<'a> {
+    pub account_id: &'a AccountId,
+    pub order_ref: &'a str,
+    pub fingerprint: String,
+    pub priced: &'a PricedPlan,
+}
+
+/// What CreatePlan found.
+#[derive(Debug)]
+pub enum CreatePlanOutcome {
+    /// This call opened the plan.
+    Created(Plan, Vec<Bill>),
+    /// The same request opened it before.
+    Existing(Plan, Vec<Bill>),
+    /// Another request already used this order_ref.
+    OrderRefReused,
+    UnknownAccount,
+    AccountNotActive(AccountStatus),
+    CreditLimitExceeded {
+        available: Money,
+    },
+}
+
+impl Store {
+    /// Opens `new` unless its order_ref is taken: inserts the plan (the unique
+    /// (account_id, order_ref) decides between racing retries), reserves the principal
+    /// from the account's credit with a conditional update (which decides between
+    /// racing plans), and inserts the bills. Any refusal rolls everything back.
+    pub async fn create_plan(&self, new: &NewPlan<'_>) -> Result<CreatePlanOutcome, StorageError> {
+        let Some(account) = self.account(new.account_id).await? else {
+            return Ok(CreatePlanOutcome::UnknownAccount);
+        };
+        let now = now_micros();
+        let plan_id = format!("plan_{}", uuid::Uuid::now_v7().simple());
+        let priced = new.priced;
+        let mut transaction = self.db.begin_write().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO plans (plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
+               term_count, rate, currency_code, price_minor, down_payment_minor, principal_minor, purchase_date, \
+               apr, effective_rate, status, created_at_micros, updated_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
+             ON CONFLICT (account_id, order_ref) DO NOTHING",
+        )
+        .bind(plan_id.as_str())
+        .bind(new.account_id.as_str())
+        .bind(new.order_ref)
+        .bind(new.fingerprint.as_str())
+        .bind(priced.product_id.as_str())
+        .bind(priced.method.as_str())
+        .bind(i64::from(priced.term_count))
+        .bind(priced.rate.to_string())
+        .bind(priced.principal.currency().code())
+        .bind(priced.price.minor())
+        .bind(priced.down_payment.minor())
+        .bind(priced.principal.minor())
+        .bind(priced.purchase_date.to_string())
+        .bind(priced.apr.annual_percent.to_string())
+        .bind(priced.apr.effective_percent.to_string())
+        .bind(PlanStatus::Active.as_str())
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            transaction.rollback().await?;
+            return self.existing_plan(new).await;
+        }
+
+        let reserved = sqlx::query(
+            "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor + $1, updated_at_micros = $2 \
+             WHERE account_id = $3 AND status = 'ACTIVE' AND credit_limit_minor - principal_unpaid_minor >= $1",
+        )
+        .bind(priced.principal.minor())
+        .bind(now)
+        .bind(new.account_id.as_str())
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if reserved == 0 {
+            transaction.rollback().await?;
+            let account = self.account(new.account_id).await?.unwrap_or(account);
+            return Ok(match account.status {
+                AccountStatus::Active => CreatePlanOutcome::CreditLimitExceeded {
+                    available: account.available_credit(),
+                },
+                status => CreatePlanOutcome::AccountNotActive(status),
+            });
+        }
+
+        insert_bills(&mut transaction, &plan_id, new, now).await?;
+        transaction.commit().await?;
+        let (plan, bills) = self
+            .plan(&plan_id)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("plan vanished after commit".into()))?;
+        Ok(CreatePlanOutcome::Created(plan, bills))
+    }
+
+    async fn existing_plan(&self, new: &NewPlan<'_>) -> Result<CreatePlanOutcome, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE account_id = $1 AND order_ref = $2"
+        ))
+        .bind(new.account_id.as_str())
+        .bind(new.order_ref)
+        .fetch_optional(self.db.pool())
+        .await?
+        .ok_or_else(|| StorageError::Corrupt("order_ref conflicted but no plan holds it".into()))?;
+        let fingerprint: String = row.try_get("request_fingerprint")?;
+        if fingerprint != new.fingerprint {
+            return Ok(CreatePlanOutcome::OrderRefReused);
+        }
+        let plan = plan_from_row(&row)?;
+        let bills = self.bills_of_plans(&[plan.plan_id.as_str()]).await?;
+        Ok(CreatePlanOutcome::Existing(plan, bills))
+    }
+
+    /// A plan and its bills in seq order.
+    pub async fn plan(&self, plan_id: &str) -> Result<Option<(Plan, Vec<Bill>)>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE plan_id = $1"
+        ))
+        .bind(plan_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let plan = plan_from_row(&row)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {BILL_COLUMNS} FROM bills WHERE plan_id = $1 ORDER BY seq"
+        ))
+        .bind(plan_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
+        Ok(Some((plan, bills)))
+    }
+
+    /// The product of each of an account's plans, by plan id.
+    pub async fn plan_products(
+        &self,
+        account_id: &AccountId,
+    ) -> Result<HashMap<String, String>, StorageError> {
+        let rows = sqlx::query("SELECT plan_id, product_id FROM plans WHERE account_id = $1")
+            .bind(account_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("plan_id")?, row.try_get("product_id")?)))
+            .collect()
+    }
+
+    /// Up to `limit` plans of an account, newest first, after plan `after`.
+    pub async fn plans_page(
+        &self,
+        account_id: &AccountId,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Plan>, StorageError> {
+        // Plan ids are time-ordered (UUIDv7), so id order is creation order.
+        let rows = sqlx::query(&format!(
+            "SELECT {PLAN_COLUMNS} FROM plans WHERE account_id = $1 AND plan_id < $2 \
+             ORDER BY plan_id DESC LIMIT $3"
+        ))
+        .bind(account_id.as_str())
+        .bind(after.unwrap_or("\u{10FFFF}"))
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(plan_from_row).collect()
+    }
+}
+
+/// Inserts a plan's bills in one statement.
+async fn insert_bills(
+    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+    plan_id: &str,
+    new: &NewPlan<'_>,
+    now: i64,
+) -> Result<(), StorageError> {
+    const COLUMNS_PER_BILL: usize = 9;
+    let lines = new.priced.schedule.lines();
+    let now_placeholder = format!("${}", lines.len() * COLUMNS_PER_BILL + 1);
+    let values: Vec<String> = (0..lines.len())
+        .map(|index| {
+            let first = index * COLUMNS_PER_BILL;
+            let placeholders: Vec<String> = (1..=COLUMNS_PER_BILL)
+                .map(|i| format!("${}", first + i))
+                .collect();
+            format!(
+                "({}, 'OPEN', 0, {now_placeholder})",
+                placeholders.join(", ")
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO bills (bill_id, plan_id, account_id, seq, due_date, currency_code, principal_minor, \
+           interest_minor, fee_minor, state, penalty_minor, updated_at_micros) VALUES {}",
+        values.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for line in lines {
+        query = query
+            .bind(format!("bill_{}", uuid::Uuid::now_v7().simple()))
+            .bind(plan_id.to_owned())
+            .bind(new.account_id.as_str().to_owned())
+            .bind(i64::from(line.seq))
+            .bind(line.due_date.to_string())
+            .bind(line.principal.currency().code())
+            .bind(line.principal.minor())
+            .bind(line.interest.minor())
+            .bind(line.fee.minor());
+    }
+    query.bind(now).execute(&mut **transaction).await?;
+    Ok(())
+}
+
+fn plan_from_row(row: &AnyRow) -> Result<Plan, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("plans.{what}"));
+    let currency =
+        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+    let money = |column: &str| -> Result<Money, StorageError> {
+        Money::from_minor(currency, row.try_get(column)?).map_err(|_| corrupt(column))
+    };
+    let decimal = |column: &str| -> Result<rust_decimal::Decimal, StorageError> {
+        row.try_get::<String, _>(column)?
+            .parse()
+            .map_err(|_| corrupt(column))
+    };
+    Ok(Plan {
+        plan_id: row.try_get("plan_id")?,
+        account_id: row.try_get("account_id")?,
+        order_ref: row.try_get("order_ref")?,
+        product_id: row.try_get("product_id")?,
+        method: InstallmentMethod::parse(row.try_get("method")?)
+            .ok_or_else(|| corrupt("method"))?,
+        term_count: u32::try_from(row.try_get::<i64, _>("term_count")?)
+            .map_err(|_| corrupt("term_count"))?,
+        rate: decimal("rate")?,
+        price: money("price_minor")?,
+        down_payment: money("down_payment_minor")?,
+        principal: money("principal_minor")?,
+        purchase_date: parse_date(row.try_get("purchase_date")?)
+            .map_err(|_| corrupt("purchase_date"))?,
+        apr: decimal("apr")?,
+        effective_rate: decimal("effective_rate")?,
+        status: PlanStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
+        created_at_micros: row.try_get("created_at_micros")?,
+    })
+}

@@ -9,6 +9,7 @@ mod accounts;
 mod auth;
 mod bad_input;
 mod lifecycle;
+mod plans;
 mod support;
 
 /// Declares `$test` once per backend: `$test::sqlite` and `$test::postgres`.

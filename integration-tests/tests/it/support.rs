@@ -44,3 +44,51 @@ pub fn expect_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code) ->
         }
     }
 }
+
+/// Opens an account with `credit_limit` and returns its id.
+pub async fn open_account(
+    app: &integration_tests::TestApp,
+    customer_ref: &str,
+    credit_limit: &str,
+) -> String {
+    let mut request = new_account(customer_ref);
+    request.credit_limit = Some(Money::new("CNY", credit_limit));
+    app.billing()
+        .await
+        .create_account(integration_tests::authorized(
+            request,
+            &app.service_token(&["billing:write"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .account_id
+}
+
+/// A CreatePlan request for `price` on `product_id` over `term_count` months, no
+/// down payment, bought today.
+pub fn new_plan(
+    account_id: &str,
+    order_ref: &str,
+    product_id: &str,
+    term_count: i32,
+    price: &str,
+) -> billpay_contracts::billing::v1::CreatePlanRequest {
+    billpay_contracts::billing::v1::CreatePlanRequest {
+        account_id: account_id.into(),
+        order_ref: order_ref.into(),
+        product_id: product_id.into(),
+        term_count,
+        price: Some(Money::new("CNY", price)),
+        down_payment: None,
+        purchase_date: String::new(),
+    }
+}
+
+/// Today in Shanghai, as billing-svc sees it by default.
+pub fn business_today() -> chrono::NaiveDate {
+    let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
+    chrono::Utc::now().with_timezone(&shanghai).date_naive()
+}

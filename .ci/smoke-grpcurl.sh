@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts `billpay up` on a scratch data directory, runs every grpcurl command it
-# prints (as an operator would paste them), checks what they answer, then stops it
-# with SIGTERM and checks it exits 0.
+# prints (as an operator would paste them), checks what they answer, cross-checks
+# random quotes against numpy-financial (.ci/quote_oracle.py), then stops it with
+# SIGTERM and checks it exits 0.
 set -euo pipefail
 billpay="$1"
 work=$(mktemp -d)
@@ -26,7 +27,7 @@ while IFS= read -r command; do
   n=$((n + 1))
   bash -c "$command" >"$work/reply.$n" 2>&1 || true
 done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
-[ "$n" -ge 8 ] || { echo "expected at least 8 grpcurl commands, got $n"; exit 1; }
+[ "$n" -ge 13 ] || { echo "expected at least 13 grpcurl commands, got $n"; exit 1; }
 
 check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
 check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
@@ -37,9 +38,25 @@ check "payment health"          "$work/reply.5" '"status": "SERVING"'
 check "CreateAccount"           "$work/reply.6" '"customerRef": "c-1001"'
 check "GetAccount as operator"  "$work/reply.7" '"phone": "138\*\*\*\*1234"'
 check "GetAccount as customer"  "$work/reply.8" '"phone": "13812341234"'
+check "ListProducts"            "$work/reply.9" '"productId": "cash-loan-ep"'
+check "QuotePlan APR"           "$work/reply.10" '"apr": "13.03"'
+check "QuotePlan effective"     "$work/reply.10" '"effectiveRate": "13.84"'
+check "CreatePlan"              "$work/reply.11" '"totalFee"'
+check "ListBills (customer)"    "$work/reply.12" '"status": "BILL_STATUS_UPCOMING"'
+check "ListBills pages"         "$work/reply.12" '"nextPageToken"'
+check "GetAccountSummary"       "$work/reply.13" '"availableCredit"'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"
+
+# An independent oracle: numpy-financial against 250 random live quotes.
+billing_addr=$(sed -n 's/^  billing-svc  //p' "$work/out")
+service_token=$(sed -n 's/^  service (all scopes)  //p' "$work/out")
+if python3 "$(dirname "$0")/quote_oracle.py" --addr "$billing_addr" --token "$service_token" --count 250; then
+  echo "ok   numpy-financial oracle"
+else
+  echo "FAIL numpy-financial oracle"; failures=$((failures + 1))
+fi
 
 kill -TERM "$pid"
 status=0

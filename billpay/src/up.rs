@@ -160,6 +160,11 @@ Try (grpcurl):
   grpcurl -plaintext {service_auth} -d '{{\"customer_ref\":\"c-1001\",\"display_name\":\"Li Lei\",\"phone\":\"13912345678\",\"credit_limit\":{{\"currency_code\":\"CNY\",\"amount\":\"20000.00\"}}}}' {billing} billing.v1.BillingService/CreateAccount
   grpcurl -plaintext {operator_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
   grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
+  grpcurl -plaintext {service_auth} {billing} billing.v1.BillingService/ListProducts
+  grpcurl -plaintext {service_auth} -d '{{\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/QuotePlan
+  grpcurl -plaintext {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"order_ref\":\"demo-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/CreatePlan
+  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"page_size\":3}}' {billing} billing.v1.BillingService/ListBills
+  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccountSummary
 
 Ctrl-C (or SIGTERM) stops it cleanly.",
         data = args.data_dir.display(),

@@ -156,21 +156,15 @@ async fn up_survives_restart_and_exits_0_on_sigterm() {
     assert_eq!(status.code(), Some(0));
 }
 
-crate::on_both_backends!(shutdown_drains_calls_in_flight);
-
 /// Calls held inside the server (blocked on a row lock the test holds) when
 /// shutdown begins all finish OK once the lock is released: the server stops
 /// accepting but does not cut off what it accepted. PostgreSQL only, since only it
-/// shows the test that the calls are waiting inside the server.
-async fn shutdown_drains_calls_in_flight(backend: Backend, test: &str) {
-    if backend == Backend::Sqlite {
-        integration_tests::say_skipped(
-            test,
-            "needs pg_stat_activity to see calls in flight; the drain is the same code on SQLite",
-        );
-        return;
-    }
-    let Some(app) = TestApp::spawn(backend, test).await else {
+/// shows the test (pg_stat_activity) that the calls are waiting inside the server;
+/// the drain itself is the same code on SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_calls_in_flight() {
+    let test = "lifecycle::shutdown_drains_calls_in_flight";
+    let Some(app) = TestApp::spawn(Backend::Postgres, test).await else {
         return;
     };
     let token = app.service_token(&["billing:write"]);

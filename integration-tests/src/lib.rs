@@ -40,6 +40,8 @@ pub struct TestApp {
     pub payment_addr: SocketAddr,
     /// billing-svc's database, for counting rows behind the API's back.
     pub billing_db: Db,
+    billing_url: String,
+    stopped: watch::Receiver<()>,
     key: JwtKey,
     stop: watch::Sender<()>,
     postgres_databases: Vec<String>,
@@ -87,24 +89,38 @@ impl TestApp {
         .unwrap();
         let (billing_addr, payment_addr) = (billing.local_addr(), payment.local_addr());
         let (stop, stopped) = watch::channel(());
-        let until_stopped = |mut stopped: watch::Receiver<()>| async move {
-            let _ = stopped.changed().await;
-        };
         let tasks = vec![
-            tokio::spawn(billing.run_until_stopped(until_stopped(stopped.clone()))),
-            tokio::spawn(payment.run_until_stopped(until_stopped(stopped))),
+            tokio::spawn(billing.run_until_stopped(wait_for(stopped.clone()))),
+            tokio::spawn(payment.run_until_stopped(wait_for(stopped.clone()))),
         ];
         Some(Self {
             backend,
             billing_addr,
             payment_addr,
             billing_db: Db::connect(&billing_url, 2).await.unwrap(),
+            billing_url,
+            stopped,
             key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
             stop,
             postgres_databases,
             tasks,
             _data_dir: data_dir,
         })
+    }
+
+    /// Starts another billing-svc on the same database, as a second replica behind a
+    /// load balancer would be, and returns its address. It stops with the rest.
+    pub async fn spawn_billing_replica(&mut self) -> SocketAddr {
+        let config = billing_svc::config::Config::dev(
+            "127.0.0.1:0".parse().unwrap(),
+            self.billing_url.clone(),
+        );
+        let replica = billing_svc::app::Application::build(&config).await.unwrap();
+        let addr = replica.local_addr();
+        self.tasks.push(tokio::spawn(
+            replica.run_until_stopped(wait_for(self.stopped.clone())),
+        ));
+        addr
     }
 
     pub async fn billing(&self) -> BillingServiceClient<Channel> {
@@ -163,6 +179,11 @@ impl TestApp {
             admin.pool().close().await;
         }
     }
+}
+
+/// Resolves when the stack is told to stop.
+async fn wait_for(mut stopped: watch::Receiver<()>) {
+    let _ = stopped.changed().await;
 }
 
 /// `message` with `authorization: Bearer <token>`.

@@ -112,6 +112,8 @@ pub struct RecordEntry<'a> {
 /// The credit record: every bill due by `today` (early-settled ones excluded), by due
 /// date, and the worst bucket. A bill paid within `grace_days` of its due date is on
 /// time, as SPEC §5.8 says; grace is the product's, given per bill by `grace_days`.
+/// An unpaid bill is OVERDUE here exactly when day close has marked it so, keeping
+/// the record in step with the bills' statuses.
 pub fn credit_record<'a>(
     bills: &'a [Bill],
     today: NaiveDate,
@@ -136,17 +138,8 @@ pub fn credit_record<'a>(
                 }
                 (BillState::Paid, None) => (Standing::OnTime, 0),
                 (BillState::Overdue, _) => (Standing::Overdue, (today - bill.due_date).num_days()),
-                _ => {
-                    let days = (today - bill.due_date).num_days();
-                    (
-                        if days > grace {
-                            Standing::Overdue
-                        } else {
-                            Standing::Due
-                        },
-                        days,
-                    )
-                }
+                // Unpaid but not marked OVERDUE: day close has not found it past grace.
+                _ => (Standing::Due, (today - bill.due_date).num_days()),
             };
             RecordEntry {
                 bill,
@@ -236,6 +229,7 @@ mod tests {
             bill(2, "2026-04-10", "1", BillState::Paid, Some("2026-05-20")),
             bill(3, "2026-07-30", "1", BillState::Open, None),
             bill(4, "2026-09-10", "1", BillState::Open, None),
+            bill(5, "2026-06-01", "1", BillState::Overdue, None),
         ];
         let (entries, worst) = credit_record(&bills, today, |_| 3);
         let standings: Vec<_> = entries
@@ -247,10 +241,11 @@ mod tests {
             [
                 (1, Standing::OnTime, 3),
                 (2, Standing::Late, 40),
+                (5, Standing::Overdue, 61),
                 (3, Standing::Due, 2)
             ]
         );
-        assert_eq!(worst, Bucket::M2);
+        assert_eq!(worst, Bucket::M3);
         assert_eq!(
             [
                 Bucket::of(0),

@@ -3,8 +3,9 @@
 
 use billpay_contracts::{
     billing::v1::{
-        BillStatus, CreatePlanRequest, GetAccountRequest, GetAccountSummaryRequest, GetBillRequest,
-        GetPlanRequest, ListBillsRequest, ListPlansRequest, QuotePlanRequest,
+        BillStatus, CreatePlanRequest, DelinquencyBucket, GetAccountRequest,
+        GetAccountSummaryRequest, GetBillRequest, GetCreditRecordRequest, GetPlanRequest,
+        ListBillsRequest, ListPlansRequest, QuotePlanRequest, RepaymentStanding,
         billing_service_client::BillingServiceClient,
     },
     common::v1::Money,
@@ -28,6 +29,8 @@ on_both_backends!(
     a_back_dated_plan_has_bills_due,
     list_bills_pages_without_gaps_or_repeats,
     malformed_plans_are_refused_and_write_nothing,
+    replicas_on_one_database_stay_correct,
+    the_credit_record_lists_bills_due_so_far,
 );
 
 const READ_WRITE: &[&str] = &["billing:read", "billing:write"];
@@ -578,5 +581,121 @@ async fn malformed_plans_are_refused_and_write_nothing(backend: Backend, test: &
         (0, 0)
     );
     assert_eq!(available_credit(&app, &account_id).await, "50000.00");
+    app.stop().await;
+}
+
+/// Two billing-svc replicas on one database: plans racing through different replicas
+/// still respect the limit and the order_ref, since the database decides.
+async fn replicas_on_one_database_stay_correct(backend: Backend, test: &str) {
+    let Some(mut app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let replica = app.spawn_billing_replica().await;
+    let account_id = open_account(&app, "c-replicas", "10000.00").await;
+    let token = app.service_token(READ_WRITE);
+    let race = |requests: Vec<CreatePlanRequest>| {
+        let calls: Vec<_> = requests
+            .into_iter()
+            .zip([app.billing_addr, replica].into_iter().cycle())
+            .map(|(request, addr)| {
+                let request = authorized(request, &token);
+                tokio::spawn(async move {
+                    BillingServiceClient::new(connect(addr).await)
+                        .create_plan(request)
+                        .await
+                })
+            })
+            .collect();
+        async move {
+            let mut results = Vec::new();
+            for call in calls {
+                results.push(call.await.unwrap().map(|response| response.into_inner()));
+            }
+            results
+        }
+    };
+
+    let over_limit = race(vec![
+        new_plan(&account_id, "r-a", "mall-free", 6, "6000.00"),
+        new_plan(&account_id, "r-b", "mall-free", 6, "6000.00"),
+    ])
+    .await;
+    assert_eq!(
+        over_limit.iter().filter(|result| result.is_ok()).count(),
+        1,
+        "{over_limit:?}"
+    );
+    assert_eq!(available_credit(&app, &account_id).await, "4000.00");
+
+    let same_order = race(
+        (0..10)
+            .map(|_| new_plan(&account_id, "r-same", "mall-free", 3, "300.00"))
+            .collect(),
+    )
+    .await;
+    let mut plan_ids: Vec<_> = same_order
+        .into_iter()
+        .map(|result| {
+            result
+                .expect("every caller gets the plan")
+                .plan
+                .unwrap()
+                .plan_id
+        })
+        .collect();
+    plan_ids.dedup();
+    assert_eq!(plan_ids.len(), 1);
+    assert_eq!(app.billing_rows("plans").await, 2);
+    assert_eq!(available_credit(&app, &account_id).await, "3700.00");
+    app.stop().await;
+}
+
+async fn the_credit_record_lists_bills_due_so_far(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let account_id = open_account(&app, "c-record", "50000.00").await;
+    let token = app.service_token(READ_WRITE);
+    let mut billing = app.billing().await;
+    let mut request = new_plan(&account_id, "o-record", "mall-free", 6, "600.00");
+    request.purchase_date = (business_today() - Months::new(2)).to_string();
+    billing
+        .create_plan(authorized(request, &token))
+        .await
+        .unwrap();
+    let request = GetCreditRecordRequest {
+        account_id: account_id.clone(),
+    };
+    let record = billing
+        .get_credit_record(authorized(request, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let standings: Vec<_> = record
+        .entries
+        .iter()
+        .map(|entry| (entry.seq, entry.standing()))
+        .collect();
+    assert_eq!(
+        standings,
+        [(1, RepaymentStanding::Due), (2, RepaymentStanding::Due)]
+    );
+    assert_eq!(
+        record.entries[1].days_past_due, 0,
+        "the second bill is due today"
+    );
+    assert_eq!(
+        (
+            record.on_time_count,
+            record.late_count,
+            record.overdue_count
+        ),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        record.worst_bucket(),
+        DelinquencyBucket::N,
+        "nothing is overdue before day close marks it"
+    );
     app.stop().await;
 }

@@ -97,8 +97,8 @@ def percent_choices(x, stats):
 def check(resp, method, principal, rate, n, stats):
     """Returns (field, expected, service) for every difference in one quote."""
     want = expected_lines(method, principal, rate, n, stats)
-    got = [[Decimal(getattr(line, f).amount) for f in ("principal", "interest", "fee", "amount_due")]
-           for line in resp.lines]
+    got = [[Decimal(getattr(line, name).amount)
+            for name in ("principal", "interest", "fee", "amount_due")] for line in resp.lines]
     dues = [g[3] for g in got]
     method_field = resp.DESCRIPTOR.fields_by_name["method"].enum_type
     diffs = [("method", method, method_field.values_by_number[resp.method].name),
@@ -156,7 +156,10 @@ def main():
         pb, pb_grpc = load_stubs(tmp)
     stub = pb_grpc.BillingServiceStub(grpc.insecure_channel(args.addr))
     auth = [("authorization", f"Bearer {args.token}")]
-    offered = stub.ListProducts(pb.ListProductsRequest(), metadata=auth, timeout=10).products
+    try:
+        offered = stub.ListProducts(pb.ListProductsRequest(), metadata=auth, timeout=10).products
+    except grpc.RpcError as err:
+        sys.exit(f"oracle: ListProducts failed: {err.code().name}: {err.details()}")
     products = {p.product_id: {t.term_count: Decimal(t.rate) for t in p.terms}
                 for p in offered if p.product_id in PRODUCTS}
     if set(products) != set(PRODUCTS):

@@ -2,6 +2,7 @@
 //! are parsed, not validated: holding one means it is well-formed.
 
 pub mod account;
+pub mod allocation;
 pub mod apr;
 pub mod bill;
 pub mod calendar;

@@ -50,6 +50,15 @@ pub fn sum_error(error: MoneyError) -> Status {
     service_kit::errors::internal(format!("a stored amount does not add up: {error}"))
 }
 
+/// A required id of another entity (plan, bill, payment): 1 to 64 characters.
+pub fn check_id(id: &str) -> Result<&str, &'static str> {
+    if id.is_empty() || id.len() > 64 {
+        Err("must be 1 to 64 characters")
+    } else {
+        Ok(id)
+    }
+}
+
 /// `page_size`: 0 means the default; above the maximum is capped; negative is refused.
 pub fn page_size(requested: i32) -> Result<u32, Status> {
     match u32::try_from(requested) {

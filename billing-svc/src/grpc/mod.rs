@@ -5,6 +5,7 @@ mod accounts;
 mod bills;
 mod convert;
 mod plans;
+mod repayments;
 
 use std::sync::Arc;
 
@@ -143,4 +144,7 @@ delegate! {
     list_plans => handle_list_plans(wire::ListPlansRequest) -> wire::ListPlansResponse;
     list_bills => handle_list_bills(wire::ListBillsRequest) -> wire::ListBillsResponse;
     get_bill => handle_get_bill(wire::GetBillRequest) -> wire::GetBillResponse;
+    quote_repayment => handle_quote_repayment(wire::QuoteRepaymentRequest) -> wire::QuoteRepaymentResponse;
+    apply_repayment => handle_apply_repayment(wire::ApplyRepaymentRequest) -> wire::ApplyRepaymentResponse;
+    reverse_repayment => handle_reverse_repayment(wire::ReverseRepaymentRequest) -> wire::ReverseRepaymentResponse;
 }

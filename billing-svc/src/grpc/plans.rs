@@ -13,7 +13,7 @@ use super::{
     BillingApi,
     accounts::parse_account_id,
     convert::{
-        decode_page_token, encode_page_token, method_to_wire, money_field, money_to_wire,
+        check_id, decode_page_token, encode_page_token, method_to_wire, money_field, money_to_wire,
         page_size, plan_to_wire, sum_error,
     },
 };
@@ -244,10 +244,7 @@ fn parse_plan_request(
 
 /// A required id field: non-empty, at most 64 characters.
 pub(super) fn parse_id<'a>(field: &str, id: &'a str) -> Result<&'a str, Status> {
-    if id.is_empty() || id.len() > 64 {
-        return Err(invalid_field(field, "must be 1 to 64 characters"));
-    }
-    Ok(id)
+    check_id(id).map_err(|problem| invalid_field(field, problem))
 }
 
 fn plan_error(error: PlanError) -> Status {

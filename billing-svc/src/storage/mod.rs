@@ -3,12 +3,14 @@
 mod accounts;
 mod bills;
 mod plans;
+mod repayments;
 
 use service_kit::db::{Db, Migration, Migrations};
 
 pub use accounts::CreateOutcome;
 pub use bills::BillPageKey;
 pub use plans::{CreatePlanOutcome, NewPlan};
+pub use repayments::{Applied, ApplyOutcome, ReverseOutcome, Reversed};
 
 /// billing-svc's schema, per dialect, in version order.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -23,6 +25,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "plans",
             sql: include_str!("../../migrations/sqlite/0002_plans.sql"),
         },
+        Migration {
+            version: 3,
+            name: "repayments",
+            sql: include_str!("../../migrations/sqlite/0003_repayments.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -34,6 +41,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 2,
             name: "plans",
             sql: include_str!("../../migrations/postgres/0002_plans.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "repayments",
+            sql: include_str!("../../migrations/postgres/0003_repayments.sql"),
         },
     ],
 };

@@ -1,0 +1,224 @@
+//! QuoteRepayment, ApplyRepayment and ReverseRepayment.
+
+use billpay_contracts::{billing::v1 as wire, common::v1::repayment_target::Kind};
+use service_kit::{
+    audit::admit_account,
+    auth::Caller,
+    clock::{now_micros, timestamp_from_micros},
+    errors::{FieldViolations, invalid_field, refusal},
+};
+use tonic::{Code, Request, Status};
+
+use super::{
+    BillingApi,
+    convert::{check_id, money_field, money_to_wire, sum_error},
+    plans::parse_id,
+};
+use crate::{
+    domain::{
+        account::AccountId,
+        allocation::{BillAllocation, Target, TargetError, allocate, covered, owed},
+    },
+    storage::{ApplyOutcome, ReverseOutcome},
+};
+
+impl BillingApi {
+    pub(super) async fn handle_quote_repayment(
+        &self,
+        request: Request<wire::QuoteRepaymentRequest>,
+    ) -> Result<wire::QuoteRepaymentResponse, Status> {
+        let caller = Caller::of(&request)?;
+        let message = request.get_ref();
+        let mut violations = FieldViolations::new();
+        let account_id = violations.check("account_id", AccountId::parse(&message.account_id));
+        let target = parse_target(&mut violations, message.target.as_ref());
+        violations.into_result()?;
+        let (Some(account_id), Some(target)) = (account_id, target) else {
+            return Err(Status::internal("refused without a violation"));
+        };
+        admit_account(
+            self.store.db(),
+            caller,
+            "QuoteRepayment",
+            account_id.as_str(),
+        )
+        .await?;
+        if self.store.account(&account_id).await?.is_none() {
+            return Err(Status::not_found(format!(
+                "no account {}",
+                account_id.as_str()
+            )));
+        }
+        let bills = self.store.account_bills(&account_id).await?;
+        let (owed, amount) = owed(&target, &bills, self.today()).map_err(target_error)?;
+        let (allocations, _surplus) = allocate(amount, &owed).map_err(sum_error)?;
+        Ok(wire::QuoteRepaymentResponse {
+            amount: Some(money_to_wire(amount)),
+            allocations: allocations_to_wire(&allocations).map_err(sum_error)?,
+            quoted_at: Some(timestamp_from_micros(now_micros())),
+        })
+    }
+
+    pub(super) async fn handle_apply_repayment(
+        &self,
+        request: Request<wire::ApplyRepaymentRequest>,
+    ) -> Result<wire::ApplyRepaymentResponse, Status> {
+        let message = request.get_ref();
+        let mut violations = FieldViolations::new();
+        let payment_id = violations.check("payment_id", check_id(&message.payment_id));
+        let account_id = violations.check("account_id", AccountId::parse(&message.account_id));
+        let amount = money_field(&mut violations, "amount", message.amount.as_ref());
+        if amount.is_some_and(|amount| amount.is_zero()) {
+            violations.add("amount", "must be greater than zero");
+        }
+        let target = parse_target(&mut violations, message.target.as_ref());
+        violations.into_result()?;
+        let (Some(payment_id), Some(account_id), Some(amount), Some(target)) =
+            (payment_id, account_id, amount, target)
+        else {
+            return Err(Status::internal("refused without a violation"));
+        };
+        let span = tracing::Span::current();
+        span.record("account_id", account_id.as_str());
+        span.record("payment_id", payment_id);
+        let today = self.today();
+        let outcome = self
+            .store
+            .apply_repayment(payment_id, &account_id, amount, today, |bills| {
+                allocate(amount, &covered(&target, bills, today)?)
+            })
+            .await?;
+        let (applied, replayed) = match outcome {
+            ApplyOutcome::Applied(applied) => (applied, false),
+            ApplyOutcome::Replayed(applied) => (applied, true),
+            ApplyOutcome::PaymentIdReused => {
+                return Err(refusal(
+                    Code::AlreadyExists,
+                    "IDEMPOTENCY_KEY_REUSED",
+                    "this payment_id was applied with another account or amount",
+                ));
+            }
+            ApplyOutcome::UnknownAccount => {
+                return Err(Status::not_found(format!(
+                    "no account {}",
+                    account_id.as_str()
+                )));
+            }
+        };
+        tracing::info!(
+            applied = %applied.applied_to_bills,
+            credit_balance = %applied.added_to_credit_balance,
+            replayed,
+            "repayment applied"
+        );
+        Ok(wire::ApplyRepaymentResponse {
+            payment_id: applied.payment_id,
+            applied_to_bills: Some(money_to_wire(applied.applied_to_bills)),
+            added_to_credit_balance: Some(money_to_wire(applied.added_to_credit_balance)),
+            allocations: allocations_to_wire(&applied.allocations).map_err(sum_error)?,
+            replayed,
+        })
+    }
+
+    pub(super) async fn handle_reverse_repayment(
+        &self,
+        request: Request<wire::ReverseRepaymentRequest>,
+    ) -> Result<wire::ReverseRepaymentResponse, Status> {
+        let payment_id = parse_id("payment_id", &request.get_ref().payment_id)?;
+        tracing::Span::current().record("payment_id", payment_id);
+        let (reversed, replayed) = match self.store.reverse_repayment(payment_id).await? {
+            ReverseOutcome::Reversed(reversed) => (reversed, false),
+            ReverseOutcome::Replayed(reversed) => (reversed, true),
+            ReverseOutcome::UnknownPayment => {
+                return Err(Status::not_found(format!(
+                    "no repayment {payment_id} was applied"
+                )));
+            }
+        };
+        Ok(wire::ReverseRepaymentResponse {
+            payment_id: reversed.payment_id,
+            reversed_from_bills: Some(money_to_wire(reversed.from_bills)),
+            reversed_from_credit_balance: Some(money_to_wire(reversed.from_credit_balance)),
+            replayed,
+        })
+    }
+}
+
+/// Parses a required repayment target.
+fn parse_target(
+    violations: &mut FieldViolations,
+    target: Option<&billpay_contracts::common::v1::RepaymentTarget>,
+) -> Option<Target> {
+    match target.and_then(|target| target.kind.as_ref()) {
+        None => {
+            violations.add(
+                "target",
+                "is required: one of bills, all_due, plan_payoff, amount",
+            );
+            None
+        }
+        Some(Kind::Bills(selection)) => {
+            let ids = &selection.bill_ids;
+            if ids.is_empty() {
+                violations.add("target.bills.bill_ids", "must name at least one bill");
+                return None;
+            }
+            if ids.len() > 100 || ids.iter().any(|id| id.is_empty() || id.len() > 64) {
+                violations.add(
+                    "target.bills.bill_ids",
+                    "at most 100 ids of 1 to 64 characters",
+                );
+                return None;
+            }
+            Some(Target::Bills(ids.clone()))
+        }
+        Some(Kind::AllDue(_)) => Some(Target::AllDue),
+        Some(Kind::PlanPayoff(payoff)) => {
+            if payoff.plan_id.is_empty() || payoff.plan_id.len() > 64 {
+                violations.add("target.plan_payoff.plan_id", "must be 1 to 64 characters");
+                return None;
+            }
+            Some(Target::PlanPayoff(payoff.plan_id.clone()))
+        }
+        Some(Kind::Amount(money)) => {
+            let amount = money_field(violations, "target.amount", Some(money))?;
+            if amount.is_zero() {
+                violations.add("target.amount", "must be greater than zero");
+                return None;
+            }
+            Some(Target::Amount(amount))
+        }
+    }
+}
+
+fn target_error(error: TargetError) -> Status {
+    let message = error.to_string();
+    match error {
+        TargetError::UnknownBill(_) => Status::not_found(message),
+        TargetError::NothingToPay => refusal(Code::FailedPrecondition, "NOTHING_TO_PAY", message),
+        TargetError::AmountAboveOwed { .. } => invalid_field("target.amount", message),
+        TargetError::PlanPayoffNotAvailable => Status::unimplemented(message),
+        TargetError::Money(error) => sum_error(error),
+    }
+}
+
+fn allocations_to_wire(
+    allocations: &[BillAllocation],
+) -> Result<Vec<wire::Allocation>, service_kit::money::MoneyError> {
+    allocations
+        .iter()
+        .map(|allocation| {
+            Ok(wire::Allocation {
+                bill_id: allocation.bill_id.clone(),
+                plan_id: allocation.plan_id.clone(),
+                seq: i32::try_from(allocation.seq).unwrap_or(i32::MAX),
+                due_date: allocation.due_date.to_string(),
+                principal: Some(money_to_wire(allocation.parts.principal)),
+                interest: Some(money_to_wire(allocation.parts.interest)),
+                fee: Some(money_to_wire(allocation.parts.fee)),
+                penalty: Some(money_to_wire(allocation.parts.penalty)),
+                amount: Some(money_to_wire(allocation.parts.total()?)),
+            })
+        })
+        .collect()
+}

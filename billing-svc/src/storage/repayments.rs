@@ -1,0 +1,456 @@
+//! Applying and reversing repayments: every money movement on an account happens in
+//! one transaction that first takes the account's row (a per-account lock on
+//! PostgreSQL; SQLite's write lock does the same), so replicas never interleave.
+
+use std::collections::BTreeSet;
+
+use chrono::NaiveDate;
+use service_kit::{
+    clock::now_micros,
+    money::{Currency, Money, MoneyError},
+};
+use sqlx::{Any, Row, Transaction};
+
+use super::{StorageError, Store, bills::BILL_COLUMNS, bills::bill_from_row};
+use crate::domain::{
+    account::AccountId,
+    allocation::BillAllocation,
+    bill::{Bill, BillState, Components},
+};
+
+/// A repayment's effect on the account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub payment_id: String,
+    pub allocations: Vec<BillAllocation>,
+    pub applied_to_bills: Money,
+    pub added_to_credit_balance: Money,
+}
+
+#[derive(Debug)]
+pub enum ApplyOutcome {
+    Applied(Applied),
+    /// This payment_id was applied before; here is that result.
+    Replayed(Applied),
+    /// This payment_id was applied before with another account or amount.
+    PaymentIdReused,
+    UnknownAccount,
+}
+
+/// What a reversal took back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reversed {
+    pub payment_id: String,
+    pub from_bills: Money,
+    pub from_credit_balance: Money,
+}
+
+#[derive(Debug)]
+pub enum ReverseOutcome {
+    Reversed(Reversed),
+    Replayed(Reversed),
+    UnknownPayment,
+}
+
+/// Takes the account's row for the rest of the transaction; false if no such account.
+async fn lock_account(
+    transaction: &mut Transaction<'static, Any>,
+    account_id: &str,
+    now: i64,
+) -> Result<bool, StorageError> {
+    let touched = sqlx::query("UPDATE accounts SET updated_at_micros = $1 WHERE account_id = $2")
+        .bind(now)
+        .bind(account_id)
+        .execute(&mut **transaction)
+        .await?
+        .rows_affected();
+    Ok(touched == 1)
+}
+
+impl Store {
+    /// Applies `amount` captured by `payment_id`: `allocate` decides, from the
+    /// account's bills (oldest first) as they are inside the transaction, what each
+    /// bill receives and what is left for the credit balance.
+    pub async fn apply_repayment(
+        &self,
+        payment_id: &str,
+        account_id: &AccountId,
+        amount: Money,
+        today: NaiveDate,
+        allocate: impl FnOnce(&[Bill]) -> Result<(Vec<BillAllocation>, Money), MoneyError>,
+    ) -> Result<ApplyOutcome, StorageError> {
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        if !lock_account(&mut transaction, account_id.as_str(), now).await? {
+            transaction.rollback().await?;
+            return Ok(ApplyOutcome::UnknownAccount);
+        }
+        let inserted = sqlx::query(
+            "INSERT INTO repayments (payment_id, account_id, currency_code, amount_minor, applied_to_bills_minor, \
+               added_to_credit_balance_minor, state, applied_at_micros) \
+             VALUES ($1, $2, $3, $4, 0, $4, 'APPLIED', $5) ON CONFLICT (payment_id) DO NOTHING",
+        )
+        .bind(payment_id)
+        .bind(account_id.as_str())
+        .bind(amount.currency().code())
+        .bind(amount.minor())
+        .bind(now)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            transaction.rollback().await?;
+            return self.replay(payment_id, account_id, amount).await;
+        }
+
+        let rows = sqlx::query(&format!(
+            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
+        ))
+        .bind(account_id.as_str())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let bills = rows
+            .iter()
+            .map(bill_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let (allocations, surplus) = allocate(&bills).map_err(money_error)?;
+        let applied_to_bills = amount.checked_sub(surplus).map_err(money_error)?;
+
+        let mut principal_paid = Money::zero(amount.currency());
+        let mut plans = BTreeSet::new();
+        for allocation in &allocations {
+            let bill = bills
+                .iter()
+                .find(|bill| bill.bill_id == allocation.bill_id)
+                .ok_or_else(|| {
+                    StorageError::Corrupt("allocation to a bill not on the account".into())
+                })?;
+            let paid = add(&bill.paid, &allocation.parts).map_err(money_error)?;
+            let state = if paid == bill.charged {
+                BillState::Paid
+            } else {
+                bill.state
+            };
+            set_paid(
+                &mut transaction,
+                bill,
+                &paid,
+                state,
+                Some((now, today)),
+                now,
+            )
+            .await?;
+            insert_allocation(&mut transaction, payment_id, account_id, allocation).await?;
+            principal_paid = principal_paid
+                .checked_add(allocation.parts.principal)
+                .map_err(money_error)?;
+            plans.insert(bill.plan_id.clone());
+        }
+        let updated = sqlx::query(
+            "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
+               credit_balance_minor = credit_balance_minor + $2 \
+             WHERE account_id = $3 AND principal_unpaid_minor >= $1",
+        )
+        .bind(principal_paid.minor())
+        .bind(surplus.minor())
+        .bind(account_id.as_str())
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Err(StorageError::Corrupt(
+                "principal repaid exceeds the principal owed".into(),
+            ));
+        }
+        for plan_id in &plans {
+            settle_plan_if_paid(&mut transaction, plan_id, now).await?;
+        }
+        sqlx::query(
+            "UPDATE repayments SET applied_to_bills_minor = $1, added_to_credit_balance_minor = $2 WHERE payment_id = $3",
+        )
+        .bind(applied_to_bills.minor())
+        .bind(surplus.minor())
+        .bind(payment_id)
+        .execute(&mut *transaction)
+        .await?;
+        transaction.commit().await?;
+        Ok(ApplyOutcome::Applied(Applied {
+            payment_id: payment_id.to_owned(),
+            allocations,
+            applied_to_bills,
+            added_to_credit_balance: surplus,
+        }))
+    }
+
+    async fn replay(
+        &self,
+        payment_id: &str,
+        account_id: &AccountId,
+        amount: Money,
+    ) -> Result<ApplyOutcome, StorageError> {
+        let row = sqlx::query(
+            "SELECT account_id, currency_code, amount_minor, applied_to_bills_minor, added_to_credit_balance_minor \
+             FROM repayments WHERE payment_id = $1",
+        )
+        .bind(payment_id)
+        .fetch_one(self.db.pool())
+        .await?;
+        let currency = currency_of(&row)?;
+        let stored_account: String = row.try_get("account_id")?;
+        let stored_amount =
+            Money::from_minor(currency, row.try_get("amount_minor")?).map_err(money_error)?;
+        if stored_account != account_id.as_str() || stored_amount != amount {
+            return Ok(ApplyOutcome::PaymentIdReused);
+        }
+        let applied = Applied {
+            payment_id: payment_id.to_owned(),
+            allocations: self.allocations_of(payment_id, currency).await?,
+            applied_to_bills: Money::from_minor(currency, row.try_get("applied_to_bills_minor")?)
+                .map_err(money_error)?,
+            added_to_credit_balance: Money::from_minor(
+                currency,
+                row.try_get("added_to_credit_balance_minor")?,
+            )
+            .map_err(money_error)?,
+        };
+        Ok(ApplyOutcome::Replayed(applied))
+    }
+
+    async fn allocations_of(
+        &self,
+        payment_id: &str,
+        currency: Currency,
+    ) -> Result<Vec<BillAllocation>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT a.bill_id, b.plan_id, b.seq, b.due_date, a.principal_minor, a.interest_minor, a.fee_minor, \
+               a.penalty_minor \
+             FROM allocations a JOIN bills b ON b.bill_id = a.bill_id \
+             WHERE a.payment_id = $1 ORDER BY b.due_date, b.plan_id, b.seq",
+        )
+        .bind(payment_id)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let money = |column: &str| -> Result<Money, StorageError> {
+                    Money::from_minor(currency, row.try_get(column)?).map_err(money_error)
+                };
+                Ok(BillAllocation {
+                    bill_id: row.try_get("bill_id")?,
+                    plan_id: row.try_get("plan_id")?,
+                    seq: u32::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
+                    due_date: crate::domain::calendar::parse_date(row.try_get("due_date")?)
+                        .map_err(|_| StorageError::Corrupt("bills.due_date".into()))?,
+                    parts: Components {
+                        principal: money("principal_minor")?,
+                        interest: money("interest_minor")?,
+                        fee: money("fee_minor")?,
+                        penalty: money("penalty_minor")?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Undoes exactly `payment_id`'s allocations: bills reopen, principal counts
+    /// against the credit limit again, its credit_balance share is taken back.
+    pub async fn reverse_repayment(
+        &self,
+        payment_id: &str,
+    ) -> Result<ReverseOutcome, StorageError> {
+        let account_id: Option<String> =
+            sqlx::query_scalar("SELECT account_id FROM repayments WHERE payment_id = $1")
+                .bind(payment_id)
+                .fetch_optional(self.db.pool())
+                .await?;
+        let Some(account_id) = account_id else {
+            return Ok(ReverseOutcome::UnknownPayment);
+        };
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        lock_account(&mut transaction, &account_id, now).await?;
+        let row = sqlx::query(
+            "SELECT currency_code, state, applied_to_bills_minor, added_to_credit_balance_minor \
+             FROM repayments WHERE payment_id = $1",
+        )
+        .bind(payment_id)
+        .fetch_one(&mut *transaction)
+        .await?;
+        let currency = currency_of(&row)?;
+        let reversed = Reversed {
+            payment_id: payment_id.to_owned(),
+            from_bills: Money::from_minor(currency, row.try_get("applied_to_bills_minor")?)
+                .map_err(money_error)?,
+            from_credit_balance: Money::from_minor(
+                currency,
+                row.try_get("added_to_credit_balance_minor")?,
+            )
+            .map_err(money_error)?,
+        };
+        if row.try_get::<String, _>("state")? == "REVERSED" {
+            transaction.rollback().await?;
+            return Ok(ReverseOutcome::Replayed(reversed));
+        }
+        let allocations = self.allocations_of(payment_id, currency).await?;
+        let mut principal = Money::zero(currency);
+        let mut plans = BTreeSet::new();
+        for allocation in &allocations {
+            let row = sqlx::query(&format!(
+                "SELECT {BILL_COLUMNS} FROM bills WHERE bill_id = $1"
+            ))
+            .bind(allocation.bill_id.as_str())
+            .fetch_one(&mut *transaction)
+            .await?;
+            let bill = bill_from_row(&row)?;
+            let paid = bill
+                .paid
+                .checked_sub(&allocation.parts)
+                .map_err(money_error)?;
+            let state = if bill.state == BillState::Paid {
+                BillState::Open
+            } else {
+                bill.state
+            };
+            set_paid(&mut transaction, &bill, &paid, state, None, now).await?;
+            principal = principal
+                .checked_add(allocation.parts.principal)
+                .map_err(money_error)?;
+            plans.insert(bill.plan_id);
+        }
+        let updated = sqlx::query(
+            "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor + $1, \
+               credit_balance_minor = credit_balance_minor - $2 \
+             WHERE account_id = $3 AND credit_balance_minor >= $2",
+        )
+        .bind(principal.minor())
+        .bind(reversed.from_credit_balance.minor())
+        .bind(account_id.as_str())
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if updated != 1 {
+            return Err(StorageError::Corrupt(
+                "the payment's credit balance share has already been used".into(),
+            ));
+        }
+        for plan_id in &plans {
+            sqlx::query("UPDATE plans SET status = 'ACTIVE', updated_at_micros = $1 WHERE plan_id = $2 AND status = 'SETTLED'")
+                .bind(now)
+                .bind(plan_id.as_str())
+                .execute(&mut *transaction)
+                .await?;
+        }
+        sqlx::query("UPDATE repayments SET state = 'REVERSED', reversed_at_micros = $1 WHERE payment_id = $2")
+            .bind(now)
+            .bind(payment_id)
+            .execute(&mut *transaction)
+            .await?;
+        transaction.commit().await?;
+        Ok(ReverseOutcome::Reversed(reversed))
+    }
+}
+
+fn money_error(error: MoneyError) -> StorageError {
+    StorageError::Corrupt(format!("money does not add up: {error}"))
+}
+
+fn currency_of(row: &sqlx::any::AnyRow) -> Result<Currency, StorageError> {
+    Currency::parse(row.try_get("currency_code")?)
+        .map_err(|_| StorageError::Corrupt("currency_code".into()))
+}
+
+fn add(a: &Components, b: &Components) -> Result<Components, MoneyError> {
+    Ok(Components {
+        principal: a.principal.checked_add(b.principal)?,
+        interest: a.interest.checked_add(b.interest)?,
+        fee: a.fee.checked_add(b.fee)?,
+        penalty: a.penalty.checked_add(b.penalty)?,
+    })
+}
+
+/// Sets a bill's paid amounts, only if they are still what `bill` says (the account
+/// lock makes this certain; the condition makes it checked). `paid_now` stamps
+/// paid_at / paid_on when the bill becomes PAID; None clears them.
+async fn set_paid(
+    transaction: &mut Transaction<'static, Any>,
+    bill: &Bill,
+    paid: &Components,
+    state: BillState,
+    paid_now: Option<(i64, NaiveDate)>,
+    now: i64,
+) -> Result<(), StorageError> {
+    let (paid_at, paid_on) = match (state, paid_now) {
+        (BillState::Paid, Some((at, on))) => (Some(at), Some(on.to_string())),
+        _ => (None, None),
+    };
+    let updated = sqlx::query(
+        "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
+           paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
+         WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
+           AND paid_fee_minor = $12 AND paid_penalty_minor = $13",
+    )
+    .bind(paid.principal.minor())
+    .bind(paid.interest.minor())
+    .bind(paid.fee.minor())
+    .bind(paid.penalty.minor())
+    .bind(state.as_str())
+    .bind(paid_at)
+    .bind(paid_on)
+    .bind(now)
+    .bind(bill.bill_id.as_str())
+    .bind(bill.paid.principal.minor())
+    .bind(bill.paid.interest.minor())
+    .bind(bill.paid.fee.minor())
+    .bind(bill.paid.penalty.minor())
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(StorageError::Corrupt(format!(
+            "bill {} changed under the account lock",
+            bill.bill_id
+        )));
+    }
+    Ok(())
+}
+
+async fn insert_allocation(
+    transaction: &mut Transaction<'static, Any>,
+    payment_id: &str,
+    account_id: &AccountId,
+    allocation: &BillAllocation,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO allocations (payment_id, bill_id, account_id, principal_minor, interest_minor, fee_minor, penalty_minor) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(payment_id)
+    .bind(allocation.bill_id.as_str())
+    .bind(account_id.as_str())
+    .bind(allocation.parts.principal.minor())
+    .bind(allocation.parts.interest.minor())
+    .bind(allocation.parts.fee.minor())
+    .bind(allocation.parts.penalty.minor())
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Marks a plan SETTLED once none of its bills is unpaid.
+async fn settle_plan_if_paid(
+    transaction: &mut Transaction<'static, Any>,
+    plan_id: &str,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE plans SET status = 'SETTLED', updated_at_micros = $1 \
+         WHERE plan_id = $2 AND status = 'ACTIVE' \
+           AND NOT EXISTS (SELECT 1 FROM bills WHERE bills.plan_id = $3 AND bills.state IN ('OPEN', 'OVERDUE'))",
+    )
+    .bind(now)
+    .bind(plan_id)
+    .bind(plan_id)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}

@@ -5,4 +5,6 @@
 pub mod app;
 pub mod config;
 pub mod grpc;
+pub mod providers;
+pub mod sim;
 pub mod storage;

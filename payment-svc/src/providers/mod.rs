@@ -1,0 +1,3 @@
+//! The only module that talks to payment providers (PROVIDER_PROTOCOL.md).
+
+pub mod signature;

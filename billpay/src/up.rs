@@ -8,6 +8,7 @@ use billpay_contracts::{
     billing::v1::{CreateAccountRequest, billing_service_client::BillingServiceClient},
     common::v1::Money,
 };
+use payment_svc::sim::{ProviderSim, SimConfig};
 use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
 use tokio::sync::watch;
 
@@ -28,6 +29,12 @@ pub struct UpArgs {
     /// payment-svc's address (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub payment_addr: SocketAddr,
+    /// payment-svc's provider-notification listener (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50053")]
+    pub notify_addr: SocketAddr,
+    /// The provider simulator's address (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:50060")]
+    pub sim_addr: SocketAddr,
     /// Log JSON lines instead of text.
     #[arg(long, env = "BILLPAY_JSON_LOGS")]
     pub json_logs: bool,
@@ -36,38 +43,56 @@ pub struct UpArgs {
 /// Runs both services until `shutdown`, then drains both and returns.
 pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sqlite_url = |file: &str| format!("sqlite://{}", args.data_dir.join(file).display());
+    let sim = ProviderSim::build(&SimConfig::dev(
+        args.sim_addr,
+        sqlite_url("provider-sim.db"),
+    ))
+    .await?;
     let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
         args.billing_addr,
         sqlite_url("billing.db"),
     ))
     .await?;
-    let payment = payment_svc::app::Application::build(&payment_svc::config::Config::dev(
+    let billing_addr = billing.local_addr();
+    let mut payment_config = payment_svc::config::Config::dev(
         args.payment_addr,
         sqlite_url("payment.db"),
-    ))
-    .await?;
-    let billing_addr = billing.local_addr();
+        format!("http://{billing_addr}"),
+        &format!("http://{}", sim.local_addr()),
+    );
+    payment_config.notify_listen_addr = args.notify_addr;
+    let payment = payment_svc::app::Application::build(&payment_config).await?;
     let payment_addr = payment.local_addr();
+    let notify_addr = payment.notify_addr();
+    let sim_addr = sim.local_addr();
 
     let (stop, stopped) = watch::channel(());
     let until_stopped = |mut stopped: watch::Receiver<()>| async move {
         let _ = stopped.changed().await;
     };
+    let mut sim_task = tokio::spawn(sim.run_until_stopped(until_stopped(stopped.clone())));
     let mut billing_task = tokio::spawn(billing.run_until_stopped(until_stopped(stopped.clone())));
     let mut payment_task = tokio::spawn(payment.run_until_stopped(until_stopped(stopped)));
 
     let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
     let demo_account_id = open_demo_account(billing_addr, &key).await?;
-    print_banner(args, billing_addr, payment_addr, &key, &demo_account_id);
+    print_banner(
+        args,
+        [billing_addr, payment_addr, notify_addr, sim_addr],
+        &key,
+        &demo_account_id,
+    );
 
     tokio::select! {
         () = shutdown => {}
         result = &mut billing_task => bail!("billing-svc stopped unexpectedly: {:?}", result?),
         result = &mut payment_task => bail!("payment-svc stopped unexpectedly: {:?}", result?),
+        result = &mut sim_task => bail!("provider-sim stopped unexpectedly: {:?}", result?),
     }
     let _ = stop.send(());
-    billing_task.await??;
     payment_task.await??;
+    billing_task.await??;
+    sim_task.await??;
     println!("billpay stopped cleanly.");
     Ok(())
 }
@@ -107,13 +132,8 @@ async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Re
     Ok(account.account_id)
 }
 
-fn print_banner(
-    args: &UpArgs,
-    billing: SocketAddr,
-    payment: SocketAddr,
-    key: &JwtKey,
-    demo_account_id: &str,
-) {
+fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_account_id: &str) {
+    let [billing, payment, notify, sim] = addrs;
     let service = mint(
         key,
         "dev-service",
@@ -143,7 +163,8 @@ fn print_banner(
         "\
 billpay is up (dev mode, data in {data}).
   billing-svc  {billing}
-  payment-svc  {payment}
+  payment-svc  {payment} (provider notifications on {notify})
+  provider-sim {sim} (its ledger: curl http://{sim}/ledger)
   demo account {demo_account_id}
 
 Dev tokens (valid 24 h, signed with the dev secret):

@@ -4,12 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::{io::Write as _, net::SocketAddr, time::Duration};
+pub mod flaky;
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
 
 use billpay_contracts::{
     billing::v1::billing_service_client::BillingServiceClient,
     payment::v1::payment_service_client::PaymentServiceClient,
 };
+use payment_svc::sim::{ProviderSim, SimConfig};
 use service_kit::{
     auth::{DEV_JWT_SECRET, JwtKey, Role, mint},
     db::Db,
@@ -33,6 +41,16 @@ pub fn say_skipped(test: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
 }
 
+/// How to vary the stack for one test.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StackOptions {
+    /// payment-svc reaches billing through [`flaky::FlakyBilling`], switched by
+    /// [`TestApp::set_billing_apply_down`].
+    pub flaky_billing: bool,
+    /// Hold wallet notifications back this long instead of the fast default.
+    pub sim_notify_delay_ms: Option<u64>,
+}
+
 /// A running stack with its own databases.
 pub struct TestApp {
     pub backend: Backend,
@@ -41,6 +59,17 @@ pub struct TestApp {
     /// billing-svc's database, for counting rows behind the API's back.
     pub billing_db: Db,
     billing_url: String,
+    payment_url: String,
+    billing_url_for_payment: String,
+    billing_apply_down: Option<Arc<AtomicBool>>,
+    payment_task: Option<JoinHandle<Result<(), ServeError>>>,
+    /// payment-svc's database, for counting rows behind the API's back.
+    pub payment_db: Db,
+    /// payment-svc's provider-notification listener.
+    pub payment_notify_addr: SocketAddr,
+    /// The provider simulator's address (`http://{sim_addr}/ledger`).
+    pub sim_addr: SocketAddr,
+    sim_task: Option<JoinHandle<anyhow::Result<()>>>,
     stopped: watch::Receiver<()>,
     key: JwtKey,
     stop: watch::Sender<()>,
@@ -53,6 +82,16 @@ impl TestApp {
     /// Spawns the stack on `backend`; `None` (and a SKIPPED line) when the backend is
     /// PostgreSQL and no server is configured.
     pub async fn spawn(backend: Backend, test: &str) -> Option<Self> {
+        Self::spawn_with(backend, test, StackOptions::default()).await
+    }
+
+    /// Like [`TestApp::spawn`], with `options`.
+    pub async fn spawn_with(backend: Backend, test: &str, options: StackOptions) -> Option<Self> {
+        let flaky_billing = options.flaky_billing;
+        if std::env::var_os("BILLPAY_TEST_LOG").is_some() {
+            // The services' logs, for debugging a test: BILLPAY_TEST_LOG=1 RUST_LOG=debug.
+            service_kit::telemetry::init(false);
+        }
         let data_dir = tempfile::tempdir().unwrap();
         let mut postgres_databases = Vec::new();
         let (billing_url, payment_url) = match backend {
@@ -75,30 +114,61 @@ impl TestApp {
             }
         };
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sim_url = format!(
+            "sqlite://{}",
+            data_dir.path().join("provider-sim.db").display()
+        );
+        let mut sim_config = fast_sim_config(any_port, sim_url);
+        if let Some(delay) = options.sim_notify_delay_ms {
+            sim_config.notify_delay_ms = delay;
+        }
+        let sim = ProviderSim::build(&sim_config).await.unwrap();
+        let sim_addr = sim.local_addr();
         let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
             any_port,
             billing_url.clone(),
         ))
         .await
         .unwrap();
-        let payment = payment_svc::app::Application::build(&payment_svc::config::Config::dev(
-            any_port,
-            payment_url,
-        ))
-        .await
-        .unwrap();
-        let (billing_addr, payment_addr) = (billing.local_addr(), payment.local_addr());
+        let billing_addr = billing.local_addr();
         let (stop, stopped) = watch::channel(());
-        let tasks = vec![
-            tokio::spawn(billing.run_until_stopped(wait_for(stopped.clone()))),
-            tokio::spawn(payment.run_until_stopped(wait_for(stopped.clone()))),
-        ];
+        let (billing_for_payment, billing_apply_down) = if flaky_billing {
+            let (addr, switch) = flaky::start(billing_addr, stopped.clone()).await;
+            (addr, Some(switch))
+        } else {
+            (billing_addr, None)
+        };
+        let billing_url_for_payment = format!("http://{billing_for_payment}");
+        let payment_config = fast_payment_config(
+            payment_url.clone(),
+            billing_url_for_payment.clone(),
+            sim_addr,
+        );
+        let payment = payment_svc::app::Application::build(&payment_config)
+            .await
+            .unwrap();
+        let payment_addr = payment.local_addr();
+        let payment_notify_addr = payment.notify_addr();
+        let payment_url_for_counts = payment_url.clone();
+        let tasks = vec![tokio::spawn(
+            billing.run_until_stopped(wait_for(stopped.clone())),
+        )];
+        let payment_task = tokio::spawn(payment.run_until_stopped(wait_for(stopped.clone())));
+        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
         Some(Self {
             backend,
             billing_addr,
             payment_addr,
             billing_db: Db::connect(&billing_url, 2).await.unwrap(),
             billing_url,
+            payment_url,
+            billing_url_for_payment,
+            billing_apply_down,
+            payment_task: Some(payment_task),
+            payment_notify_addr,
+            payment_db: Db::connect(&payment_url_for_counts, 2).await.unwrap(),
+            sim_addr,
+            sim_task: Some(sim_task),
             stopped,
             key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
             stop,
@@ -121,6 +191,80 @@ impl TestApp {
             replica.run_until_stopped(wait_for(self.stopped.clone())),
         ));
         addr
+    }
+
+    /// Starts another payment-svc on the same database and returns its address.
+    pub async fn spawn_payment_replica(&mut self) -> SocketAddr {
+        let config = fast_payment_config(
+            self.payment_url.clone(),
+            self.billing_url_for_payment.clone(),
+            self.sim_addr,
+        );
+        let replica = payment_svc::app::Application::build(&config).await.unwrap();
+        let addr = replica.local_addr();
+        self.tasks.push(tokio::spawn(
+            replica.run_until_stopped(wait_for(self.stopped.clone())),
+        ));
+        addr
+    }
+
+    /// Kills payment-svc where it stands (its task is aborted: nothing after the
+    /// current await point runs, as with kill -9), then starts a new one on the same
+    /// database and returns its address.
+    pub async fn kill_and_restart_payment(&mut self) -> SocketAddr {
+        if let Some(task) = self.payment_task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        let config = fast_payment_config(
+            self.payment_url.clone(),
+            self.billing_url_for_payment.clone(),
+            self.sim_addr,
+        );
+        let restarted = payment_svc::app::Application::build(&config).await.unwrap();
+        self.payment_addr = restarted.local_addr();
+        self.payment_notify_addr = restarted.notify_addr();
+        self.payment_task = Some(tokio::spawn(
+            restarted.run_until_stopped(wait_for(self.stopped.clone())),
+        ));
+        self.payment_addr
+    }
+
+    /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
+    /// stack spawned with `flaky_billing`.
+    pub fn set_billing_apply_down(&self, down: bool) {
+        self.billing_apply_down
+            .as_ref()
+            .expect("spawned with flaky_billing")
+            .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The simulator's ledger: (captured, refunded) in minor units, and its entries.
+    pub async fn ledger(&self) -> (i64, i64, Vec<serde_json::Value>) {
+        let body: serde_json::Value = reqwest::get(format!("http://{}/ledger", self.sim_addr))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            body["captured_minor"].as_i64().unwrap(),
+            body["refunded_minor"].as_i64().unwrap(),
+            body["entries"].as_array().cloned().unwrap_or_default(),
+        )
+    }
+
+    /// Rows in a payment-svc table.
+    pub async fn payment_rows(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(self.payment_db.pool())
+            .await
+            .unwrap()
+    }
+
+    /// A service token for payment-svc.
+    pub fn payment_token(&self) -> String {
+        self.service_token(&["payment:read", "payment:write", "payment:refund"])
     }
 
     pub async fn billing(&self) -> BillingServiceClient<Channel> {
@@ -166,7 +310,14 @@ impl TestApp {
         for task in self.tasks {
             task.await.unwrap().unwrap();
         }
+        if let Some(payment) = self.payment_task {
+            payment.await.unwrap().unwrap();
+        }
+        if let Some(sim) = self.sim_task {
+            sim.await.unwrap().unwrap();
+        }
         self.billing_db.pool().close().await;
+        self.payment_db.pool().close().await;
         if let (Backend::Postgres, Ok(server_url)) = (self.backend, std::env::var(POSTGRES_URL_VAR))
         {
             let admin = Db::connect(&server_url, 1).await.unwrap();
@@ -179,6 +330,35 @@ impl TestApp {
             admin.pool().close().await;
         }
     }
+}
+
+/// Simulator settings for tests: quick notifications, and a "lost" reply held back
+/// well past payment-svc's provider timeout.
+pub fn fast_sim_config(listen_addr: SocketAddr, database_url: String) -> SimConfig {
+    let mut config = SimConfig::dev(listen_addr, database_url);
+    config.notify_delay_ms = 20;
+    config.lost_reply_delay_ms = 3_000;
+    config
+}
+
+/// payment-svc settings for tests: short provider timeout, quick reconciler and outbox.
+pub fn fast_payment_config(
+    database_url: String,
+    billing_url: String,
+    sim_addr: SocketAddr,
+) -> payment_svc::config::Config {
+    let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let mut config = payment_svc::config::Config::dev(
+        any_port,
+        database_url,
+        billing_url,
+        &format!("http://{sim_addr}"),
+    );
+    config.provider_timeout_ms = 500;
+    config.reconcile_after_ms = 1_000;
+    config.reconcile_interval_ms = 100;
+    config.outbox_poll_ms = 50;
+    config
 }
 
 /// Resolves when the stack is told to stop.

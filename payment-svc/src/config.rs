@@ -1,8 +1,17 @@
 //! payment-svc's configuration: flags with environment fallbacks.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use service_kit::config::CommonArgs;
+
+use crate::{jobs::JobTimings, providers::ProviderSettings};
+
+/// The provider secrets dev mode uses when none is configured (the simulator's too).
+pub const DEV_PROVIDER_SECRETS: [&str; 3] = [
+    "dev-bank-card-secret",
+    "dev-alipay-secret",
+    "dev-wechat-pay-secret",
+];
 
 /// payment-svc's settings.
 #[derive(Debug, Clone, clap::Parser)]
@@ -21,17 +30,160 @@ pub struct Config {
         default_value = "sqlite://data/payment.db"
     )]
     pub database_url: String,
+    /// billing-svc's gRPC URL.
+    #[arg(
+        long,
+        env = "PAYMENT_BILLING_URL",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub billing_url: String,
+    /// Address of the HTTP listener providers send notifications to.
+    #[arg(
+        long,
+        env = "PAYMENT_NOTIFY_LISTEN_ADDR",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub notify_listen_addr: SocketAddr,
+    /// The notify listener's URL as providers reach it; `http://<notify-listen-addr>`
+    /// when unset.
+    #[arg(long, env = "PAYMENT_NOTIFY_BASE_URL")]
+    pub notify_base_url: Option<String>,
+    #[arg(
+        long,
+        env = "PAYMENT_BANK_CARD_URL",
+        default_value = "http://127.0.0.1:50060/bank-card"
+    )]
+    pub bank_card_url: String,
+    #[arg(
+        long,
+        env = "PAYMENT_ALIPAY_URL",
+        default_value = "http://127.0.0.1:50060/alipay"
+    )]
+    pub alipay_url: String,
+    #[arg(
+        long,
+        env = "PAYMENT_WECHAT_PAY_URL",
+        default_value = "http://127.0.0.1:50060/wechat-pay"
+    )]
+    pub wechat_pay_url: String,
+    /// Shared secrets with each provider; required outside dev mode.
+    #[arg(long, env = "BILLPAY_BANK_CARD_SECRET", hide_env_values = true)]
+    pub bank_card_secret: Option<String>,
+    #[arg(long, env = "BILLPAY_ALIPAY_SECRET", hide_env_values = true)]
+    pub alipay_secret: Option<String>,
+    #[arg(long, env = "BILLPAY_WECHAT_PAY_SECRET", hide_env_values = true)]
+    pub wechat_pay_secret: Option<String>,
+    /// How long one provider request may take.
+    #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT_MS", default_value_t = 3_000)]
+    pub provider_timeout_ms: u64,
+    /// A payment PROCESSING this long is asked about by the reconciler.
+    #[arg(long, env = "PAYMENT_RECONCILE_AFTER_MS", default_value_t = 30_000)]
+    pub reconcile_after_ms: u64,
+    #[arg(long, env = "PAYMENT_RECONCILE_INTERVAL_MS", default_value_t = 5_000)]
+    pub reconcile_interval_ms: u64,
+    #[arg(long, env = "PAYMENT_OUTBOX_POLL_MS", default_value_t = 500)]
+    pub outbox_poll_ms: u64,
     #[command(flatten)]
     pub common: CommonArgs,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PaymentConfigError {
+    #[error("{0} is not set; set it, or pass --dev for local use")]
+    MissingSecret(&'static str),
+    #[error(
+        "--reconcile-after-ms must exceed --provider-timeout-ms, or a charge still in flight could be resolved as not charged"
+    )]
+    ReconcileTooSoon,
+    #[error("{0} must be greater than zero")]
+    Zero(&'static str),
+}
+
 impl Config {
-    /// Dev settings for `billpay up` and tests.
-    pub fn dev(listen_addr: SocketAddr, database_url: String) -> Self {
+    /// Dev settings for `billpay up` and tests: providers at `provider_base_url`
+    /// (`http://127.0.0.1:50060`), billing at `billing_url`.
+    pub fn dev(
+        listen_addr: SocketAddr,
+        database_url: String,
+        billing_url: String,
+        provider_base_url: &str,
+    ) -> Self {
         Self {
             listen_addr,
             database_url,
+            billing_url,
+            notify_listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            notify_base_url: None,
+            bank_card_url: format!("{provider_base_url}/bank-card"),
+            alipay_url: format!("{provider_base_url}/alipay"),
+            wechat_pay_url: format!("{provider_base_url}/wechat-pay"),
+            bank_card_secret: None,
+            alipay_secret: None,
+            wechat_pay_secret: None,
+            provider_timeout_ms: 3_000,
+            reconcile_after_ms: 30_000,
+            reconcile_interval_ms: 5_000,
+            outbox_poll_ms: 500,
             common: CommonArgs::dev(),
         }
     }
+
+    /// Each provider's URL and secret (the dev secrets only in dev mode).
+    pub fn providers(&self) -> Result<[ProviderSettings; 3], PaymentConfigError> {
+        let settings = |url: &str, secret: &Option<String>, name: &'static str, dev: &str| {
+            let secret = match (secret.as_deref().filter(|s| !s.is_empty()), self.common.dev) {
+                (Some(secret), _) => secret.to_owned(),
+                (None, true) => dev.to_owned(),
+                (None, false) => return Err(PaymentConfigError::MissingSecret(name)),
+            };
+            Ok(ProviderSettings {
+                base_url: url.to_owned(),
+                secret,
+            })
+        };
+        let [bank_card_dev, alipay_dev, wechat_pay_dev] = DEV_PROVIDER_SECRETS;
+        Ok([
+            settings(
+                &self.bank_card_url,
+                &self.bank_card_secret,
+                "BILLPAY_BANK_CARD_SECRET",
+                bank_card_dev,
+            )?,
+            settings(
+                &self.alipay_url,
+                &self.alipay_secret,
+                "BILLPAY_ALIPAY_SECRET",
+                alipay_dev,
+            )?,
+            settings(
+                &self.wechat_pay_url,
+                &self.wechat_pay_secret,
+                "BILLPAY_WECHAT_PAY_SECRET",
+                wechat_pay_dev,
+            )?,
+        ])
+    }
+
+    pub fn provider_timeout(&self) -> Result<Duration, PaymentConfigError> {
+        nonzero("--provider-timeout-ms", self.provider_timeout_ms)
+    }
+
+    /// The background jobs' timings, checked.
+    pub fn job_timings(&self) -> Result<JobTimings, PaymentConfigError> {
+        if self.reconcile_after_ms <= self.provider_timeout_ms {
+            return Err(PaymentConfigError::ReconcileTooSoon);
+        }
+        Ok(JobTimings {
+            outbox_poll: nonzero("--outbox-poll-ms", self.outbox_poll_ms)?,
+            reconcile_interval: nonzero("--reconcile-interval-ms", self.reconcile_interval_ms)?,
+            reconcile_after: Duration::from_millis(self.reconcile_after_ms),
+        })
+    }
+}
+
+fn nonzero(name: &'static str, millis: u64) -> Result<Duration, PaymentConfigError> {
+    if millis == 0 {
+        return Err(PaymentConfigError::Zero(name));
+    }
+    Ok(Duration::from_millis(millis))
 }

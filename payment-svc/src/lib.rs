@@ -1,10 +1,16 @@
-//! payment-svc: repayments through provider adapters. Today the contract is served
-//! (authenticated, health, reflection) and every RPC answers UNIMPLEMENTED; the
-//! repayment flow is the repayments issue.
+//! payment-svc: repayments through provider adapters. `domain` is pure, `grpc` is
+//! the wire edge, `storage` holds all SQL, `providers` is the only way out to a
+//! provider, `flow` ties them together, `jobs` keeps the outbox and PROCESSING
+//! payments moving, `notify` hears asynchronous providers. `sim` plays the providers.
 
 pub mod app;
+pub mod billing;
 pub mod config;
+pub mod domain;
+pub mod flow;
 pub mod grpc;
+pub mod jobs;
+pub mod notify;
 pub mod providers;
 pub mod sim;
 pub mod storage;

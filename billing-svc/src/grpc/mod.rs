@@ -30,63 +30,24 @@ const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcR
     }
 }
 
-/// Who may call each RPC (see SPEC §7). A method missing here is refused.
+/// Who may call each RPC (see SPEC §7). A method missing here is refused; a test
+/// checks that every method of the contract is here.
+#[rustfmt::skip]
 pub const RPC_RULES: &[RpcRule] = &[
-    rule(
-        "/billing.v1.BillingService/CreateAccount",
-        "billing:write",
-        Access::ServiceOnly,
-    ),
-    rule(
-        "/billing.v1.BillingService/GetAccount",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/GetAccountSummary",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/GetCreditRecord",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/ListProducts",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/QuotePlan",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/CreatePlan",
-        "billing:write",
-        Access::ServiceOnly,
-    ),
-    rule(
-        "/billing.v1.BillingService/GetPlan",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/ListPlans",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/ListBills",
-        "billing:read",
-        Access::Read,
-    ),
-    rule(
-        "/billing.v1.BillingService/GetBill",
-        "billing:read",
-        Access::Read,
-    ),
+    rule("/billing.v1.BillingService/CreateAccount", "billing:write", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/GetAccount", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/GetAccountSummary", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/GetCreditRecord", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/ListProducts", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/QuotePlan", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/CreatePlan", "billing:write", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/GetPlan", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/ListPlans", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/ListBills", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/GetBill", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/QuoteRepayment", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/ApplyRepayment", "billing:apply", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/ReverseRepayment", "billing:apply", Access::ServiceOnly),
 ];
 
 /// The BillingService implementation.
@@ -147,4 +108,21 @@ delegate! {
     quote_repayment => handle_quote_repayment(wire::QuoteRepaymentRequest) -> wire::QuoteRepaymentResponse;
     apply_repayment => handle_apply_repayment(wire::ApplyRepaymentRequest) -> wire::ApplyRepaymentResponse;
     reverse_repayment => handle_reverse_repayment(wire::ReverseRepaymentRequest) -> wire::ReverseRepaymentResponse;
+}
+
+#[cfg(test)]
+mod tests {
+    const SERVICE: &str = "billing.v1.BillingService";
+
+    #[test]
+    fn every_rpc_of_the_contract_has_an_access_rule() {
+        let missing = service_kit::auth::methods_without_rules(SERVICE, super::RPC_RULES);
+        assert!(missing.is_empty(), "no access rule for {missing:?}");
+        let all = service_kit::auth::methods_without_rules(SERVICE, &[]);
+        assert_eq!(
+            all.len(),
+            super::RPC_RULES.len(),
+            "one rule per method: {all:?}"
+        );
+    }
 }

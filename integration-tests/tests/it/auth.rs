@@ -2,7 +2,7 @@
 
 use billpay_contracts::{
     billing::v1::GetAccountRequest,
-    payment::v1::{GetPaymentRequest, ListPaymentsRequest},
+    payment::v1::{GetPaymentRequest, ListPaymentsRequest, RefundPaymentRequest},
 };
 use integration_tests::{Backend, TestApp, authorized};
 use service_kit::auth::{DEV_JWT_SECRET, JwtKey, Role, mint};
@@ -18,7 +18,7 @@ on_both_backends!(
     roles_and_scopes_are_enforced,
     customers_see_only_their_own_account,
     operator_reads_are_audited,
-    payment_rpcs_are_declared_and_unimplemented,
+    payment_rpcs_need_a_token_and_the_right_scope,
 );
 
 async fn bad_or_missing_tokens_are_unauthenticated(backend: Backend, test: &str) {
@@ -173,24 +173,43 @@ async fn operator_reads_are_audited(backend: Backend, test: &str) {
     app.stop().await;
 }
 
-async fn payment_rpcs_are_declared_and_unimplemented(backend: Backend, test: &str) {
+async fn payment_rpcs_need_a_token_and_the_right_scope(backend: Backend, test: &str) {
     let Some(app) = TestApp::spawn(backend, test).await else {
         return;
     };
     let mut payment = app.payment().await;
-    let token = app.service_token(&["payment:read"]);
-    let get = payment
-        .get_payment(authorized(
+    let get = |token: &str| {
+        authorized(
             GetPaymentRequest {
                 payment_id: "pay_1".into(),
             },
-            &token,
-        ))
-        .await;
-    expect_code(get, Code::Unimplemented);
+            token,
+        )
+    };
+    expect_code(
+        payment
+            .get_payment(get(&app.service_token(&["payment:read"])))
+            .await,
+        Code::NotFound,
+    );
+    expect_code(
+        payment
+            .get_payment(get(&app.service_token(&["billing:read"])))
+            .await,
+        Code::PermissionDenied,
+    );
     let list = payment
         .list_payments(tonic::Request::new(ListPaymentsRequest::default()))
         .await;
     expect_code(list, Code::Unauthenticated);
+    let refund = RefundPaymentRequest {
+        payment_id: "pay_1".into(),
+        idempotency_key: "r".into(),
+        reason: String::new(),
+    };
+    let by_operator = payment
+        .refund_payment(authorized(refund, &app.operator_token("op")))
+        .await;
+    expect_code(by_operator, Code::PermissionDenied);
     app.stop().await;
 }

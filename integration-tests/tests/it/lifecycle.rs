@@ -14,7 +14,7 @@ use tokio::{
     time::timeout,
 };
 
-use crate::support::new_account;
+use crate::support::{new_account, poll_until};
 
 /// Set for the child process: where its `up` keeps its data.
 const CHILD_DATA_DIR_VAR: &str = "BILLPAY_IT_UP_DATA_DIR";
@@ -34,6 +34,8 @@ async fn up_child() {
         data_dir: data_dir.into(),
         billing_addr: "127.0.0.1:0".parse().unwrap(),
         payment_addr: "127.0.0.1:0".parse().unwrap(),
+        notify_addr: "127.0.0.1:0".parse().unwrap(),
+        sim_addr: "127.0.0.1:0".parse().unwrap(),
         json_logs: false,
     };
     billpay::up::run(&args, service_kit::shutdown::signal())
@@ -225,22 +227,6 @@ async fn shutdown_drains_calls_in_flight() {
         assert_eq!(account.account.unwrap().customer_ref, "c-drain");
     }
     timeout(PROCESS_DEADLINE, stopping).await.unwrap().unwrap();
-}
-
-/// Polls `condition` every 20 ms until it holds, failing after the deadline.
-async fn poll_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PROCESS_DEADLINE;
-    while !condition().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@ mod auth;
 mod bad_input;
 mod lifecycle;
 mod plans;
+mod repayments;
+mod sim;
 mod support;
 
 /// Declares `$test` once per backend: `$test::sqlite` and `$test::postgres`.

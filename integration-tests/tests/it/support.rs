@@ -92,3 +92,22 @@ pub fn business_today() -> chrono::NaiveDate {
     let shanghai = chrono::FixedOffset::east_opt(8 * 3600).unwrap();
     chrono::Utc::now().with_timezone(&shanghai).date_naive()
 }
+
+/// How long a test waits for a state it polls for.
+pub const POLL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Polls `condition` every 20 ms until it holds, failing after the deadline.
+pub async fn poll_until<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + POLL_DEADLINE;
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -1,75 +1,113 @@
-//! The wire edge of payment-svc. The repayment flow (SPEC §6) is not built yet:
-//! every RPC is declared, authenticated and answers UNIMPLEMENTED.
+//! The wire edge of payment-svc: the only module that knows prost types (besides the
+//! billing client and the target it forwards).
 
-use billpay_contracts::payment::v1::{
-    CreateRepaymentRequest, CreateRepaymentResponse, GetPaymentRequest, GetPaymentResponse,
-    ListPaymentsRequest, ListPaymentsResponse, RefundPaymentRequest, RefundPaymentResponse,
-    payment_service_server::PaymentService,
-};
+mod convert;
+mod repayments;
+
+use std::sync::Arc;
+
+use billpay_contracts::payment::v1::{self as wire, payment_service_server::PaymentService};
 use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
+use crate::{flow::PaymentFlow, storage::StorageError};
+
+const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
+    RpcRule {
+        path: method,
+        scope,
+        access,
+    }
+}
+
 /// Who may call each RPC (see SPEC §7). A method missing here is refused.
 pub const RPC_RULES: &[RpcRule] = &[
-    RpcRule {
-        path: "/payment.v1.PaymentService/CreateRepayment",
-        scope: "payment:write",
-        access: Access::CustomerWrite,
-    },
-    RpcRule {
-        path: "/payment.v1.PaymentService/GetPayment",
-        scope: "payment:read",
-        access: Access::Read,
-    },
-    RpcRule {
-        path: "/payment.v1.PaymentService/ListPayments",
-        scope: "payment:read",
-        access: Access::Read,
-    },
-    RpcRule {
-        path: "/payment.v1.PaymentService/RefundPayment",
-        scope: "payment:refund",
-        access: Access::ServiceOnly,
-    },
+    rule(
+        "/payment.v1.PaymentService/CreateRepayment",
+        "payment:write",
+        Access::CustomerWrite,
+    ),
+    rule(
+        "/payment.v1.PaymentService/GetPayment",
+        "payment:read",
+        Access::Read,
+    ),
+    rule(
+        "/payment.v1.PaymentService/ListPayments",
+        "payment:read",
+        Access::Read,
+    ),
+    rule(
+        "/payment.v1.PaymentService/RefundPayment",
+        "payment:refund",
+        Access::ServiceOnly,
+    ),
 ];
 
 /// The PaymentService implementation.
-#[derive(Debug, Clone, Default)]
-pub struct PaymentApi;
+#[derive(Debug, Clone)]
+pub struct PaymentApi {
+    flow: Arc<PaymentFlow>,
+}
 
-fn not_built_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is declared but not implemented yet: repayments arrive with the repayments issue"
-    ))
+impl PaymentApi {
+    pub fn new(flow: Arc<PaymentFlow>) -> Self {
+        Self { flow }
+    }
+}
+
+impl From<StorageError> for Status {
+    fn from(error: StorageError) -> Self {
+        service_kit::errors::internal(error)
+    }
 }
 
 #[tonic::async_trait]
 impl PaymentService for PaymentApi {
     async fn create_repayment(
         &self,
-        _request: Request<CreateRepaymentRequest>,
-    ) -> Result<Response<CreateRepaymentResponse>, Status> {
-        Err(not_built_yet("CreateRepayment"))
+        request: Request<wire::CreateRepaymentRequest>,
+    ) -> Result<Response<wire::CreateRepaymentResponse>, Status> {
+        self.handle_create_repayment(request)
+            .await
+            .map(Response::new)
     }
 
     async fn get_payment(
         &self,
-        _request: Request<GetPaymentRequest>,
-    ) -> Result<Response<GetPaymentResponse>, Status> {
-        Err(not_built_yet("GetPayment"))
+        request: Request<wire::GetPaymentRequest>,
+    ) -> Result<Response<wire::GetPaymentResponse>, Status> {
+        self.handle_get_payment(request).await.map(Response::new)
     }
 
     async fn list_payments(
         &self,
-        _request: Request<ListPaymentsRequest>,
-    ) -> Result<Response<ListPaymentsResponse>, Status> {
-        Err(not_built_yet("ListPayments"))
+        request: Request<wire::ListPaymentsRequest>,
+    ) -> Result<Response<wire::ListPaymentsResponse>, Status> {
+        self.handle_list_payments(request).await.map(Response::new)
     }
 
     async fn refund_payment(
         &self,
-        _request: Request<RefundPaymentRequest>,
-    ) -> Result<Response<RefundPaymentResponse>, Status> {
-        Err(not_built_yet("RefundPayment"))
+        request: Request<wire::RefundPaymentRequest>,
+    ) -> Result<Response<wire::RefundPaymentResponse>, Status> {
+        self.handle_refund_payment(request).await.map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    const SERVICE: &str = "payment.v1.PaymentService";
+
+    #[test]
+    fn every_rpc_of_the_contract_has_an_access_rule() {
+        let missing = service_kit::auth::methods_without_rules(SERVICE, super::RPC_RULES);
+        assert!(missing.is_empty(), "no access rule for {missing:?}");
+        let all = service_kit::auth::methods_without_rules(SERVICE, &[]);
+        assert_eq!(
+            all.len(),
+            super::RPC_RULES.len(),
+            "one rule per method: {all:?}"
+        );
     }
 }

@@ -37,7 +37,7 @@ pub fn verify(secret: &[u8], payload: &[u8], signature: &str) -> bool {
 }
 
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())

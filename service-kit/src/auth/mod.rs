@@ -119,6 +119,27 @@ impl Caller {
     }
 }
 
+/// The paths of `service`'s methods (e.g. `billing.v1.BillingService`) in the
+/// contracts that `rules` does not cover: each would be refused to everyone.
+pub fn methods_without_rules(service: &str, rules: &[RpcRule]) -> Vec<String> {
+    use prost::Message as _;
+    let Ok(files) = prost_types::FileDescriptorSet::decode(billpay_contracts::FILE_DESCRIPTOR_SET)
+    else {
+        return vec!["<the descriptor set does not decode>".to_owned()];
+    };
+    let (package, name) = service.rsplit_once('.').unwrap_or(("", service));
+    files
+        .file
+        .iter()
+        .filter(|file| file.package() == package)
+        .flat_map(|file| file.service.iter())
+        .filter(|candidate| candidate.name() == name)
+        .flat_map(|found| found.method.iter())
+        .map(|method| format!("/{service}/{}", method.name()))
+        .filter(|path| !rules.iter().any(|rule| rule.path == path))
+        .collect()
+}
+
 /// Decides whether `claims` may call the RPC `rule` describes.
 fn admits(rule: &RpcRule, claims: &Claims) -> bool {
     match claims.role {

@@ -1,0 +1,808 @@
+//! Repayments end to end: payment-svc, the provider simulator and billing-svc, for
+//! every row of SPEC §6.2's table, idempotency, races, outages, crashes and refunds.
+//! After each scenario, R1 holds: what the provider captured minus what it refunded
+//! equals what billing applied (to bills and to credit balance).
+
+use billpay_contracts::{
+    billing::v1::{BillStatus, GetAccountRequest, GetBillRequest, QuoteRepaymentRequest},
+    common::v1::{AllDue, BillSelection, Money, RepaymentTarget, repayment_target::Kind},
+    payment::v1::{
+        CreateRepaymentRequest, GetPaymentRequest, Payment, PaymentMethod, PaymentStatus,
+        RefundPaymentRequest, payment_service_client::PaymentServiceClient,
+    },
+};
+use chrono::Months;
+use integration_tests::{Backend, StackOptions, TestApp, authorized, connect};
+use tonic::{Code, Status};
+
+use crate::{
+    on_both_backends,
+    support::{
+        business_today, expect_code, new_plan, open_account, poll_until, reason, violated_fields,
+    },
+};
+
+on_both_backends!(
+    a_bank_card_success_pays_the_bill_at_once,
+    declines_fail_with_their_code_and_leave_the_bill_unpaid,
+    wallets_succeed_by_notification,
+    a_lost_reply_is_reconciled_and_applied_once,
+    a_provider_error_fails_with_nothing_charged,
+    duplicate_and_stale_notifications_apply_once,
+    the_same_key_is_the_same_payment,
+    concurrent_identical_requests_charge_once_across_replicas,
+    two_keys_paying_one_bill_leave_the_surplus_as_credit,
+    a_changed_amount_is_refused_and_stores_nothing,
+    captured_money_reaches_billing_after_an_outage,
+    a_payment_killed_mid_charge_completes_after_restart,
+    a_refund_reopens_the_bill,
+    a_notification_with_a_bad_signature_changes_nothing,
+    malformed_repayments_are_refused_and_write_nothing,
+);
+
+/// An account with a 5999.00 phone on mall-fee over 12 terms, bought three months
+/// ago: bills 1 to 3 are DUE. Returns the account and the bill ids in seq order.
+async fn account_with_bills(app: &TestApp, customer_ref: &str) -> (String, Vec<String>) {
+    let account_id = open_account(app, customer_ref, "50000.00").await;
+    let mut request = new_plan(&account_id, "phone", "mall-fee", 12, "5999.00");
+    request.purchase_date = (business_today() - Months::new(3)).to_string();
+    let token = app.service_token(&["billing:write"]);
+    let plan = app
+        .billing()
+        .await
+        .create_plan(authorized(request, &token))
+        .await
+        .unwrap();
+    let bills = plan.into_inner().plan.unwrap().bills;
+    (
+        account_id,
+        bills.into_iter().map(|bill| bill.bill_id).collect(),
+    )
+}
+
+fn bills_target(bill_ids: &[&str]) -> RepaymentTarget {
+    RepaymentTarget {
+        kind: Some(Kind::Bills(BillSelection {
+            bill_ids: bill_ids.iter().map(|id| (*id).to_owned()).collect(),
+        })),
+    }
+}
+
+fn repayment(
+    key: &str,
+    account_id: &str,
+    target: RepaymentTarget,
+    amount: &str,
+    method: PaymentMethod,
+    instrument: &str,
+) -> CreateRepaymentRequest {
+    CreateRepaymentRequest {
+        idempotency_key: key.into(),
+        account_id: account_id.into(),
+        target: Some(target),
+        expected_amount: Some(Money::new("CNY", amount)),
+        method: method as i32,
+        instrument: instrument.into(),
+    }
+}
+
+async fn pay(app: &TestApp, request: CreateRepaymentRequest) -> Result<Payment, Status> {
+    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
+    let response = payment
+        .create_repayment(authorized(request, &app.payment_token()))
+        .await?;
+    Ok(response.into_inner().payment.unwrap())
+}
+
+async fn get_payment(app: &TestApp, payment_id: &str) -> Payment {
+    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
+    let request = GetPaymentRequest {
+        payment_id: payment_id.into(),
+    };
+    payment
+        .get_payment(authorized(request, &app.payment_token()))
+        .await
+        .unwrap()
+        .into_inner()
+        .payment
+        .unwrap()
+}
+
+async fn bill_status(app: &TestApp, bill_id: &str) -> BillStatus {
+    let request = GetBillRequest {
+        bill_id: bill_id.into(),
+    };
+    let bill = app
+        .billing()
+        .await
+        .get_bill(authorized(request, &app.service_token(&["billing:read"])))
+        .await;
+    bill.unwrap().into_inner().bill.unwrap().status()
+}
+
+async fn credit_balance(app: &TestApp, account_id: &str) -> String {
+    let request = GetAccountRequest {
+        account_id: account_id.into(),
+    };
+    let account = app
+        .billing()
+        .await
+        .get_account(authorized(request, &app.service_token(&["billing:read"])))
+        .await;
+    account
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+        .credit_balance
+        .unwrap()
+        .amount
+}
+
+/// Waits until the payment is SUCCEEDED and applied.
+async fn until_applied(app: &TestApp, payment_id: &str) {
+    poll_until("the payment is SUCCEEDED and applied", || async {
+        let payment = get_payment(app, payment_id).await;
+        payment.status() == PaymentStatus::Succeeded && payment.applied
+    })
+    .await;
+}
+
+/// R1: captured − refunded at the provider = what billing holds as applied.
+async fn assert_conservation(app: &TestApp) {
+    let (captured, refunded, _) = app.ledger().await;
+    let applied: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM repayments WHERE state = 'APPLIED'",
+    )
+    .fetch_one(app.billing_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        captured - refunded,
+        applied,
+        "R1: provider ledger = billing's applied money"
+    );
+}
+
+async fn a_bank_card_success_pays_the_bill_at_once(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-card").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(payment.status(), PaymentStatus::Succeeded);
+    assert!(payment.applied, "applied inline");
+    assert_eq!(payment.instrument_last4, "4242");
+    assert_eq!(
+        bill_status(&app, &bills[0]).await,
+        BillStatus::Paid,
+        "the bill is PAID when the call returns"
+    );
+    assert_eq!(bill_status(&app, &bills[1]).await, BillStatus::Due);
+    let (captured, _, entries) = app.ledger().await;
+    assert_eq!((captured, entries.len()), (53_591, 1));
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn declines_fail_with_their_code_and_leave_the_bill_unpaid(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-decline").await;
+    for (key, instrument, code) in [
+        ("k-1", "tok_0002", "INSUFFICIENT_FUNDS"),
+        ("k-2", "tok_0069", "EXPIRED_INSTRUMENT"),
+    ] {
+        let request = repayment(
+            key,
+            &account_id,
+            bills_target(&[&bills[0]]),
+            "535.91",
+            PaymentMethod::BankCard,
+            instrument,
+        );
+        let payment = pay(&app, request).await.unwrap();
+        assert_eq!(payment.status(), PaymentStatus::Failed, "{instrument}");
+        assert_eq!(payment.failure_code, code);
+        assert!(!payment.failure_message.is_empty());
+        assert!(!payment.applied);
+    }
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
+    assert_eq!(app.ledger().await.0, 0, "nothing captured");
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn wallets_succeed_by_notification(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-wallet").await;
+    for (index, method) in [PaymentMethod::Alipay, PaymentMethod::WechatPay]
+        .into_iter()
+        .enumerate()
+    {
+        let bill = &bills[index];
+        let request = repayment(
+            &format!("k-{index}"),
+            &account_id,
+            bills_target(&[bill]),
+            "535.91",
+            method,
+            "payer-8888",
+        );
+        let payment = pay(&app, request).await.unwrap();
+        assert_eq!(
+            payment.status(),
+            PaymentStatus::Processing,
+            "{method:?} answers PENDING first"
+        );
+        until_applied(&app, &payment.payment_id).await;
+        assert_eq!(
+            bill_status(&app, bill).await,
+            BillStatus::Paid,
+            "{method:?}"
+        );
+    }
+    assert_eq!(app.ledger().await.0, 2 * 53_591);
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_lost_reply_is_reconciled_and_applied_once(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-lost").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_0119",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(
+        payment.status(),
+        PaymentStatus::Processing,
+        "no answer is not a failure"
+    );
+    until_applied(&app, &payment.payment_id).await;
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+    let (captured, _, entries) = app.ledger().await;
+    assert_eq!((captured, entries.len()), (53_591, 1), "charged once");
+    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applications, 1, "applied once");
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_provider_error_fails_with_nothing_charged(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-500").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_0341",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(payment.status(), PaymentStatus::Failed);
+    assert_eq!(payment.failure_code, "PROVIDER_ERROR");
+    assert_eq!(app.ledger().await.0, 0);
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn duplicate_and_stale_notifications_apply_once(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-0777").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::Alipay,
+        "payer-0777",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    until_applied(&app, &payment.payment_id).await;
+    // The simulator sends the success twice and then a stale PENDING; wait until it
+    // has delivered all three (its ledger of deliveries is not exposed, so wait for
+    // the payment to stay put while the outbox and listener settle).
+    poll_until("the outbox has delivered", || async {
+        app.payment_rows("outbox WHERE delivered_at_micros IS NULL")
+            .await
+            == 0
+    })
+    .await;
+    let after = get_payment(&app, &payment.payment_id).await;
+    assert_eq!(
+        after.status(),
+        PaymentStatus::Succeeded,
+        "a stale notification does not move it back"
+    );
+    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applications, 1);
+    assert_eq!(
+        credit_balance(&app, &account_id).await,
+        "0.00",
+        "not applied twice"
+    );
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn the_same_key_is_the_same_payment(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-idem").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let first = pay(&app, request.clone()).await.unwrap();
+    let again = pay(&app, request.clone()).await.unwrap();
+    assert_eq!(first.payment_id, again.payment_id);
+    assert_eq!(again.status(), PaymentStatus::Succeeded);
+    assert_eq!(app.ledger().await.2.len(), 1, "one charge");
+
+    let mut other = request;
+    other.target = Some(bills_target(&[&bills[1]]));
+    let status = expect_code(pay(&app, other).await, Code::AlreadyExists);
+    assert_eq!(reason(&status).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    assert_eq!(app.payment_rows("payments").await, 1);
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn concurrent_identical_requests_charge_once_across_replicas(backend: Backend, test: &str) {
+    let Some(mut app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let replica = app.spawn_payment_replica().await;
+    let (account_id, bills) = account_with_bills(&app, "c-race").await;
+    let request = repayment(
+        "k-race",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let token = app.payment_token();
+    let calls: Vec<_> = (0..50)
+        .map(|i| {
+            let addr = if i % 2 == 0 {
+                app.payment_addr
+            } else {
+                replica
+            };
+            let request = authorized(request.clone(), &token);
+            tokio::spawn(async move {
+                PaymentServiceClient::new(connect(addr).await)
+                    .create_repayment(request)
+                    .await
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for call in calls {
+        ids.push(
+            call.await
+                .unwrap()
+                .expect("every duplicate gets the payment")
+                .into_inner()
+                .payment
+                .unwrap()
+                .payment_id,
+        );
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one payment per key");
+    until_applied(&app, &ids[0]).await;
+    let (captured, _, entries) = app.ledger().await;
+    assert_eq!((captured, entries.len()), (53_591, 1), "one charge");
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn two_keys_paying_one_bill_leave_the_surplus_as_credit(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-twice").await;
+    let calls: Vec<_> = ["k-a", "k-b"]
+        .into_iter()
+        .map(|key| {
+            let request = authorized(
+                repayment(
+                    key,
+                    &account_id,
+                    bills_target(&[&bills[0]]),
+                    "535.91",
+                    PaymentMethod::BankCard,
+                    "tok_4242",
+                ),
+                &app.payment_token(),
+            );
+            let addr = app.payment_addr;
+            tokio::spawn(async move {
+                PaymentServiceClient::new(connect(addr).await)
+                    .create_repayment(request)
+                    .await
+            })
+        })
+        .collect();
+    let mut succeeded = 0;
+    for call in calls {
+        let payment = call.await.unwrap().unwrap().into_inner().payment.unwrap();
+        until_applied(&app, &payment.payment_id).await;
+        succeeded += 1;
+    }
+    assert_eq!(succeeded, 2, "captured money is never refused");
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+    assert_eq!(
+        credit_balance(&app, &account_id).await,
+        "535.91",
+        "the second capture is credit balance"
+    );
+    assert_eq!(app.ledger().await.0, 2 * 53_591);
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_changed_amount_is_refused_and_stores_nothing(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-changed").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.90",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let status = expect_code(pay(&app, request).await, Code::FailedPrecondition);
+    assert_eq!(reason(&status).as_deref(), Some("AMOUNT_CHANGED"));
+    assert!(
+        status.message().contains("535.91"),
+        "says the current amount: {}",
+        status.message()
+    );
+    assert_eq!(app.payment_rows("payments").await, 0);
+    assert_eq!(app.ledger().await.2.len(), 0);
+    app.stop().await;
+}
+
+async fn captured_money_reaches_billing_after_an_outage(backend: Backend, test: &str) {
+    let options = StackOptions {
+        flaky_billing: true,
+        ..StackOptions::default()
+    };
+    let Some(app) = TestApp::spawn_with(backend, test, options).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-outage").await;
+    app.set_billing_apply_down(true);
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(payment.status(), PaymentStatus::Succeeded, "captured");
+    assert!(!payment.applied, "billing could not be told yet");
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
+    app.set_billing_apply_down(false);
+    until_applied(&app, &payment.payment_id).await;
+    assert_eq!(
+        bill_status(&app, &bills[0]).await,
+        BillStatus::Paid,
+        "the outbox applied it"
+    );
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_payment_killed_mid_charge_completes_after_restart(backend: Backend, test: &str) {
+    let Some(mut app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-crash").await;
+    // 0119: the provider captures, then holds its reply; payment-svc dies meanwhile.
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_0119",
+    );
+    let in_flight = tokio::spawn({
+        let (addr, token) = (app.payment_addr, app.payment_token());
+        async move {
+            PaymentServiceClient::new(connect(addr).await)
+                .create_repayment(authorized(request, &token))
+                .await
+        }
+    });
+    poll_until("the provider has captured", || async {
+        app.ledger().await.0 == 53_591
+    })
+    .await;
+    app.kill_and_restart_payment().await;
+    let _ = in_flight.await;
+    let payment_id: String = sqlx::query_scalar("SELECT payment_id FROM payments")
+        .fetch_one(app.payment_db.pool())
+        .await
+        .unwrap();
+    until_applied(&app, &payment_id).await;
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+    assert_eq!(app.ledger().await.2.len(), 1, "R2: one charge");
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_refund_reopens_the_bill(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-refund").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+
+    let mut client = PaymentServiceClient::new(connect(app.payment_addr).await);
+    let refund = RefundPaymentRequest {
+        payment_id: payment.payment_id.clone(),
+        idempotency_key: "r-1".into(),
+        reason: "returned the phone".into(),
+    };
+    let refunded = client
+        .refund_payment(authorized(refund.clone(), &app.payment_token()))
+        .await
+        .unwrap();
+    assert_eq!(
+        refunded.into_inner().payment.unwrap().status(),
+        PaymentStatus::Refunded
+    );
+    poll_until("billing reversed the payment", || async {
+        bill_status(&app, &bills[0]).await == BillStatus::Due
+    })
+    .await;
+    let again = client
+        .refund_payment(authorized(refund.clone(), &app.payment_token()))
+        .await
+        .unwrap();
+    assert_eq!(
+        again.into_inner().payment.unwrap().status(),
+        PaymentStatus::Refunded,
+        "idempotent"
+    );
+    let other_key = RefundPaymentRequest {
+        idempotency_key: "r-2".into(),
+        ..refund
+    };
+    let status = expect_code(
+        client
+            .refund_payment(authorized(other_key, &app.payment_token()))
+            .await,
+        Code::AlreadyExists,
+    );
+    assert_eq!(reason(&status).as_deref(), Some("IDEMPOTENCY_KEY_REUSED"));
+    let (captured, refunded, _) = app.ledger().await;
+    assert_eq!((captured, refunded), (53_591, 53_591), "refunded once");
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_notification_with_a_bad_signature_changes_nothing(backend: Backend, test: &str) {
+    // The real notification is held back, so the payment is PROCESSING when the
+    // forged one arrives (the reconciler waits a second before asking the provider).
+    let options = StackOptions {
+        sim_notify_delay_ms: Some(3_000),
+        ..StackOptions::default()
+    };
+    let Some(app) = TestApp::spawn_with(backend, test, options).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-forged").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::Alipay,
+        "payer-8888",
+    );
+    let payment = pay(&app, request).await.unwrap();
+    assert_eq!(payment.status(), PaymentStatus::Processing);
+    // ...and a forged success for it, signed with the wrong secret.
+    let body = serde_json::json!({
+        "payment_id": payment.payment_id, "provider_ref": "forged", "status": "SUCCEEDED",
+        "decline_code": null, "amount_minor": 53591, "sequence": 9
+    })
+    .to_string();
+    let notify_addr = app.payment_notify_addr;
+    let response = reqwest::Client::new()
+        .post(format!("http://{notify_addr}/notify/alipay"))
+        .header(
+            "x-billpay-signature",
+            payment_svc::providers::signature::sign(b"wrong-secret", body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::UNAUTHORIZED);
+    let after = get_payment(&app, &payment.payment_id).await;
+    assert_eq!(
+        after.status(),
+        PaymentStatus::Processing,
+        "the forged success changed nothing"
+    );
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
+    until_applied(&app, &payment.payment_id).await;
+    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    assert_eq!(applications, 1);
+    assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn malformed_repayments_are_refused_and_write_nothing(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-bad").await;
+    let (other_account, other_bills) = account_with_bills(&app, "c-other").await;
+    let valid = || {
+        repayment(
+            "k-1",
+            &account_id,
+            bills_target(&[&bills[0]]),
+            "535.91",
+            PaymentMethod::BankCard,
+            "tok_4242",
+        )
+    };
+    type Breaker = Box<dyn Fn(&mut CreateRepaymentRequest)>;
+    let other_bill = other_bills[0].clone();
+    let cases: Vec<(&str, Breaker, Code, &str)> = vec![
+        (
+            "unknown bill",
+            Box::new(|r| r.target = Some(bills_target(&["bill_nope"]))),
+            Code::NotFound,
+            "",
+        ),
+        (
+            "another account's bill",
+            Box::new(move |r| r.target = Some(bills_target(&[&other_bill]))),
+            Code::NotFound,
+            "",
+        ),
+        (
+            "empty target",
+            Box::new(|r| r.target = Some(RepaymentTarget { kind: None })),
+            Code::InvalidArgument,
+            "target",
+        ),
+        (
+            "no bills in the selection",
+            Box::new(|r| r.target = Some(bills_target(&[]))),
+            Code::InvalidArgument,
+            "target.bills.bill_ids",
+        ),
+        (
+            "unspecified method",
+            Box::new(|r| r.method = PaymentMethod::Unspecified as i32),
+            Code::InvalidArgument,
+            "method",
+        ),
+        (
+            "empty key",
+            Box::new(|r| r.idempotency_key.clear()),
+            Code::InvalidArgument,
+            "idempotency_key",
+        ),
+        (
+            "300-byte key",
+            Box::new(|r| r.idempotency_key = "k".repeat(300)),
+            Code::InvalidArgument,
+            "idempotency_key",
+        ),
+        (
+            "amount with 3 decimals",
+            Box::new(|r| r.expected_amount = Some(Money::new("CNY", "535.910"))),
+            Code::InvalidArgument,
+            "expected_amount.amount",
+        ),
+        (
+            "empty instrument",
+            Box::new(|r| r.instrument.clear()),
+            Code::InvalidArgument,
+            "instrument",
+        ),
+        (
+            "unknown account",
+            Box::new(|r| {
+                r.target = Some(RepaymentTarget {
+                    kind: Some(Kind::AllDue(AllDue {})),
+                });
+                r.account_id = "acc_unknown".into();
+            }),
+            Code::NotFound,
+            "",
+        ),
+    ];
+    for (what, break_it, code, field) in cases {
+        let mut request = valid();
+        break_it(&mut request);
+        let status = expect_code(pay(&app, request).await, code);
+        if code == Code::InvalidArgument {
+            assert_eq!(violated_fields(&status), [field], "{what}: {status:?}");
+        }
+    }
+    assert_eq!(app.payment_rows("payments").await, 0, "nothing stored");
+    assert_eq!(app.ledger().await.2.len(), 0, "nothing charged");
+    let _ = other_account;
+
+    // A quote for a paid-up target answers NOTHING_TO_PAY.
+    pay(&app, valid()).await.unwrap();
+    let quote = QuoteRepaymentRequest {
+        account_id: account_id.clone(),
+        target: Some(bills_target(&[&bills[0]])),
+    };
+    let status = expect_code(
+        app.billing()
+            .await
+            .quote_repayment(authorized(quote, &app.service_token(&["billing:read"])))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status).as_deref(), Some("NOTHING_TO_PAY"));
+    app.stop().await;
+}

@@ -1,0 +1,108 @@
+//! payment-svc's client of billing-svc: quotes before charging, and applies or
+//! reverses captured money, authenticated as a service with billing:read and
+//! billing:apply.
+
+use billpay_contracts::{
+    billing::v1::{
+        ApplyRepaymentRequest, ApplyRepaymentResponse, QuoteRepaymentRequest,
+        QuoteRepaymentResponse, ReverseRepaymentRequest, ReverseRepaymentResponse,
+        billing_service_client::BillingServiceClient,
+    },
+    common::v1::RepaymentTarget,
+};
+use service_kit::{
+    auth::{JwtKey, Role, mint},
+    telemetry::REQUEST_ID_HEADER,
+};
+use tonic::{Request, Status, transport::Channel};
+
+/// Tokens minted per call live this long: long enough for one call and its retries.
+const TOKEN_TTL_SECONDS: i64 = 300;
+const SCOPES: &[&str] = &["billing:read", "billing:apply"];
+
+#[derive(Debug, Clone)]
+pub struct BillingClient {
+    client: BillingServiceClient<Channel>,
+    key: JwtKey,
+}
+
+impl BillingClient {
+    /// A client for billing-svc at `url`. It connects lazily, so payment-svc starts
+    /// (and captures money, keeping it in the outbox) while billing is down.
+    pub fn new(url: &str, key: JwtKey) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .timeout(std::time::Duration::from_secs(10))
+            .connect_lazy();
+        Ok(Self {
+            client: BillingServiceClient::new(channel),
+            key,
+        })
+    }
+
+    fn request<T>(&self, message: T, request_id: Option<&str>) -> Request<T> {
+        let mut request = Request::new(message);
+        let token = mint(
+            &self.key,
+            "payment-svc",
+            Role::Service,
+            SCOPES,
+            None,
+            TOKEN_TTL_SECONDS,
+        );
+        if let Ok(value) = format!("Bearer {token}").parse() {
+            request.metadata_mut().insert("authorization", value);
+        }
+        if let Some(value) = request_id.and_then(|id| id.parse().ok()) {
+            request.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        request
+    }
+
+    pub async fn quote(
+        &self,
+        account_id: &str,
+        target: RepaymentTarget,
+        request_id: Option<&str>,
+    ) -> Result<QuoteRepaymentResponse, Status> {
+        let message = QuoteRepaymentRequest {
+            account_id: account_id.to_owned(),
+            target: Some(target),
+        };
+        let response = self
+            .client
+            .clone()
+            .quote_repayment(self.request(message, request_id))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn apply(
+        &self,
+        message: ApplyRepaymentRequest,
+        request_id: Option<&str>,
+    ) -> Result<ApplyRepaymentResponse, Status> {
+        let response = self
+            .client
+            .clone()
+            .apply_repayment(self.request(message, request_id))
+            .await?;
+        Ok(response.into_inner())
+    }
+
+    pub async fn reverse(
+        &self,
+        payment_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<ReverseRepaymentResponse, Status> {
+        let message = ReverseRepaymentRequest {
+            payment_id: payment_id.to_owned(),
+        };
+        let response = self
+            .client
+            .clone()
+            .reverse_repayment(self.request(message, request_id))
+            .await?;
+        Ok(response.into_inner())
+    }
+}

@@ -1,0 +1,361 @@
+//! CreateRepayment, GetPayment, ListPayments and RefundPayment.
+
+use billpay_contracts::payment::v1 as wire;
+use prost::Message as _;
+use service_kit::{
+    audit::admit_account,
+    auth::Caller,
+    errors::{FieldViolations, invalid_field, refusal},
+    telemetry::RequestId,
+    wire::{decode_page_token, encode_page_token, money_field, page_size},
+};
+use tonic::{Code, Request, Status};
+
+use super::{
+    PaymentApi,
+    convert::{method_from_wire, payment_to_wire},
+};
+use crate::{
+    domain::payment::{Instrument, PaymentStatus, parse_idempotency_key, request_fingerprint},
+    flow::encode_target,
+    providers::RefundOutcome,
+    storage::{InsertOutcome, NewPayment, OutboxKind, Payment},
+};
+
+/// The longest account or payment id accepted.
+const ID_BYTES_MAX: usize = 64;
+
+fn key_reused() -> Status {
+    refusal(
+        Code::AlreadyExists,
+        "IDEMPOTENCY_KEY_REUSED",
+        "this idempotency_key was used for a different request",
+    )
+}
+
+fn check_id(violations: &mut FieldViolations, field: &str, id: &str) {
+    if id.is_empty() || id.len() > ID_BYTES_MAX {
+        violations.add(field, format!("must be 1 to {ID_BYTES_MAX} characters"));
+    }
+}
+
+impl PaymentApi {
+    pub(super) async fn handle_create_repayment(
+        &self,
+        request: Request<wire::CreateRepaymentRequest>,
+    ) -> Result<wire::CreateRepaymentResponse, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone());
+        let message = request.into_inner();
+        let mut violations = FieldViolations::new();
+        let key = violations.check(
+            "idempotency_key",
+            parse_idempotency_key(&message.idempotency_key),
+        );
+        check_id(&mut violations, "account_id", &message.account_id);
+        let target = message
+            .target
+            .clone()
+            .filter(|target| target.kind.is_some());
+        if target.is_none() {
+            violations.add(
+                "target",
+                "is required: one of bills, all_due, plan_payoff, amount",
+            );
+        }
+        let expected = money_field(
+            &mut violations,
+            "expected_amount",
+            message.expected_amount.as_ref(),
+        );
+        if expected.is_some_and(|amount| amount.is_zero()) {
+            violations.add("expected_amount", "must be greater than zero");
+        }
+        let method = method_from_wire(message.method);
+        if method.is_none() {
+            violations.add(
+                "method",
+                "must be PAYMENT_METHOD_BANK_CARD, _ALIPAY or _WECHAT_PAY",
+            );
+        }
+        let instrument = violations.check("instrument", Instrument::parse(&message.instrument));
+        violations.into_result()?;
+        let (Some(key), Some(target), Some(expected), Some(method), Some(instrument)) =
+            (key, target, expected, method, instrument)
+        else {
+            return Err(Status::internal("refused without a violation"));
+        };
+        caller.check_account(&message.account_id)?;
+        tracing::Span::current().record("account_id", message.account_id.as_str());
+
+        let fingerprint = request_fingerprint(
+            &message.account_id,
+            &target.encode_to_vec(),
+            expected,
+            method,
+            &instrument,
+        );
+        let store = self.flow.store();
+        if let Some(existing) = store.payment_by_key(&caller.subject, key).await? {
+            return self.replay(existing, &fingerprint);
+        }
+
+        // Check the amount before any money moves (the customer confirmed it).
+        let quote = self
+            .flow
+            .billing()
+            .quote(&message.account_id, target.clone(), request_id.as_deref())
+            .await
+            .map_err(billing_refusal)?;
+        let quoted = quote
+            .amount
+            .as_ref()
+            .map(|m| m.amount.as_str())
+            .unwrap_or_default();
+        if quoted != expected.to_string() {
+            return Err(refusal(
+                Code::FailedPrecondition,
+                "AMOUNT_CHANGED",
+                format!("the amount due is now {quoted}, not {expected}; confirm the new amount"),
+            ));
+        }
+
+        let stored_target = encode_target(&target);
+        let new = NewPayment {
+            caller: &caller.subject,
+            idempotency_key: key,
+            request_fingerprint: &fingerprint,
+            account_id: &message.account_id,
+            target: &stored_target,
+            amount: expected,
+            method,
+            instrument_last4: &instrument.last4(),
+        };
+        let payment = match store.insert_payment(&new).await? {
+            InsertOutcome::Inserted(payment) => payment,
+            // A concurrent duplicate stored it first; it charges, this one reports.
+            InsertOutcome::Existing(existing) => return self.replay(existing, &fingerprint),
+        };
+        tracing::Span::current().record("payment_id", payment.payment_id.as_str());
+        self.flow.charge(&payment, &instrument).await?;
+        self.apply_now_if_succeeded(&payment.payment_id, request_id.as_deref())
+            .await;
+        let payment = self.reload(&payment.payment_id).await?;
+        Ok(wire::CreateRepaymentResponse {
+            payment: Some(payment_to_wire(&payment)),
+        })
+    }
+
+    /// The fast path: tell billing at once, so a synchronous success answers with the
+    /// bill already PAID. If billing is down the outbox delivers it later.
+    async fn apply_now_if_succeeded(&self, payment_id: &str, request_id: Option<&str>) {
+        let Ok(Some(payment)) = self.flow.store().payment(payment_id).await else {
+            return;
+        };
+        let unapplied_success = payment.status == PaymentStatus::Succeeded && !payment.applied;
+        if !unapplied_success {
+            return;
+        }
+        if let Err(error) = self
+            .flow
+            .deliver(payment_id, OutboxKind::Apply, request_id)
+            .await
+        {
+            tracing::warn!(%error, "billing not told yet; the outbox will deliver");
+        }
+    }
+
+    fn replay(
+        &self,
+        existing: Payment,
+        fingerprint: &str,
+    ) -> Result<wire::CreateRepaymentResponse, Status> {
+        if existing.request_fingerprint != fingerprint {
+            return Err(key_reused());
+        }
+        Ok(wire::CreateRepaymentResponse {
+            payment: Some(payment_to_wire(&existing)),
+        })
+    }
+
+    async fn reload(&self, payment_id: &str) -> Result<Payment, Status> {
+        self.flow
+            .store()
+            .payment(payment_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("no payment {payment_id}")))
+    }
+
+    /// A payment the caller may see (customers their own; operators audited).
+    async fn visible_payment<T>(
+        &self,
+        request: &Request<T>,
+        payment_id: &str,
+        rpc: &str,
+    ) -> Result<Payment, Status> {
+        let caller = Caller::of(request)?;
+        if payment_id.is_empty() || payment_id.len() > ID_BYTES_MAX {
+            return Err(invalid_field(
+                "payment_id",
+                format!("must be 1 to {ID_BYTES_MAX} characters"),
+            ));
+        }
+        let payment = self.reload(payment_id).await?;
+        admit_account(self.flow.store().db(), caller, rpc, &payment.account_id).await?;
+        tracing::Span::current().record("payment_id", payment_id);
+        Ok(payment)
+    }
+
+    pub(super) async fn handle_get_payment(
+        &self,
+        request: Request<wire::GetPaymentRequest>,
+    ) -> Result<wire::GetPaymentResponse, Status> {
+        let payment = self
+            .visible_payment(&request, &request.get_ref().payment_id, "GetPayment")
+            .await?;
+        Ok(wire::GetPaymentResponse {
+            payment: Some(payment_to_wire(&payment)),
+        })
+    }
+
+    pub(super) async fn handle_list_payments(
+        &self,
+        request: Request<wire::ListPaymentsRequest>,
+    ) -> Result<wire::ListPaymentsResponse, Status> {
+        const TOKEN_KIND: &str = "payments";
+        let caller = Caller::of(&request)?;
+        let message = request.get_ref();
+        let mut violations = FieldViolations::new();
+        check_id(&mut violations, "account_id", &message.account_id);
+        violations.into_result()?;
+        let limit = page_size(message.page_size)?;
+        let after = decode_page_token(TOKEN_KIND, &message.page_token)?;
+        admit_account(
+            self.flow.store().db(),
+            caller,
+            "ListPayments",
+            &message.account_id,
+        )
+        .await?;
+        let payments = self
+            .flow
+            .store()
+            .payments_page(&message.account_id, after.as_deref(), limit)
+            .await?;
+        let next_page_token = match payments.last() {
+            Some(last) if payments.len() == limit as usize => {
+                encode_page_token(TOKEN_KIND, &last.payment_id)
+            }
+            _ => String::new(),
+        };
+        Ok(wire::ListPaymentsResponse {
+            payments: payments.iter().map(payment_to_wire).collect(),
+            next_page_token,
+        })
+    }
+
+    pub(super) async fn handle_refund_payment(
+        &self,
+        request: Request<wire::RefundPaymentRequest>,
+    ) -> Result<wire::RefundPaymentResponse, Status> {
+        let caller = Caller::of(&request)?.clone();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.0.clone());
+        let message = request.get_ref();
+        let mut violations = FieldViolations::new();
+        check_id(&mut violations, "payment_id", &message.payment_id);
+        let key = violations.check(
+            "idempotency_key",
+            parse_idempotency_key(&message.idempotency_key),
+        );
+        if message.reason.len() > 500 {
+            violations.add("reason", "must be at most 500 bytes");
+        }
+        violations.into_result()?;
+        let key = key.ok_or_else(|| Status::internal("refused without a violation"))?;
+        let payment = self.reload(&message.payment_id).await?;
+        tracing::Span::current().record("payment_id", payment.payment_id.as_str());
+        if !matches!(
+            payment.status,
+            PaymentStatus::Succeeded | PaymentStatus::Refunded
+        ) {
+            return Err(refusal(
+                Code::FailedPrecondition,
+                "NOT_REFUNDABLE",
+                format!(
+                    "only a SUCCEEDED payment can be refunded; this one is {}",
+                    payment.status.as_str()
+                ),
+            ));
+        }
+        let refund = self
+            .flow
+            .store()
+            .insert_refund(
+                &payment.payment_id,
+                &payment.account_id,
+                &caller.subject,
+                key,
+                &message.reason,
+            )
+            .await?;
+        if refund.payment_id != payment.payment_id
+            || refund.caller != caller.subject
+            || refund.idempotency_key != key
+        {
+            return Err(key_reused());
+        }
+        if payment.status == PaymentStatus::Succeeded {
+            match self.flow.refund(&payment, &refund.refund_id).await? {
+                RefundOutcome::Refunded => {}
+                RefundOutcome::Refused { reason } => {
+                    return Err(refusal(Code::FailedPrecondition, "NOT_REFUNDABLE", reason));
+                }
+                RefundOutcome::Unknown { reason } => {
+                    tracing::warn!(reason, "refund unanswered");
+                    return Err(Status::unavailable(
+                        "the provider did not answer; retry with the same idempotency_key",
+                    ));
+                }
+            }
+        }
+        if let Err(error) = self
+            .flow
+            .deliver(
+                &payment.payment_id,
+                OutboxKind::Reverse,
+                request_id.as_deref(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "billing not told of the refund yet; the outbox will deliver");
+        }
+        let payment = self.reload(&payment.payment_id).await?;
+        Ok(wire::RefundPaymentResponse {
+            payment: Some(payment_to_wire(&payment)),
+        })
+    }
+}
+
+/// billing-svc's answer to the quote, passed on: its refusals are the caller's
+/// (unknown bill, nothing to pay, bad target); its absence is UNAVAILABLE.
+fn billing_refusal(status: Status) -> Status {
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled => {
+            service_kit::errors::unavailable(format!("billing-svc: {}", status.message()))
+        }
+        Code::Unauthenticated | Code::PermissionDenied | Code::Internal => {
+            service_kit::errors::internal(format!(
+                "billing-svc refused payment-svc: {:?} {}",
+                status.code(),
+                status.message()
+            ))
+        }
+        _ => status,
+    }
+}

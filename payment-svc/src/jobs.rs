@@ -1,0 +1,134 @@
+//! Background work: the outbox dispatcher, which tells billing-svc about captured and
+//! refunded money until it acknowledges, and the reconciler, which asks providers
+//! about payments left PROCESSING. Both run in every replica; the database decides
+//! who handles what.
+
+use std::{sync::Arc, time::Duration};
+
+use service_kit::clock::now_micros;
+use tokio::sync::watch;
+
+use crate::flow::PaymentFlow;
+
+/// Rows one dispatcher pass handles at most.
+const OUTBOX_BATCH_MAX: u32 = 32;
+/// Payments one reconciler pass asks about at most.
+const RECONCILE_BATCH_MAX: u32 = 100;
+/// How long a claimed outbox row is left to its claimant before others may retry it.
+const OUTBOX_LEASE: Duration = Duration::from_secs(15);
+/// Retry delays grow from this, doubling, up to the maximum: bounded backoff.
+const RETRY_DELAY_MIN: Duration = Duration::from_millis(100);
+const RETRY_DELAY_MAX: Duration = Duration::from_secs(30);
+
+/// Timings of the background jobs.
+#[derive(Debug, Clone, Copy)]
+pub struct JobTimings {
+    pub outbox_poll: Duration,
+    pub reconcile_interval: Duration,
+    /// A payment PROCESSING for longer than this is asked about.
+    pub reconcile_after: Duration,
+}
+
+/// The delay before retry number `attempts` (1-based).
+pub fn retry_delay(attempts: i64) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(20);
+    RETRY_DELAY_MIN
+        .saturating_mul(2_u32.saturating_pow(doublings))
+        .min(RETRY_DELAY_MAX)
+}
+
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// Delivers due outbox rows until `stopped` changes.
+pub async fn run_outbox(
+    flow: Arc<PaymentFlow>,
+    timings: JobTimings,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        if let Err(error) = outbox_pass(&flow).await {
+            tracing::warn!(%error, "outbox pass failed");
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(timings.outbox_poll) => {}
+        }
+    }
+}
+
+async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageError> {
+    for row in flow.store().due_outbox(OUTBOX_BATCH_MAX).await? {
+        if !flow
+            .store()
+            .claim_outbox(&row, now_micros() + micros(OUTBOX_LEASE))
+            .await?
+        {
+            continue;
+        }
+        match flow.deliver(&row.payment_id, row.kind, None).await {
+            Ok(()) => {
+                tracing::info!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
+            }
+            Err(error) => {
+                let delay = retry_delay(row.attempts + 1);
+                tracing::warn!(payment_id = %row.payment_id, %error, ?delay, "delivery failed; will retry");
+                let retry_at = now_micros() + micros(delay);
+                flow.store()
+                    .outbox_retry(&row.payment_id, row.kind, retry_at, &error.to_string())
+                    .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Reconciles stale PROCESSING payments now (at start-up) and then every interval,
+/// until `stopped` changes.
+pub async fn run_reconciler(
+    flow: Arc<PaymentFlow>,
+    timings: JobTimings,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        if let Err(error) = reconcile_pass(&flow, timings.reconcile_after).await {
+            tracing::warn!(%error, "reconcile pass failed");
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(timings.reconcile_interval) => {}
+        }
+    }
+}
+
+async fn reconcile_pass(
+    flow: &PaymentFlow,
+    after: Duration,
+) -> Result<(), crate::storage::StorageError> {
+    let cutoff = now_micros() - micros(after);
+    for payment in flow
+        .store()
+        .stale_processing(cutoff, RECONCILE_BATCH_MAX)
+        .await?
+    {
+        flow.reconcile(&payment).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_to_a_bound() {
+        let delays: Vec<_> = [1, 2, 3, 9, 10, 1000]
+            .iter()
+            .map(|n| retry_delay(*n).as_millis())
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 25_600, 30_000, 30_000]);
+    }
+}

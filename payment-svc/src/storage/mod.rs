@@ -1,0 +1,64 @@
+//! Everything payment-svc keeps, and the only module (with the simulator's ledger)
+//! that speaks SQL.
+
+mod outbox;
+mod payments;
+mod refunds;
+
+use service_kit::db::{Db, Migration, Migrations};
+
+pub use outbox::{OutboxKind, OutboxRow};
+pub use payments::{InsertOutcome, NewPayment, Payment};
+pub use refunds::Refund;
+
+/// payment-svc's schema, per dialect, in version order.
+pub const MIGRATIONS: Migrations = Migrations {
+    sqlite: &[
+        Migration {
+            version: 1,
+            name: "audit",
+            sql: include_str!("../../migrations/sqlite/0001_audit.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "payments",
+            sql: include_str!("../../migrations/sqlite/0002_payments.sql"),
+        },
+    ],
+    postgres: &[
+        Migration {
+            version: 1,
+            name: "audit",
+            sql: include_str!("../../migrations/postgres/0001_audit.sql"),
+        },
+        Migration {
+            version: 2,
+            name: "payments",
+            sql: include_str!("../../migrations/postgres/0002_payments.sql"),
+        },
+    ],
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error("stored row is not valid: {0}")]
+    Corrupt(String),
+}
+
+/// payment-svc's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: Db,
+}
+
+impl Store {
+    pub fn new(db: Db) -> Self {
+        Self { db }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}

@@ -1,0 +1,160 @@
+//! The outbox: what billing-svc must still be told, written in the same transaction
+//! as the state change that requires it, and delivered until acknowledged.
+
+use service_kit::clock::now_micros;
+use sqlx::{Any, Row, Transaction};
+
+use super::{StorageError, Store};
+
+/// What to tell billing-svc about a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboxKind {
+    /// ApplyRepayment: money was captured.
+    Apply,
+    /// ReverseRepayment: money was refunded.
+    Reverse,
+}
+
+impl OutboxKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Apply => "APPLY",
+            Self::Reverse => "REVERSE",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "APPLY" => Some(Self::Apply),
+            "REVERSE" => Some(Self::Reverse),
+            _ => None,
+        }
+    }
+}
+
+/// An undelivered outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    pub payment_id: String,
+    pub kind: OutboxKind,
+    pub attempts: i64,
+    next_attempt_at_micros: i64,
+}
+
+/// The request that records a state change first tells billing itself (the fast
+/// path); the dispatcher's first try waits this long so the two rarely overlap.
+/// Overlap is harmless: billing is idempotent on the payment id.
+const INLINE_DELIVERY_GRACE_MICROS: i64 = 2_000_000;
+
+pub(super) async fn insert_outbox(
+    transaction: &mut Transaction<'static, Any>,
+    payment_id: &str,
+    kind: OutboxKind,
+    now: i64,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
+         SELECT payment_id, $1, account_id, 0, $2, $3 FROM payments WHERE payment_id = $4 \
+         ON CONFLICT (payment_id, kind) DO NOTHING",
+    )
+    .bind(kind.as_str())
+    .bind(now + INLINE_DELIVERY_GRACE_MICROS)
+    .bind(now)
+    .bind(payment_id)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Undelivered rows whose next attempt is due, oldest first (an APPLY before the
+    /// REVERSE of the same payment).
+    pub async fn due_outbox(&self, limit: u32) -> Result<Vec<OutboxRow>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT payment_id, kind, attempts, next_attempt_at_micros FROM outbox \
+             WHERE delivered_at_micros IS NULL AND next_attempt_at_micros <= $1 \
+             ORDER BY created_at_micros, kind LIMIT $2",
+        )
+        .bind(now_micros())
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OutboxRow {
+                    payment_id: row.try_get("payment_id")?,
+                    kind: OutboxKind::parse(row.try_get("kind")?)
+                        .ok_or_else(|| StorageError::Corrupt("outbox.kind".into()))?,
+                    attempts: row.try_get("attempts")?,
+                    next_attempt_at_micros: row.try_get("next_attempt_at_micros")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Claims `row` until `lease_until_micros` so that one dispatcher among replicas
+    /// delivers it; false if another claimed it first.
+    pub async fn claim_outbox(
+        &self,
+        row: &OutboxRow,
+        lease_until_micros: i64,
+    ) -> Result<bool, StorageError> {
+        let claimed = sqlx::query(
+            "UPDATE outbox SET next_attempt_at_micros = $1, attempts = attempts + 1 \
+             WHERE payment_id = $2 AND kind = $3 AND delivered_at_micros IS NULL AND next_attempt_at_micros = $4",
+        )
+        .bind(lease_until_micros)
+        .bind(row.payment_id.as_str())
+        .bind(row.kind.as_str())
+        .bind(row.next_attempt_at_micros)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(claimed == 1)
+    }
+
+    /// Billing acknowledged: the row is done (and an APPLY marks the payment applied).
+    pub async fn outbox_delivered(
+        &self,
+        payment_id: &str,
+        kind: OutboxKind,
+    ) -> Result<(), StorageError> {
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        sqlx::query("UPDATE outbox SET delivered_at_micros = $1, last_error = NULL WHERE payment_id = $2 AND kind = $3")
+            .bind(now)
+            .bind(payment_id)
+            .bind(kind.as_str())
+            .execute(&mut *transaction)
+            .await?;
+        if kind == OutboxKind::Apply {
+            sqlx::query("UPDATE payments SET applied = 1 WHERE payment_id = $1")
+                .bind(payment_id)
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        Ok(())
+    }
+
+    /// Delivery failed: try again at `retry_at_micros`.
+    pub async fn outbox_retry(
+        &self,
+        payment_id: &str,
+        kind: OutboxKind,
+        retry_at_micros: i64,
+        error: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE outbox SET next_attempt_at_micros = $1, last_error = $2 \
+             WHERE payment_id = $3 AND kind = $4 AND delivered_at_micros IS NULL",
+        )
+        .bind(retry_at_micros)
+        .bind(error)
+        .bind(payment_id)
+        .bind(kind.as_str())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,267 @@
+//! The payments table: idempotent creation, state transitions (each with its outbox
+//! row in the same transaction), and reads.
+
+use service_kit::{
+    clock::now_micros,
+    money::{Currency, Money},
+};
+use sqlx::{Row, any::AnyRow};
+
+use super::{StorageError, Store, outbox::OutboxKind, outbox::insert_outbox};
+use crate::domain::payment::{PaymentMethod, PaymentStatus};
+
+const PAYMENT_COLUMNS: &str = "payment_id, caller, idempotency_key, request_fingerprint, account_id, target, \
+     currency_code, amount_minor, method, instrument_last4, status, provider_ref, failure_code, failure_message, \
+     applied, created_at_micros, updated_at_micros";
+
+/// A payment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payment {
+    pub payment_id: String,
+    pub caller: String,
+    pub idempotency_key: String,
+    pub request_fingerprint: String,
+    pub account_id: String,
+    /// The repayment target, protobuf bytes in base64.
+    pub target: String,
+    pub amount: Money,
+    pub method: PaymentMethod,
+    pub instrument_last4: String,
+    pub status: PaymentStatus,
+    pub provider_ref: Option<String>,
+    pub failure_code: Option<String>,
+    pub failure_message: Option<String>,
+    /// billing-svc has acknowledged applying it.
+    pub applied: bool,
+    pub created_at_micros: i64,
+    pub updated_at_micros: i64,
+}
+
+/// A payment to store as PROCESSING before any money moves.
+#[derive(Debug)]
+pub struct NewPayment<'a> {
+    pub caller: &'a str,
+    pub idempotency_key: &'a str,
+    pub request_fingerprint: &'a str,
+    pub account_id: &'a str,
+    pub target: &'a str,
+    pub amount: Money,
+    pub method: PaymentMethod,
+    pub instrument_last4: &'a str,
+}
+
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Inserted(Payment),
+    /// The caller's key was taken first (a concurrent duplicate): that payment.
+    Existing(Payment),
+}
+
+impl Store {
+    pub async fn payment_by_key(
+        &self,
+        caller: &str,
+        idempotency_key: &str,
+    ) -> Result<Option<Payment>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE caller = $1 AND idempotency_key = $2"
+        ))
+        .bind(caller)
+        .bind(idempotency_key)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    pub async fn payment(&self, payment_id: &str) -> Result<Option<Payment>, StorageError> {
+        let row = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1"
+        ))
+        .bind(payment_id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(payment_from_row).transpose()
+    }
+
+    /// Stores `new` as PROCESSING unless the caller's key is taken; the unique
+    /// (caller, idempotency_key) decides between concurrent duplicates.
+    pub async fn insert_payment(
+        &self,
+        new: &NewPayment<'_>,
+    ) -> Result<InsertOutcome, StorageError> {
+        let payment_id = format!("pay_{}", uuid::Uuid::now_v7().simple());
+        let inserted = sqlx::query(
+            "INSERT INTO payments (payment_id, caller, idempotency_key, request_fingerprint, account_id, target, \
+               currency_code, amount_minor, method, instrument_last4, status, applied, created_at_micros, updated_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PROCESSING', 0, $11, $11) \
+             ON CONFLICT (caller, idempotency_key) DO NOTHING",
+        )
+        .bind(payment_id.as_str())
+        .bind(new.caller)
+        .bind(new.idempotency_key)
+        .bind(new.request_fingerprint)
+        .bind(new.account_id)
+        .bind(new.target)
+        .bind(new.amount.currency().code())
+        .bind(new.amount.minor())
+        .bind(new.method.as_str())
+        .bind(new.instrument_last4)
+        .bind(now_micros())
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        let stored = self
+            .payment_by_key(new.caller, new.idempotency_key)
+            .await?
+            .ok_or_else(|| StorageError::Corrupt("payment vanished after insert".into()))?;
+        Ok(if inserted == 1 {
+            InsertOutcome::Inserted(stored)
+        } else {
+            InsertOutcome::Existing(stored)
+        })
+    }
+
+    /// PROCESSING → SUCCEEDED with an APPLY outbox row, in one transaction. False if
+    /// the payment was no longer PROCESSING (a duplicate or stale answer).
+    pub async fn record_success(
+        &self,
+        payment_id: &str,
+        provider_ref: &str,
+    ) -> Result<bool, StorageError> {
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE payments SET status = 'SUCCEEDED', provider_ref = $1, updated_at_micros = $2 \
+             WHERE payment_id = $3 AND status = 'PROCESSING'",
+        )
+        .bind(provider_ref)
+        .bind(now)
+        .bind(payment_id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            insert_outbox(&mut transaction, payment_id, OutboxKind::Apply, now).await?;
+        }
+        transaction.commit().await?;
+        Ok(moved == 1)
+    }
+
+    /// PROCESSING → FAILED with the provider's code. False if no longer PROCESSING.
+    pub async fn record_failure(
+        &self,
+        payment_id: &str,
+        code: &str,
+        message: &str,
+    ) -> Result<bool, StorageError> {
+        let moved = sqlx::query(
+            "UPDATE payments SET status = 'FAILED', failure_code = $1, failure_message = $2, updated_at_micros = $3 \
+             WHERE payment_id = $4 AND status = 'PROCESSING'",
+        )
+        .bind(code)
+        .bind(message)
+        .bind(now_micros())
+        .bind(payment_id)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(moved == 1)
+    }
+
+    /// Remembers the provider's reference of a payment still PROCESSING (PENDING).
+    pub async fn record_pending(
+        &self,
+        payment_id: &str,
+        provider_ref: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE payments SET provider_ref = $1 WHERE payment_id = $2 AND status = 'PROCESSING'",
+        )
+        .bind(provider_ref)
+        .bind(payment_id)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// SUCCEEDED → REFUNDED with a REVERSE outbox row, in one transaction.
+    pub async fn record_refund(&self, payment_id: &str) -> Result<bool, StorageError> {
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        let moved = sqlx::query(
+            "UPDATE payments SET status = 'REFUNDED', updated_at_micros = $1 WHERE payment_id = $2 AND status = 'SUCCEEDED'",
+        )
+        .bind(now)
+        .bind(payment_id)
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            insert_outbox(&mut transaction, payment_id, OutboxKind::Reverse, now).await?;
+        }
+        transaction.commit().await?;
+        Ok(moved == 1)
+    }
+
+    /// Payments still PROCESSING that were last touched before `cutoff_micros`.
+    pub async fn stale_processing(
+        &self,
+        cutoff_micros: i64,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = 'PROCESSING' AND updated_at_micros < $1 \
+             ORDER BY updated_at_micros LIMIT $2"
+        ))
+        .bind(cutoff_micros)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+
+    /// Up to `limit` payments of an account, newest first, after payment `after`.
+    pub async fn payments_page(
+        &self,
+        account_id: &str,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<Payment>, StorageError> {
+        // Payment ids are time-ordered (UUIDv7), so id order is creation order.
+        let rows = sqlx::query(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE account_id = $1 AND payment_id < $2 \
+             ORDER BY payment_id DESC LIMIT $3"
+        ))
+        .bind(account_id)
+        .bind(after.unwrap_or("\u{10FFFF}"))
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(payment_from_row).collect()
+    }
+}
+
+fn payment_from_row(row: &AnyRow) -> Result<Payment, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("payments.{what}"));
+    let currency =
+        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+    Ok(Payment {
+        payment_id: row.try_get("payment_id")?,
+        caller: row.try_get("caller")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        request_fingerprint: row.try_get("request_fingerprint")?,
+        account_id: row.try_get("account_id")?,
+        target: row.try_get("target")?,
+        amount: Money::from_minor(currency, row.try_get("amount_minor")?)
+            .map_err(|_| corrupt("amount_minor"))?,
+        method: PaymentMethod::parse(row.try_get("method")?).ok_or_else(|| corrupt("method"))?,
+        instrument_last4: row.try_get("instrument_last4")?,
+        status: PaymentStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
+        provider_ref: row.try_get("provider_ref")?,
+        failure_code: row.try_get("failure_code")?,
+        failure_message: row.try_get("failure_message")?,
+        applied: row.try_get::<i64, _>("applied")? == 1,
+        created_at_micros: row.try_get("created_at_micros")?,
+        updated_at_micros: row.try_get("updated_at_micros")?,
+    })
+}

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Starts `billpay up` on a scratch data directory, runs every grpcurl command it
 # prints (as an operator would paste them), checks what they answer, cross-checks
-# random quotes against numpy-financial (.ci/quote_oracle.py), then stops it with
-# SIGTERM and checks it exits 0.
+# random quotes against numpy-financial (.ci/quote_oracle.py), runs `billpay demo`
+# (a repayment by each method), then stops it with SIGTERM and checks it exits 0.
 set -euo pipefail
 billpay="$1"
 work=$(mktemp -d)
@@ -57,6 +57,14 @@ if python3 "$(dirname "$0")/quote_oracle.py" --addr "$billing_addr" --token "$se
 else
   echo "FAIL numpy-financial oracle"; failures=$((failures + 1))
 fi
+
+# The customer's journey: buy, see what is due, pay by card, Alipay and WeChat Pay.
+if "$billpay" demo >"$work/demo" 2>&1; then
+  check "billpay demo: three bills PAID" "$work/demo" '3  20[0-9-]*  *499.92  *35.99  *535.91  *0.00  Paid'
+else
+  echo "FAIL billpay demo"; cat "$work/demo"; failures=$((failures + 1))
+fi
+check "provider-sim ledger reachable" <(curl -s "http://$(sed -n 's/^  provider-sim \([^ ]*\).*/\1/p' "$work/out")/ledger") '"captured_minor"'
 
 kill -TERM "$pid"
 status=0

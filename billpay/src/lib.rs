@@ -1,5 +1,6 @@
 //! `billpay`, the command-line tool: `up` runs the whole stack in one process,
-//! `token` mints bearer tokens.
+//! `demo` walks a customer's journey against it, `token` mints bearer tokens.
 
+pub mod demo;
 pub mod token;
 pub mod up;

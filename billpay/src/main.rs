@@ -12,6 +12,8 @@ struct Cli {
 enum Command {
     /// Run billing-svc and payment-svc in one process on SQLite.
     Up(billpay::up::UpArgs),
+    /// Walk a customer's journey against a running stack and print it.
+    Demo(billpay::demo::DemoArgs),
     /// Print a bearer token.
     Token(billpay::token::TokenArgs),
 }
@@ -23,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
             service_kit::telemetry::init(args.json_logs);
             billpay::up::run(&args, service_kit::shutdown::signal()).await
         }
+        Command::Demo(args) => billpay::demo::run(&args).await,
         Command::Token(args) => {
             println!("{}", billpay::token::run(&args)?);
             Ok(())

@@ -4,13 +4,17 @@ use std::{net::SocketAddr, time::Duration};
 
 use service_kit::config::CommonArgs;
 
-use crate::{jobs::JobTimings, providers::ProviderSettings};
+use crate::{
+    jobs::JobTimings,
+    providers::ProviderSettings,
+    sim::{DEV_ALIPAY_SECRET, DEV_BANK_CARD_SECRET, DEV_WECHAT_PAY_SECRET},
+};
 
-/// The provider secrets dev mode uses when none is configured (the simulator's too).
+/// The provider secrets dev mode uses when none is configured: the simulator's.
 pub const DEV_PROVIDER_SECRETS: [&str; 3] = [
-    "dev-bank-card-secret",
-    "dev-alipay-secret",
-    "dev-wechat-pay-secret",
+    DEV_BANK_CARD_SECRET,
+    DEV_ALIPAY_SECRET,
+    DEV_WECHAT_PAY_SECRET,
 ];
 
 /// payment-svc's settings.

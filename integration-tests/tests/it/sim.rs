@@ -18,7 +18,7 @@ use payment_svc::{
         },
     },
 };
-use reqwest::{RequestBuilder, StatusCode};
+use reqwest::RequestBuilder;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},

@@ -59,7 +59,7 @@ pub struct ProviderSecrets {
     /// anywhere but a laptop.
     #[arg(
         long = "bank-card-secret",
-        env = "BILLPAY_SIM_BANK_CARD_SECRET",
+        env = "BILLPAY_BANK_CARD_SECRET",
         default_value = DEV_BANK_CARD_SECRET,
         hide_env_values = true
     )]
@@ -68,7 +68,7 @@ pub struct ProviderSecrets {
     /// anywhere but a laptop.
     #[arg(
         long = "alipay-secret",
-        env = "BILLPAY_SIM_ALIPAY_SECRET",
+        env = "BILLPAY_ALIPAY_SECRET",
         default_value = DEV_ALIPAY_SECRET,
         hide_env_values = true
     )]
@@ -77,7 +77,7 @@ pub struct ProviderSecrets {
     /// anywhere but a laptop.
     #[arg(
         long = "wechat-pay-secret",
-        env = "BILLPAY_SIM_WECHAT_PAY_SECRET",
+        env = "BILLPAY_WECHAT_PAY_SECRET",
         default_value = DEV_WECHAT_PAY_SECRET,
         hide_env_values = true
     )]

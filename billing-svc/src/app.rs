@@ -7,12 +7,14 @@ use chrono::FixedOffset;
 
 use billpay_contracts::billing::v1::billing_service_server::{BillingServiceServer, SERVICE_NAME};
 use service_kit::{server::ServeError, startup::Foundation};
+use tokio::sync::watch;
 use tonic::service::Routes;
 
 use crate::{
     config::Config,
     domain::product::Catalog,
     grpc::{BillingApi, RPC_RULES},
+    jobs,
     storage::{MIGRATIONS, Store},
 };
 
@@ -25,6 +27,7 @@ pub struct Application {
     foundation: Foundation,
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
+    auto_day_close: bool,
 }
 
 impl Application {
@@ -53,6 +56,7 @@ impl Application {
             foundation,
             catalog: Arc::new(catalog),
             business_offset: config.business_utc_offset,
+            auto_day_close: config.auto_day_close,
         })
     }
 
@@ -67,17 +71,32 @@ impl Application {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         tracing::info!(addr = %self.local_addr(), "billing-svc serving");
-        let api = BillingApi::new(
-            Store::new(self.foundation.db.clone()),
-            self.catalog,
-            self.business_offset,
-        );
+        let store = Store::new(self.foundation.db.clone());
+        let (stop, stopped) = watch::channel(());
+        let auto_close = self.auto_day_close.then(|| {
+            tokio::spawn(jobs::run_auto_close(
+                store.clone(),
+                Arc::clone(&self.catalog),
+                self.business_offset,
+                stopped,
+            ))
+        });
+        let api = BillingApi::new(store, self.catalog, self.business_offset);
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),
         );
-        self.foundation
+        let served = self
+            .foundation
             .run_until_stopped(routes, &[SERVICE_NAME], RPC_RULES, shutdown)
-            .await
+            .await;
+        let _ = stop.send(());
+        if let Some(Err(error)) = match auto_close {
+            Some(job) => Some(job.await),
+            None => None,
+        } {
+            tracing::error!(%error, "the day close job failed");
+        }
+        served
     }
 }

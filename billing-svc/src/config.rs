@@ -35,6 +35,9 @@ pub struct Config {
         allow_hyphen_values = true
     )]
     pub business_utc_offset: FixedOffset,
+    /// Close each business day automatically after midnight (catching up missed days).
+    #[arg(long, env = "BILLING_AUTO_DAY_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auto_day_close: bool,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -47,6 +50,7 @@ impl Config {
             database_url,
             products_file: None,
             business_utc_offset: shanghai(),
+            auto_day_close: true,
             common: CommonArgs::dev(),
         }
     }

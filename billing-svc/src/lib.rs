@@ -5,4 +5,5 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod jobs;
 pub mod storage;

@@ -124,12 +124,9 @@ impl TestApp {
         }
         let sim = ProviderSim::build(&sim_config).await.unwrap();
         let sim_addr = sim.local_addr();
-        let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
-            any_port,
-            billing_url.clone(),
-        ))
-        .await
-        .unwrap();
+        let billing = billing_svc::app::Application::build(&billing_config(billing_url.clone()))
+            .await
+            .unwrap();
         let billing_addr = billing.local_addr();
         let (stop, stopped) = watch::channel(());
         let (billing_for_payment, billing_apply_down) = if flaky_billing {
@@ -181,10 +178,7 @@ impl TestApp {
     /// Starts another billing-svc on the same database, as a second replica behind a
     /// load balancer would be, and returns its address. It stops with the rest.
     pub async fn spawn_billing_replica(&mut self) -> SocketAddr {
-        let config = billing_svc::config::Config::dev(
-            "127.0.0.1:0".parse().unwrap(),
-            self.billing_url.clone(),
-        );
+        let config = billing_config(self.billing_url.clone());
         let replica = billing_svc::app::Application::build(&config).await.unwrap();
         let addr = replica.local_addr();
         self.tasks.push(tokio::spawn(
@@ -330,6 +324,14 @@ impl TestApp {
             admin.pool().close().await;
         }
     }
+}
+
+/// billing-svc settings for tests: no automatic day close, so each test decides
+/// which days are closed (RunDayClose).
+pub fn billing_config(database_url: String) -> billing_svc::config::Config {
+    let mut config = billing_svc::config::Config::dev("127.0.0.1:0".parse().unwrap(), database_url);
+    config.auto_day_close = false;
+    config
 }
 
 /// Simulator settings for tests: quick notifications, and a "lost" reply held back

@@ -6,6 +6,7 @@ pub mod allocation;
 pub mod apr;
 pub mod bill;
 pub mod calendar;
+pub mod day_close;
 pub mod plan;
 pub mod product;
 pub mod schedule;

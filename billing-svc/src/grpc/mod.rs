@@ -4,6 +4,7 @@
 mod accounts;
 mod bills;
 mod convert;
+mod day_close;
 mod plans;
 mod repayments;
 
@@ -48,6 +49,8 @@ pub const RPC_RULES: &[RpcRule] = &[
     rule("/billing.v1.BillingService/QuoteRepayment", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/ApplyRepayment", "billing:apply", Access::ServiceOnly),
     rule("/billing.v1.BillingService/ReverseRepayment", "billing:apply", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/RunDayClose", "billing:admin", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/WatchEvents", "billing:events", Access::ServiceOnly),
 ];
 
 /// The BillingService implementation.
@@ -89,6 +92,15 @@ macro_rules! delegate {
                     self.$handler(request).await.map(Response::new)
                 }
             )+
+
+            type WatchEventsStream = day_close::EventStream;
+
+            async fn watch_events(
+                &self,
+                request: Request<wire::WatchEventsRequest>,
+            ) -> Result<Response<Self::WatchEventsStream>, Status> {
+                self.handle_watch_events(request).await.map(Response::new)
+            }
         }
     };
 }
@@ -108,6 +120,7 @@ delegate! {
     quote_repayment => handle_quote_repayment(wire::QuoteRepaymentRequest) -> wire::QuoteRepaymentResponse;
     apply_repayment => handle_apply_repayment(wire::ApplyRepaymentRequest) -> wire::ApplyRepaymentResponse;
     reverse_repayment => handle_reverse_repayment(wire::ReverseRepaymentRequest) -> wire::ReverseRepaymentResponse;
+    run_day_close => handle_run_day_close(wire::RunDayCloseRequest) -> wire::RunDayCloseResponse;
 }
 
 #[cfg(test)]

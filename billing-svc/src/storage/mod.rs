@@ -2,6 +2,8 @@
 
 mod accounts;
 mod bills;
+mod day_close;
+mod events;
 mod plans;
 mod repayments;
 
@@ -9,6 +11,8 @@ use service_kit::db::{Db, Migration, Migrations};
 
 pub use accounts::CreateOutcome;
 pub use bills::BillPageKey;
+pub use day_close::{AccountClose, ProductTerms};
+pub use events::{EventKind, StoredEvent};
 pub use plans::{CreatePlanOutcome, NewPlan};
 pub use repayments::{Applied, ApplyOutcome, ReverseOutcome, Reversed};
 
@@ -30,6 +34,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "repayments",
             sql: include_str!("../../migrations/sqlite/0003_repayments.sql"),
         },
+        Migration {
+            version: 4,
+            name: "day_close",
+            sql: include_str!("../../migrations/sqlite/0004_day_close.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -46,6 +55,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 3,
             name: "repayments",
             sql: include_str!("../../migrations/postgres/0003_repayments.sql"),
+        },
+        Migration {
+            version: 4,
+            name: "day_close",
+            sql: include_str!("../../migrations/postgres/0004_day_close.sql"),
         },
     ],
 };

@@ -9,7 +9,11 @@ use service_kit::{
 };
 use sqlx::{Row, any::AnyRow};
 
-use super::{StorageError, Store, bills::BILL_COLUMNS, bills::bill_from_row};
+use super::{
+    StorageError, Store,
+    bills::{BILL_COLUMNS, bill_from_row},
+    events::{EventKind, NewEvent, insert_event},
+};
 use crate::domain::{
     account::{AccountId, AccountStatus},
     bill::Bill,
@@ -114,6 +118,17 @@ impl Store {
         }
 
         insert_bills(&mut transaction, &plan_id, new, now).await?;
+        let event = NewEvent {
+            account_id: new.account_id.as_str(),
+            kind: EventKind::PlanCreated,
+            subject_id: &plan_id,
+            plan_id: Some(&plan_id),
+            bill_id: None,
+            payment_id: None,
+            amount: Some(priced.principal),
+            due_date: None,
+        };
+        insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         transaction.commit().await?;
         let (plan, bills) = self
             .plan(&plan_id)

@@ -11,7 +11,11 @@ use service_kit::{
 };
 use sqlx::{Any, Row, Transaction};
 
-use super::{StorageError, Store, bills::BILL_COLUMNS, bills::bill_from_row};
+use super::{
+    StorageError, Store,
+    bills::{BILL_COLUMNS, bill_from_row},
+    events::{EventKind, NewEvent, insert_event},
+};
 use crate::domain::{
     account::AccountId,
     allocation::BillAllocation,
@@ -53,7 +57,7 @@ pub enum ReverseOutcome {
 }
 
 /// Takes the account's row for the rest of the transaction; false if no such account.
-async fn lock_account(
+pub(super) async fn lock_account(
     transaction: &mut Transaction<'static, Any>,
     account_id: &str,
     now: i64,
@@ -163,8 +167,27 @@ impl Store {
             ));
         }
         for plan_id in &plans {
-            settle_plan_if_paid(&mut transaction, plan_id, now).await?;
+            settle_plan_if_paid(
+                &mut transaction,
+                self.db.dialect(),
+                account_id.as_str(),
+                plan_id,
+                now,
+            )
+            .await?;
         }
+        refresh_account_status(&mut transaction, account_id.as_str()).await?;
+        let event = NewEvent {
+            account_id: account_id.as_str(),
+            kind: EventKind::RepaymentApplied,
+            subject_id: payment_id,
+            plan_id: None,
+            bill_id: None,
+            payment_id: Some(payment_id),
+            amount: Some(amount),
+            due_date: None,
+        };
+        insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         sqlx::query(
             "UPDATE repayments SET applied_to_bills_minor = $1, added_to_credit_balance_minor = $2 WHERE payment_id = $3",
         )
@@ -345,12 +368,29 @@ impl Store {
             .bind(payment_id)
             .execute(&mut *transaction)
             .await?;
+        refresh_account_status(&mut transaction, &account_id).await?;
+        let event = NewEvent {
+            account_id: &account_id,
+            kind: EventKind::RepaymentReversed,
+            subject_id: payment_id,
+            plan_id: None,
+            bill_id: None,
+            payment_id: Some(payment_id),
+            amount: Some(
+                reversed
+                    .from_bills
+                    .checked_add(reversed.from_credit_balance)
+                    .map_err(money_error)?,
+            ),
+            due_date: None,
+        };
+        insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         transaction.commit().await?;
         Ok(ReverseOutcome::Reversed(reversed))
     }
 }
 
-fn money_error(error: MoneyError) -> StorageError {
+pub(super) fn money_error(error: MoneyError) -> StorageError {
     StorageError::Corrupt(format!("money does not add up: {error}"))
 }
 
@@ -359,7 +399,7 @@ fn currency_of(row: &sqlx::any::AnyRow) -> Result<Currency, StorageError> {
         .map_err(|_| StorageError::Corrupt("currency_code".into()))
 }
 
-fn add(a: &Components, b: &Components) -> Result<Components, MoneyError> {
+pub(super) fn add(a: &Components, b: &Components) -> Result<Components, MoneyError> {
     Ok(Components {
         principal: a.principal.checked_add(b.principal)?,
         interest: a.interest.checked_add(b.interest)?,
@@ -371,7 +411,7 @@ fn add(a: &Components, b: &Components) -> Result<Components, MoneyError> {
 /// Sets a bill's paid amounts, only if they are still what `bill` says (the account
 /// lock makes this certain; the condition makes it checked). `paid_now` stamps
 /// paid_at / paid_on when the bill becomes PAID; None clears them.
-async fn set_paid(
+pub(super) async fn set_paid(
     transaction: &mut Transaction<'static, Any>,
     bill: &Bill,
     paid: &Components,
@@ -436,13 +476,15 @@ async fn insert_allocation(
     Ok(())
 }
 
-/// Marks a plan SETTLED once none of its bills is unpaid.
-async fn settle_plan_if_paid(
+/// Marks a plan SETTLED once none of its bills is unpaid, with its PLAN_SETTLED event.
+pub(super) async fn settle_plan_if_paid(
     transaction: &mut Transaction<'static, Any>,
+    dialect: service_kit::db::Dialect,
+    account_id: &str,
     plan_id: &str,
     now: i64,
 ) -> Result<(), StorageError> {
-    sqlx::query(
+    let settled = sqlx::query(
         "UPDATE plans SET status = 'SETTLED', updated_at_micros = $1 \
          WHERE plan_id = $2 AND status = 'ACTIVE' \
            AND NOT EXISTS (SELECT 1 FROM bills WHERE bills.plan_id = $3 AND bills.state IN ('OPEN', 'OVERDUE'))",
@@ -450,6 +492,39 @@ async fn settle_plan_if_paid(
     .bind(now)
     .bind(plan_id)
     .bind(plan_id)
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    if settled == 1 {
+        let event = NewEvent {
+            account_id,
+            kind: EventKind::PlanSettled,
+            subject_id: plan_id,
+            plan_id: Some(plan_id),
+            bill_id: None,
+            payment_id: None,
+            amount: None,
+            due_date: None,
+        };
+        insert_event(transaction, dialect, &event, now).await?;
+    }
+    Ok(())
+}
+
+/// An account is DELINQUENT exactly while one of its bills is OVERDUE (a CLOSED
+/// account stays closed).
+pub(super) async fn refresh_account_status(
+    transaction: &mut Transaction<'static, Any>,
+    account_id: &str,
+) -> Result<(), StorageError> {
+    sqlx::query(
+        "UPDATE accounts SET status = CASE WHEN EXISTS \
+           (SELECT 1 FROM bills WHERE bills.account_id = $1 AND bills.state = 'OVERDUE') \
+           THEN 'DELINQUENT' ELSE 'ACTIVE' END \
+         WHERE account_id = $2 AND status <> 'CLOSED'",
+    )
+    .bind(account_id)
+    .bind(account_id)
     .execute(&mut **transaction)
     .await?;
     Ok(())

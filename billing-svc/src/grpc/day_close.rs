@@ -1,0 +1,118 @@
+//! RunDayClose and WatchEvents.
+
+use std::{pin::Pin, time::Duration};
+
+use billpay_contracts::billing::v1 as wire;
+use service_kit::{clock::timestamp_from_micros, errors::invalid_field};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tonic::{Request, Status};
+
+use super::{BillingApi, convert::money_to_wire};
+use crate::{
+    domain::calendar::parse_date,
+    jobs::close_day,
+    storage::{EventKind, StoredEvent},
+};
+
+/// Events one read fetches at most.
+const EVENT_BATCH_MAX: u32 = 100;
+/// How often a watcher that has caught up looks for new events.
+const EVENT_POLL: Duration = Duration::from_millis(100);
+/// Events buffered per watcher before the reader waits for the client.
+const EVENT_BUFFER: usize = 64;
+
+pub type EventStream =
+    Pin<Box<dyn Stream<Item = Result<wire::WatchEventsResponse, Status>> + Send>>;
+
+impl BillingApi {
+    pub(super) async fn handle_run_day_close(
+        &self,
+        request: Request<wire::RunDayCloseRequest>,
+    ) -> Result<wire::RunDayCloseResponse, Status> {
+        let today = self.today();
+        let text = &request.get_ref().as_of;
+        let as_of = if text.is_empty() {
+            today
+        } else {
+            parse_date(text).map_err(|error| invalid_field("as_of", error.to_string()))?
+        };
+        if as_of > today {
+            return Err(invalid_field(
+                "as_of",
+                format!("must not be in the future (today is {today})"),
+            ));
+        }
+        let summary = close_day(&self.store, &self.catalog, as_of).await?;
+        Ok(wire::RunDayCloseResponse {
+            as_of: as_of.to_string(),
+            accounts_closed: i32::try_from(summary.accounts_closed).unwrap_or(i32::MAX),
+            bills_overdue: i32::try_from(summary.bills_overdue).unwrap_or(i32::MAX),
+            penalties_posted: Some(money_to_wire(summary.penalties_posted)),
+            credit_balance_applied: Some(money_to_wire(summary.credit_balance_applied)),
+        })
+    }
+
+    /// Replays events after the cursor, then tails new ones, until the client leaves.
+    pub(super) async fn handle_watch_events(
+        &self,
+        request: Request<wire::WatchEventsRequest>,
+    ) -> Result<EventStream, Status> {
+        let after_id = request.get_ref().after_id;
+        if after_id < 0 {
+            return Err(invalid_field("after_id", "must not be negative"));
+        }
+        let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_BUFFER);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut cursor = after_id;
+            loop {
+                let events = match store.events_after(cursor, EVENT_BATCH_MAX).await {
+                    Ok(events) => events,
+                    Err(error) => {
+                        let _ = sender.send(Err(Status::from(error))).await;
+                        return;
+                    }
+                };
+                if events.is_empty() {
+                    tokio::select! {
+                        () = sender.closed() => return,
+                        () = tokio::time::sleep(EVENT_POLL) => continue,
+                    }
+                }
+                for event in events {
+                    cursor = event.event_id;
+                    let message = wire::WatchEventsResponse {
+                        event: Some(event_to_wire(event)),
+                    };
+                    if sender.send(Ok(message)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(ReceiverStream::new(receiver)))
+    }
+}
+
+fn event_to_wire(event: StoredEvent) -> wire::Event {
+    let kind = match event.kind {
+        EventKind::PlanCreated => wire::EventKind::PlanCreated,
+        EventKind::BillDueSoon => wire::EventKind::BillDueSoon,
+        EventKind::BillDue => wire::EventKind::BillDue,
+        EventKind::BillOverdue => wire::EventKind::BillOverdue,
+        EventKind::RepaymentApplied => wire::EventKind::RepaymentApplied,
+        EventKind::RepaymentReversed => wire::EventKind::RepaymentReversed,
+        EventKind::PlanSettled => wire::EventKind::PlanSettled,
+    };
+    wire::Event {
+        event_id: event.event_id,
+        kind: kind.into(),
+        account_id: event.account_id,
+        plan_id: event.plan_id.unwrap_or_default(),
+        bill_id: event.bill_id.unwrap_or_default(),
+        payment_id: event.payment_id.unwrap_or_default(),
+        amount: event.amount.map(money_to_wire),
+        due_date: event.due_date.unwrap_or_default(),
+        created_at: Some(timestamp_from_micros(event.created_at_micros)),
+    }
+}

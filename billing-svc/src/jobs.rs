@@ -1,0 +1,108 @@
+//! Background work: closing business days, on demand (RunDayClose) and automatically
+//! after midnight business time, catching up missed days in order.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use chrono::{Days, FixedOffset, NaiveDate};
+use service_kit::{clock::now_micros, money::Money};
+use tokio::sync::watch;
+
+use crate::{
+    domain::{calendar::business_date, product::Catalog},
+    storage::{ProductTerms, StorageError, Store},
+};
+
+/// How often the automatic close looks for a day to close.
+const AUTO_CLOSE_PERIOD: Duration = Duration::from_secs(60);
+
+/// What closing one day did, summed over accounts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayCloseSummary {
+    pub as_of: NaiveDate,
+    pub accounts_closed: u32,
+    pub bills_overdue: u32,
+    pub penalties_posted: Money,
+    pub credit_balance_applied: Money,
+}
+
+/// Closes `as_of` for every account it may change, each in its own transaction, and
+/// records the date as closed. Safe to run twice, and from several replicas.
+pub async fn close_day(
+    store: &Store,
+    catalog: &Catalog,
+    as_of: NaiveDate,
+) -> Result<DayCloseSummary, StorageError> {
+    let zero = Money::zero(service_kit::money::Currency::Cny);
+    let mut summary = DayCloseSummary {
+        as_of,
+        accounts_closed: 0,
+        bills_overdue: 0,
+        penalties_posted: zero,
+        credit_balance_applied: zero,
+    };
+    let sum = |a: Money, b: Money| {
+        a.checked_add(b)
+            .map_err(|error| StorageError::Corrupt(error.to_string()))
+    };
+    for account_id in store.accounts_to_close(as_of).await? {
+        let products: HashMap<String, String> = store.plan_products(&account_id).await?;
+        let terms = |plan_id: &str| {
+            let product = catalog.product(products.get(plan_id)?)?;
+            Some(ProductTerms {
+                grace_days: product.grace_days,
+                penalty_daily_rate: product.penalty_daily_rate,
+            })
+        };
+        let closed = store.close_account_day(&account_id, as_of, terms).await?;
+        summary.accounts_closed += 1;
+        summary.bills_overdue += closed.bills_overdue;
+        summary.penalties_posted = sum(summary.penalties_posted, closed.penalties_posted)?;
+        summary.credit_balance_applied = sum(
+            summary.credit_balance_applied,
+            closed.credit_balance_applied,
+        )?;
+    }
+    store.record_day_closed(as_of).await?;
+    tracing::info!(?summary, "day closed");
+    Ok(summary)
+}
+
+/// Closes every finished business day not closed yet (from the day after the last
+/// close, or yesterday on a fresh database), in order; then checks again every minute
+/// until `stopped` changes.
+pub async fn run_auto_close(
+    store: Store,
+    catalog: Arc<Catalog>,
+    offset: FixedOffset,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        if let Err(error) = catch_up(&store, &catalog, offset).await {
+            tracing::warn!(%error, "automatic day close failed; will retry");
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(AUTO_CLOSE_PERIOD) => {}
+        }
+    }
+}
+
+async fn catch_up(
+    store: &Store,
+    catalog: &Catalog,
+    offset: FixedOffset,
+) -> Result<(), StorageError> {
+    let today = business_date(now_micros(), offset);
+    let Some(yesterday) = today.checked_sub_days(Days::new(1)) else {
+        return Ok(());
+    };
+    let mut next = match store.last_day_closed().await? {
+        Some(last) => last.checked_add_days(Days::new(1)).unwrap_or(today),
+        None => yesterday,
+    };
+    while next <= yesterday {
+        close_day(store, catalog, next).await?;
+        next = next.checked_add_days(Days::new(1)).unwrap_or(today);
+    }
+    Ok(())
+}

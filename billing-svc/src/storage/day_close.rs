@@ -1,0 +1,264 @@
+//! Closing a business day for one account, in one transaction under the account's
+//! lock: reminders, OVERDUE, penalties through the date, the credit balance paying
+//! due bills, and the account's standing.
+
+use std::collections::BTreeSet;
+
+use chrono::{Days, NaiveDate};
+use rust_decimal::Decimal;
+use service_kit::{clock::now_micros, money::Money};
+use sqlx::Row;
+
+use super::{
+    StorageError, Store,
+    bills::{BILL_COLUMNS, bill_from_row},
+    events::{EventKind, NewEvent, insert_event},
+    repayments::{
+        add, lock_account, money_error, refresh_account_status, set_paid, settle_plan_if_paid,
+    },
+};
+use crate::domain::{
+    account::AccountId,
+    allocation::{Target, allocate, covered},
+    bill::{Bill, BillState},
+    calendar::parse_date,
+    day_close::{DUE_SOON_DAYS, Reminder, close_bill},
+};
+
+/// A product's terms that day close applies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProductTerms {
+    pub grace_days: u32,
+    pub penalty_daily_rate: Decimal,
+}
+
+/// What closing a day did to one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountClose {
+    pub bills_overdue: u32,
+    pub penalties_posted: Money,
+    pub credit_balance_applied: Money,
+}
+
+impl Store {
+    /// Accounts a close of `as_of` may change: an unpaid bill due by `as_of` plus the
+    /// reminder window, or a credit balance to apply.
+    pub async fn accounts_to_close(
+        &self,
+        as_of: NaiveDate,
+    ) -> Result<Vec<AccountId>, StorageError> {
+        let horizon = as_of
+            .checked_add_days(Days::new(DUE_SOON_DAYS))
+            .unwrap_or(as_of);
+        let rows = sqlx::query(
+            "SELECT DISTINCT account_id FROM bills WHERE state IN ('OPEN', 'OVERDUE') AND due_date <= $1 \
+             UNION SELECT account_id FROM accounts WHERE credit_balance_minor > 0",
+        )
+        .bind(horizon.to_string())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                AccountId::parse(row.try_get("account_id")?)
+                    .map_err(|_| StorageError::Corrupt("bills.account_id".into()))
+            })
+            .collect()
+    }
+
+    /// Closes `as_of` for one account; `terms` gives each plan's product terms.
+    pub async fn close_account_day(
+        &self,
+        account_id: &AccountId,
+        as_of: NaiveDate,
+        terms: impl Fn(&str) -> Option<ProductTerms>,
+    ) -> Result<AccountClose, StorageError> {
+        let now = now_micros();
+        let mut transaction = self.db.begin_write().await?;
+        lock_account(&mut transaction, account_id.as_str(), now).await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {BILL_COLUMNS}, penalty_through FROM bills \
+             WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') ORDER BY due_date, plan_id, seq"
+        ))
+        .bind(account_id.as_str())
+        .fetch_all(&mut *transaction)
+        .await?;
+        let mut bills = Vec::with_capacity(rows.len());
+        let mut result = AccountClose {
+            bills_overdue: 0,
+            penalties_posted: Money::zero(service_kit::money::Currency::Cny),
+            credit_balance_applied: Money::zero(service_kit::money::Currency::Cny),
+        };
+        for row in &rows {
+            let mut bill = bill_from_row(row)?;
+            let through: Option<String> = row.try_get("penalty_through")?;
+            let through = through
+                .map(|text| {
+                    parse_date(&text)
+                        .map_err(|_| StorageError::Corrupt("bills.penalty_through".into()))
+                })
+                .transpose()?;
+            let Some(terms) = terms(&bill.plan_id) else {
+                tracing::error!(plan_id = %bill.plan_id, "no product terms for a plan; its bills are not closed");
+                bills.push(bill);
+                continue;
+            };
+            let change = close_bill(
+                &bill,
+                through,
+                terms.grace_days,
+                terms.penalty_daily_rate,
+                as_of,
+            )
+            .map_err(money_error)?;
+            if change.changes_the_bill() {
+                let state = if change.becomes_overdue {
+                    BillState::Overdue
+                } else {
+                    bill.state
+                };
+                let updated = sqlx::query(
+                    "UPDATE bills SET penalty_minor = penalty_minor + $1, state = $2, \
+                       penalty_through = COALESCE($3, penalty_through), updated_at_micros = $4 \
+                     WHERE bill_id = $5 AND penalty_minor = $6 AND state = $7",
+                )
+                .bind(change.penalty_added.minor())
+                .bind(state.as_str())
+                .bind(change.penalty_through.map(|date| date.to_string()))
+                .bind(now)
+                .bind(bill.bill_id.as_str())
+                .bind(bill.charged.penalty.minor())
+                .bind(bill.state.as_str())
+                .execute(&mut *transaction)
+                .await?
+                .rows_affected();
+                if updated != 1 {
+                    return Err(StorageError::Corrupt(format!(
+                        "bill {} changed under the account lock",
+                        bill.bill_id
+                    )));
+                }
+                bill.charged.penalty = bill
+                    .charged
+                    .penalty
+                    .checked_add(change.penalty_added)
+                    .map_err(money_error)?;
+                bill.state = state;
+                result.bills_overdue += u32::from(change.becomes_overdue);
+                result.penalties_posted = result
+                    .penalties_posted
+                    .checked_add(change.penalty_added)
+                    .map_err(money_error)?;
+            }
+            for reminder in &change.reminders {
+                let kind = match reminder {
+                    Reminder::DueSoon => EventKind::BillDueSoon,
+                    Reminder::Due => EventKind::BillDue,
+                    Reminder::Overdue => EventKind::BillOverdue,
+                };
+                let event = NewEvent {
+                    account_id: account_id.as_str(),
+                    kind,
+                    subject_id: &bill.bill_id,
+                    plan_id: Some(&bill.plan_id),
+                    bill_id: Some(&bill.bill_id),
+                    payment_id: None,
+                    amount: Some(bill.amount_due().map_err(money_error)?),
+                    due_date: Some(bill.due_date),
+                };
+                insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
+            }
+            bills.push(bill);
+        }
+        result.credit_balance_applied = self
+            .apply_credit_balance(&mut transaction, account_id, &bills, as_of, now)
+            .await?;
+        refresh_account_status(&mut transaction, account_id.as_str()).await?;
+        transaction.commit().await?;
+        Ok(result)
+    }
+
+    /// Pays DUE and OVERDUE bills from the account's credit balance (溢缴款), oldest
+    /// first, penalty before interest, fee and principal.
+    async fn apply_credit_balance(
+        &self,
+        transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+        account_id: &AccountId,
+        bills: &[Bill],
+        as_of: NaiveDate,
+        now: i64,
+    ) -> Result<Money, StorageError> {
+        let credit_minor: i64 =
+            sqlx::query_scalar("SELECT credit_balance_minor FROM accounts WHERE account_id = $1")
+                .bind(account_id.as_str())
+                .fetch_one(&mut **transaction)
+                .await?;
+        let currency = service_kit::money::Currency::Cny;
+        let credit = Money::from_minor(currency, credit_minor).map_err(money_error)?;
+        if credit.is_zero() {
+            return Ok(credit);
+        }
+        let owed = covered(&Target::AllDue, bills, as_of).map_err(money_error)?;
+        let (allocations, left) = allocate(credit, &owed).map_err(money_error)?;
+        let mut principal = Money::zero(currency);
+        let mut plans = BTreeSet::new();
+        for allocation in &allocations {
+            let Some(bill) = bills.iter().find(|bill| bill.bill_id == allocation.bill_id) else {
+                continue;
+            };
+            let paid = add(&bill.paid, &allocation.parts).map_err(money_error)?;
+            let state = if paid == bill.charged {
+                BillState::Paid
+            } else {
+                bill.state
+            };
+            set_paid(transaction, bill, &paid, state, Some((now, as_of)), now).await?;
+            principal = principal
+                .checked_add(allocation.parts.principal)
+                .map_err(money_error)?;
+            plans.insert(bill.plan_id.clone());
+        }
+        let applied = credit.checked_sub(left).map_err(money_error)?;
+        sqlx::query(
+            "UPDATE accounts SET credit_balance_minor = credit_balance_minor - $1, \
+               principal_unpaid_minor = principal_unpaid_minor - $2 WHERE account_id = $3",
+        )
+        .bind(applied.minor())
+        .bind(principal.minor())
+        .bind(account_id.as_str())
+        .execute(&mut **transaction)
+        .await?;
+        for plan_id in &plans {
+            settle_plan_if_paid(
+                transaction,
+                self.db.dialect(),
+                account_id.as_str(),
+                plan_id,
+                now,
+            )
+            .await?;
+        }
+        Ok(applied)
+    }
+
+    /// Remembers that `as_of` was closed.
+    pub async fn record_day_closed(&self, as_of: NaiveDate) -> Result<(), StorageError> {
+        sqlx::query("INSERT INTO day_closes (as_of, closed_at_micros) VALUES ($1, $2) ON CONFLICT (as_of) DO NOTHING")
+            .bind(as_of.to_string())
+            .bind(now_micros())
+            .execute(self.db.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The latest date closed, if any.
+    pub async fn last_day_closed(&self) -> Result<Option<NaiveDate>, StorageError> {
+        let latest: Option<String> = sqlx::query_scalar("SELECT MAX(as_of) FROM day_closes")
+            .fetch_one(self.db.pool())
+            .await?;
+        latest
+            .map(|text| {
+                parse_date(&text).map_err(|_| StorageError::Corrupt("day_closes.as_of".into()))
+            })
+            .transpose()
+    }
+}

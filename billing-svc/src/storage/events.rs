@@ -1,0 +1,166 @@
+//! The events table: state changes worth telling a customer, written inside the
+//! transaction that makes the change, read in id order by WatchEvents.
+
+use chrono::NaiveDate;
+use service_kit::{
+    db::Dialect,
+    money::{Currency, Money},
+};
+use sqlx::{Any, Row, Transaction};
+
+use super::{StorageError, Store};
+
+/// Serialises event writers on PostgreSQL so ids become visible in commit order: a
+/// reader that has seen id n has seen every id below n, so "after n" misses nothing.
+const EVENTS_LOCK_KEY: i64 = 0x0000_6576_656e_7473; // "events" in ASCII
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    PlanCreated,
+    BillDueSoon,
+    BillDue,
+    BillOverdue,
+    RepaymentApplied,
+    RepaymentReversed,
+    PlanSettled,
+}
+
+impl EventKind {
+    pub const ALL: [Self; 7] = [
+        Self::PlanCreated,
+        Self::BillDueSoon,
+        Self::BillDue,
+        Self::BillOverdue,
+        Self::RepaymentApplied,
+        Self::RepaymentReversed,
+        Self::PlanSettled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PlanCreated => "PLAN_CREATED",
+            Self::BillDueSoon => "BILL_DUE_SOON",
+            Self::BillDue => "BILL_DUE",
+            Self::BillOverdue => "BILL_OVERDUE",
+            Self::RepaymentApplied => "REPAYMENT_APPLIED",
+            Self::RepaymentReversed => "REPAYMENT_REVERSED",
+            Self::PlanSettled => "PLAN_SETTLED",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// An event to write. `subject_id` (the bill, plan or payment) makes it unique per kind.
+#[derive(Debug, Clone)]
+pub(super) struct NewEvent<'a> {
+    pub account_id: &'a str,
+    pub kind: EventKind,
+    pub subject_id: &'a str,
+    pub plan_id: Option<&'a str>,
+    pub bill_id: Option<&'a str>,
+    pub payment_id: Option<&'a str>,
+    pub amount: Option<Money>,
+    pub due_date: Option<NaiveDate>,
+}
+
+/// An event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub event_id: i64,
+    pub kind: EventKind,
+    pub account_id: String,
+    pub plan_id: Option<String>,
+    pub bill_id: Option<String>,
+    pub payment_id: Option<String>,
+    pub amount: Option<Money>,
+    pub due_date: Option<String>,
+    pub created_at_micros: i64,
+}
+
+/// Writes `event` unless its kind and subject were written before.
+pub(super) async fn insert_event(
+    transaction: &mut Transaction<'static, Any>,
+    dialect: Dialect,
+    event: &NewEvent<'_>,
+    now: i64,
+) -> Result<(), StorageError> {
+    if dialect == Dialect::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(EVENTS_LOCK_KEY)
+            .execute(&mut **transaction)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
+           due_date, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (kind, subject_id) DO NOTHING",
+    )
+    .bind(event.account_id)
+    .bind(event.kind.as_str())
+    .bind(event.subject_id)
+    .bind(event.plan_id)
+    .bind(event.bill_id)
+    .bind(event.payment_id)
+    .bind(event.amount.map(|amount| amount.minor()))
+    .bind(event.amount.map(|amount| amount.currency().code()))
+    .bind(event.due_date.map(|date| date.to_string()))
+    .bind(now)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Up to `limit` events with ids above `after_id`, in id order.
+    pub async fn events_after(
+        &self,
+        after_id: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT event_id, kind, account_id, plan_id, bill_id, payment_id, amount_minor, currency_code, due_date, \
+               created_at_micros FROM events WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let corrupt = |what: &str| StorageError::Corrupt(format!("events.{what}"));
+                let amount_minor: Option<i64> = row.try_get("amount_minor")?;
+                let currency: Option<String> = row.try_get("currency_code")?;
+                let amount = match (amount_minor, currency) {
+                    (Some(minor), Some(code)) => Some(
+                        Currency::parse(&code)
+                            .and_then(|currency| Money::from_minor(currency, minor))
+                            .map_err(|_| corrupt("amount_minor"))?,
+                    ),
+                    _ => None,
+                };
+                Ok(StoredEvent {
+                    event_id: row.try_get("event_id")?,
+                    kind: EventKind::parse(row.try_get("kind")?).ok_or_else(|| corrupt("kind"))?,
+                    account_id: row.try_get("account_id")?,
+                    plan_id: row.try_get("plan_id")?,
+                    bill_id: row.try_get("bill_id")?,
+                    payment_id: row.try_get("payment_id")?,
+                    amount,
+                    due_date: row.try_get("due_date")?,
+                    created_at_micros: row.try_get("created_at_micros")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The highest event id so far (0 when none).
+    pub async fn last_event_id(&self) -> Result<i64, StorageError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(event_id) FROM events")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+}

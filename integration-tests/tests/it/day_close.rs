@@ -1,0 +1,493 @@
+//! Day close over gRPC (SPEC §5.7–5.8): overdue after grace, penalties, delinquency,
+//! credit balance, reminders and the event stream, idempotence and catch-up.
+
+use billpay_contracts::{
+    billing::v1::{
+        Bill, BillStatus, CreatePlanRequest, DelinquencyBucket, EventKind, GetAccountRequest,
+        GetCreditRecordRequest, GetPlanRequest, RepaymentStanding, RunDayCloseRequest,
+        WatchEventsRequest, billing_service_client::BillingServiceClient,
+    },
+    common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
+    payment::v1::{
+        CreateRepaymentRequest, PaymentMethod, payment_service_client::PaymentServiceClient,
+    },
+};
+use chrono::{Days, Months, NaiveDate};
+use integration_tests::{Backend, TestApp, authorized, connect};
+use tonic::Code;
+
+use crate::{
+    on_both_backends,
+    support::{business_today, expect_code, new_plan, open_account, reason, violated_fields},
+};
+
+on_both_backends!(
+    the_spec_example_goes_overdue_with_penalty_after_grace,
+    closing_twice_or_catching_up_equals_daily_closes,
+    paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first,
+    a_delinquent_account_cannot_open_a_plan,
+    credit_balance_pays_the_next_due_bill_at_day_close,
+    watch_events_replays_then_resumes_without_gaps_or_repeats,
+    day_close_refuses_bad_dates_and_other_scopes,
+);
+
+const ALL: &[&str] = &[
+    "billing:read",
+    "billing:write",
+    "billing:admin",
+    "billing:events",
+];
+
+/// Opens `customer_ref` and a plan whose first bill falls due `first_due_days_ago` days
+/// before today (negative: in the future). Returns the account and the plan's bills.
+async fn plan_due(
+    app: &TestApp,
+    customer_ref: &str,
+    product: &str,
+    price: &str,
+    first_due_days_ago: i64,
+) -> (String, Vec<Bill>) {
+    let account_id = open_account(app, customer_ref, "50000.00").await;
+    let today = business_today();
+    let first_due = if first_due_days_ago >= 0 {
+        today - Days::new(first_due_days_ago as u64)
+    } else {
+        today + Days::new(first_due_days_ago.unsigned_abs())
+    };
+    let mut request: CreatePlanRequest = new_plan(
+        &account_id,
+        &format!("o-{customer_ref}"),
+        product,
+        12,
+        price,
+    );
+    request.purchase_date = (first_due - Months::new(1)).to_string();
+    let plan = app
+        .billing()
+        .await
+        .create_plan(authorized(request, &app.service_token(ALL)))
+        .await
+        .unwrap();
+    (account_id, plan.into_inner().plan.unwrap().bills)
+}
+
+async fn close(app: &TestApp, as_of: NaiveDate) {
+    let request = RunDayCloseRequest {
+        as_of: as_of.to_string(),
+    };
+    app.billing()
+        .await
+        .run_day_close(authorized(request, &app.service_token(ALL)))
+        .await
+        .unwrap();
+}
+
+async fn bills_of(app: &TestApp, plan_id: &str) -> Vec<Bill> {
+    let request = GetPlanRequest {
+        plan_id: plan_id.into(),
+    };
+    let plan = app
+        .billing()
+        .await
+        .get_plan(authorized(request, &app.service_token(ALL)))
+        .await
+        .unwrap();
+    plan.into_inner().plan.unwrap().bills
+}
+
+fn due(bill: &Bill) -> NaiveDate {
+    bill.due_date.parse().unwrap()
+}
+
+fn amount(money: &Option<Money>) -> String {
+    money.as_ref().unwrap().amount.clone()
+}
+
+async fn account_status(app: &TestApp, account_id: &str) -> i32 {
+    let request = GetAccountRequest {
+        account_id: account_id.into(),
+    };
+    let account = app
+        .billing()
+        .await
+        .get_account(authorized(request, &app.service_token(ALL)))
+        .await
+        .unwrap();
+    account.into_inner().account.unwrap().status
+}
+
+async fn pay_bill(app: &TestApp, account_id: &str, bill: &Bill, key: &str, amount_due: &str) {
+    let request = CreateRepaymentRequest {
+        idempotency_key: key.into(),
+        account_id: account_id.into(),
+        target: Some(RepaymentTarget {
+            kind: Some(Kind::Bills(BillSelection {
+                bill_ids: vec![bill.bill_id.clone()],
+            })),
+        }),
+        expected_amount: Some(Money::new("CNY", amount_due)),
+        method: PaymentMethod::BankCard as i32,
+        instrument: "tok_4242".into(),
+    };
+    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
+    let paid = payment
+        .create_repayment(authorized(request, &app.payment_token()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(paid.payment.unwrap().applied);
+}
+
+async fn the_spec_example_goes_overdue_with_penalty_after_grace(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    // cash-loan 12000.00 at 1 %: bill 1 is 946.19 principal + 120.00 interest.
+    let (account_id, bills) = plan_due(&app, "c-spec", "cash-loan", "12000.00", 10).await;
+    let first = &bills[0];
+    assert_eq!(amount(&first.principal), "946.19");
+    close(&app, due(first) + Days::new(3)).await;
+    let after_grace_day = bills_of(&app, &first.plan_id).await;
+    assert_eq!(
+        after_grace_day[0].status(),
+        BillStatus::Due,
+        "still DUE at the close of due + 3"
+    );
+    assert_eq!(amount(&after_grace_day[0].penalty), "0.00");
+
+    close(&app, due(first) + Days::new(4)).await;
+    let overdue = bills_of(&app, &first.plan_id).await;
+    assert_eq!(overdue[0].status(), BillStatus::Overdue);
+    assert_eq!(amount(&overdue[0].penalty), "1.88", "4 × 0.47");
+    assert_eq!(amount(&overdue[0].amount_due), "1068.07");
+    assert_eq!(account_status(&app, &account_id).await, 2, "DELINQUENT");
+    app.stop().await;
+}
+
+/// (seq, status, penalty, outstanding) of each bill: what a close may change.
+fn snapshot(bills: &[Bill]) -> Vec<(i32, i32, String, String)> {
+    bills
+        .iter()
+        .map(|b| (b.seq, b.status, amount(&b.penalty), amount(&b.outstanding)))
+        .collect()
+}
+
+async fn closing_twice_or_catching_up_equals_daily_closes(backend: Backend, test: &str) {
+    let Some(daily) = TestApp::spawn(backend, &format!("{test}::daily")).await else {
+        return;
+    };
+    let Some(once) = TestApp::spawn(backend, &format!("{test}::once")).await else {
+        return;
+    };
+    // Bill 1 fell due 40 days ago and bill 2 ten days ago: both overdue by today.
+    let (_, daily_bills) = plan_due(&daily, "c-daily", "cash-loan", "12000.00", 40).await;
+    let (_, once_bills) = plan_due(&once, "c-once", "cash-loan", "12000.00", 40).await;
+    let today = business_today();
+    let mut day = due(&daily_bills[0]);
+    while day <= today {
+        close(&daily, day).await;
+        day = day + Days::new(1);
+    }
+    close(&once, today).await;
+    let daily_after = bills_of(&daily, &daily_bills[0].plan_id).await;
+    let once_after = bills_of(&once, &once_bills[0].plan_id).await;
+    assert_eq!(
+        snapshot(&daily_after),
+        snapshot(&once_after),
+        "a back-dated plan closed once = closed daily"
+    );
+    assert_ne!(amount(&once_after[0].penalty), "0.00");
+
+    close(&once, today).await;
+    assert_eq!(
+        snapshot(&bills_of(&once, &once_bills[0].plan_id).await),
+        snapshot(&once_after),
+        "a date twice changes nothing"
+    );
+    close(&once, today - Days::new(5)).await;
+    assert_eq!(
+        snapshot(&bills_of(&once, &once_bills[0].plan_id).await),
+        snapshot(&once_after),
+        "an earlier date changes nothing"
+    );
+    daily.stop().await;
+    once.stop().await;
+}
+
+async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (on_time_account, on_time_bills) =
+        plan_due(&app, "c-ontime", "mall-fee", "5999.00", 0).await;
+    pay_bill(
+        &app,
+        &on_time_account,
+        &on_time_bills[0],
+        "k-on-time",
+        "535.91",
+    )
+    .await;
+    let (late_account, late_bills) = plan_due(&app, "c-late", "mall-fee", "5999.00", 10).await;
+    close(&app, business_today()).await;
+
+    let settled = bills_of(&app, &on_time_bills[0].plan_id).await;
+    assert_eq!(
+        amount(&settled[0].penalty),
+        "0.00",
+        "paid within grace: no penalty"
+    );
+    let record = |account_id: &str| {
+        let request = GetCreditRecordRequest {
+            account_id: account_id.into(),
+        };
+        let token = app.service_token(ALL);
+        let addr = app.billing_addr;
+        async move {
+            BillingServiceClient::new(connect(addr).await)
+                .get_credit_record(authorized(request, &token))
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let on_time = record(&on_time_account).await;
+    assert_eq!(on_time.entries[0].standing(), RepaymentStanding::OnTime);
+    assert_eq!(on_time.worst_bucket(), DelinquencyBucket::N);
+
+    let overdue = bills_of(&app, &late_bills[0].plan_id).await;
+    assert_eq!(overdue[0].status(), BillStatus::Overdue);
+    let penalty = amount(&overdue[0].penalty);
+    assert_eq!(
+        penalty, "2.50",
+        "10 days × round(499.92 × 0.0005) = 10 × 0.25"
+    );
+    assert_eq!(account_status(&app, &late_account).await, 2, "DELINQUENT");
+    pay_bill(&app, &late_account, &overdue[0], "k-late", "538.41").await;
+    let paid = bills_of(&app, &late_bills[0].plan_id).await;
+    assert_eq!(paid[0].status(), BillStatus::Paid);
+    assert_eq!(
+        amount(&paid[0].paid.as_ref().unwrap().penalty),
+        "2.50",
+        "the penalty was paid"
+    );
+    assert_eq!(
+        account_status(&app, &late_account).await,
+        1,
+        "ACTIVE again: nothing is OVERDUE"
+    );
+    let late = record(&late_account).await;
+    assert_eq!(late.entries[0].standing(), RepaymentStanding::Late);
+    assert_eq!(late.entries[0].days_past_due, 10);
+    assert_eq!(late.worst_bucket(), DelinquencyBucket::M1);
+    app.stop().await;
+}
+
+async fn a_delinquent_account_cannot_open_a_plan(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, _) = plan_due(&app, "c-delinquent", "mall-fee", "5999.00", 10).await;
+    close(&app, business_today()).await;
+    let request = new_plan(&account_id, "o-more", "mall-free", 3, "300.00");
+    let status = expect_code(
+        app.billing()
+            .await
+            .create_plan(authorized(request, &app.service_token(ALL)))
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(reason(&status).as_deref(), Some("ACCOUNT_DELINQUENT"));
+    app.stop().await;
+}
+
+async fn credit_balance_pays_the_next_due_bill_at_day_close(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    // Bills 1 and 2 are due (31 and about 0 days ago); bill 1 is paid, then captured again.
+    let (account_id, bills) = plan_due(&app, "c-credit", "mall-fee", "5999.00", 31).await;
+    let bills_now = bills_of(&app, &bills[0].plan_id).await;
+    assert_eq!(
+        bills_now[1].status(),
+        BillStatus::Due,
+        "bill 2 is due: {:?}",
+        bills_now[1].due_date
+    );
+    pay_bill(&app, &account_id, &bills[0], "k-a", "535.91").await;
+    pay_bill_again(&app, &account_id, &bills[0]).await;
+    let credit = |app: &TestApp| {
+        let request = GetAccountRequest {
+            account_id: account_id.clone(),
+        };
+        let (addr, token) = (app.billing_addr, app.service_token(ALL));
+        async move {
+            let account = BillingServiceClient::new(connect(addr).await)
+                .get_account(authorized(request, &token))
+                .await;
+            account
+                .unwrap()
+                .into_inner()
+                .account
+                .unwrap()
+                .credit_balance
+                .unwrap()
+                .amount
+        }
+    };
+    assert_eq!(credit(&app).await, "535.91");
+    close(&app, business_today()).await;
+    let after = bills_of(&app, &bills[0].plan_id).await;
+    assert_eq!(
+        after[1].status(),
+        BillStatus::Paid,
+        "the credit balance paid bill 2"
+    );
+    assert_eq!(credit(&app).await, "0.00");
+    app.stop().await;
+}
+
+/// A second capture for a bill already paid, delivered as payment-svc delivers one
+/// (two keys paying one bill end this way): billing keeps it as credit balance.
+async fn pay_bill_again(app: &TestApp, account_id: &str, bill: &Bill) {
+    let request = billpay_contracts::billing::v1::ApplyRepaymentRequest {
+        payment_id: "pay_second_capture".into(),
+        account_id: account_id.into(),
+        amount: Some(Money::new("CNY", "535.91")),
+        target: Some(RepaymentTarget {
+            kind: Some(Kind::Bills(BillSelection {
+                bill_ids: vec![bill.bill_id.clone()],
+            })),
+        }),
+    };
+    let applied = app
+        .billing()
+        .await
+        .apply_repayment(authorized(request, &app.service_token(&["billing:apply"])))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(amount(&applied.added_to_credit_balance), "535.91");
+}
+
+async fn watch_events_replays_then_resumes_without_gaps_or_repeats(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (soon_account, _) = plan_due(&app, "c-soon", "mall-fee", "5999.00", -2).await;
+    let (late_account, late_bills) = plan_due(&app, "c-overdue", "mall-fee", "5999.00", 10).await;
+    close(&app, business_today()).await;
+    let overdue = bills_of(&app, &late_bills[0].plan_id).await;
+    pay_bill(
+        &app,
+        &late_account,
+        &overdue[0],
+        "k-1",
+        &amount(&overdue[0].amount_due),
+    )
+    .await;
+
+    let token = app.service_token(&["billing:events"]);
+    let read = |after_id: i64, count: usize| {
+        let (addr, token) = (app.billing_addr, token.clone());
+        async move {
+            let mut stream = BillingServiceClient::new(connect(addr).await)
+                .watch_events(authorized(WatchEventsRequest { after_id }, &token))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut events = Vec::new();
+            while events.len() < count {
+                let next =
+                    tokio::time::timeout(crate::support::POLL_DEADLINE, stream.message()).await;
+                events.push(
+                    next.expect("an event in time")
+                        .unwrap()
+                        .unwrap()
+                        .event
+                        .unwrap(),
+                );
+            }
+            events
+        }
+    };
+    // Wait until the stream has what the scenario wrote, then read it in two sittings.
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    let total = usize::try_from(total).unwrap();
+    let first = read(0, 3).await;
+    let rest = read(first.last().unwrap().event_id, total - 3).await;
+    let all: Vec<_> = first.iter().chain(&rest).collect();
+    let ids: Vec<i64> = all.iter().map(|e| e.event_id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted, "in order, nothing repeated");
+    assert_eq!(ids.len(), total, "nothing missed");
+    let kinds: Vec<EventKind> = all.iter().map(|e| e.kind()).collect();
+    for kind in [
+        EventKind::PlanCreated,
+        EventKind::BillDueSoon,
+        EventKind::BillOverdue,
+        EventKind::RepaymentApplied,
+    ] {
+        assert!(kinds.contains(&kind), "{kind:?} in {kinds:?}");
+    }
+    let soon = all
+        .iter()
+        .find(|e| e.kind() == EventKind::BillDueSoon)
+        .unwrap();
+    assert_eq!(soon.account_id, soon_account);
+
+    // A watcher that is caught up receives what happens next.
+    let tail = tokio::spawn(read(*ids.last().unwrap(), 1));
+    let (_, more) = plan_due(&app, "c-later", "mall-free", "300.00", -20).await;
+    let next = tail.await.unwrap();
+    assert_eq!(next[0].kind(), EventKind::PlanCreated);
+    assert_eq!(next[0].plan_id, more[0].plan_id);
+    app.stop().await;
+}
+
+async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let mut billing = app.billing().await;
+    let tomorrow = (business_today() + Days::new(1)).to_string();
+    for bad in [tomorrow.as_str(), "2026-02-30", "yesterday"] {
+        let request = RunDayCloseRequest { as_of: bad.into() };
+        let status = expect_code(
+            billing
+                .run_day_close(authorized(request, &app.service_token(ALL)))
+                .await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(violated_fields(&status), ["as_of"], "{bad}");
+    }
+    let today = RunDayCloseRequest {
+        as_of: business_today().to_string(),
+    };
+    for token in [
+        app.service_token(&["billing:read", "billing:write"]),
+        app.operator_token("op"),
+        app.customer_token("acc_1"),
+    ] {
+        expect_code(
+            billing
+                .run_day_close(authorized(today.clone(), &token))
+                .await,
+            Code::PermissionDenied,
+        );
+    }
+    let closes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM day_closes")
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    assert_eq!(closes, 0, "nothing closed");
+    app.stop().await;
+}

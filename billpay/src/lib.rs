@@ -2,5 +2,6 @@
 //! `demo` walks a customer's journey against it, `token` mints bearer tokens.
 
 pub mod demo;
+pub mod notifier;
 pub mod token;
 pub mod up;

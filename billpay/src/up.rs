@@ -72,10 +72,17 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     };
     let mut sim_task = tokio::spawn(sim.run_until_stopped(until_stopped(stopped.clone())));
     let mut billing_task = tokio::spawn(billing.run_until_stopped(until_stopped(stopped.clone())));
+    let stopped_notifier = stopped.clone();
     let mut payment_task = tokio::spawn(payment.run_until_stopped(until_stopped(stopped)));
 
     let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
     let demo_account_id = open_demo_account(billing_addr, &key).await?;
+    let notifier = tokio::spawn(crate::notifier::run(
+        billing_addr,
+        key.clone(),
+        args.data_dir.join("notifier.cursor"),
+        stopped_notifier,
+    ));
     print_banner(
         args,
         [billing_addr, payment_addr, notify_addr, sim_addr],
@@ -90,6 +97,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         result = &mut sim_task => bail!("provider-sim stopped unexpectedly: {:?}", result?),
     }
     let _ = stop.send(());
+    let _ = notifier.await;
     payment_task.await??;
     billing_task.await??;
     sim_task.await??;

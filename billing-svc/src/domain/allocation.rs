@@ -28,8 +28,8 @@ pub enum TargetError {
     NothingToPay,
     #[error("the amount {amount} is above everything unpaid ({owed})")]
     AmountAboveOwed { amount: Money, owed: Money },
-    #[error("early payoff (plan_payoff) is not available yet")]
-    PlanPayoffNotAvailable,
+    #[error("a plan payoff is priced with its plan's terms (payoff_lines), not here")]
+    PlanPayoffNeedsTerms,
     #[error(transparent)]
     Money(#[from] MoneyError),
 }
@@ -68,7 +68,7 @@ pub fn owed<'a>(
                 return Err(TargetError::UnknownBill(unknown.clone()));
             }
         }
-        Target::PlanPayoff(_) => return Err(TargetError::PlanPayoffNotAvailable),
+        Target::PlanPayoff(_) => return Err(TargetError::PlanPayoffNeedsTerms),
         Target::AllDue | Target::Amount(_) => {}
     }
     let owed = covered(target, bills, today)?;
@@ -115,7 +115,11 @@ pub fn covered<'a>(
             .filter(|bill| matches!(bill.status(today), BillStatus::Due | BillStatus::Overdue))
             .collect(),
         Target::Amount(_) => bills.iter().filter(unpaid).collect(),
-        Target::PlanPayoff(_) => Vec::new(),
+        Target::PlanPayoff(plan_id) => bills
+            .iter()
+            .filter(|bill| &bill.plan_id == plan_id)
+            .filter(unpaid)
+            .collect(),
     };
     covered
         .into_iter()

@@ -18,9 +18,12 @@ use crate::{
     domain::{
         account::AccountId,
         allocation::{BillAllocation, Target, TargetError, allocate, covered, owed},
+        bill::Bill,
+        payoff::{PayoffTerms, payoff_allocations, payoff_lines},
     },
-    storage::{ApplyOutcome, ReverseOutcome},
+    storage::{ApplyDecision, ApplyOutcome, ReverseOutcome},
 };
+use service_kit::money::{Money, MoneyError};
 
 impl BillingApi {
     pub(super) async fn handle_quote_repayment(
@@ -49,9 +52,20 @@ impl BillingApi {
                 account_id.as_str()
             )));
         }
-        let bills = self.store.account_bills(&account_id).await?;
-        let (owed, amount) = owed(&target, &bills, self.today()).map_err(target_error)?;
-        let (allocations, _surplus) = allocate(amount, &owed).map_err(sum_error)?;
+        let today = self.today();
+        let (allocations, amount) = if let Target::PlanPayoff(plan_id) = &target {
+            let (terms, bills) = self.payoff_terms(&account_id, plan_id).await?;
+            let lines = payoff_lines(terms, &bills, today).map_err(sum_error)?;
+            let (allocations, total) = payoff_allocations(&lines, &bills).map_err(sum_error)?;
+            if total.is_zero() {
+                return Err(target_error(TargetError::NothingToPay));
+            }
+            (allocations, total)
+        } else {
+            let bills = self.store.account_bills(&account_id).await?;
+            let (owed, amount) = owed(&target, &bills, today).map_err(target_error)?;
+            (allocate(amount, &owed).map_err(sum_error)?.0, amount)
+        };
         Ok(wire::QuoteRepaymentResponse {
             amount: Some(money_to_wire(amount)),
             allocations: allocations_to_wire(&allocations).map_err(sum_error)?,
@@ -82,10 +96,19 @@ impl BillingApi {
         span.record("account_id", account_id.as_str());
         span.record("payment_id", payment_id);
         let today = self.today();
+        let payoff = match &target {
+            Target::PlanPayoff(plan_id) => match self.payoff_terms(&account_id, plan_id).await {
+                Ok((terms, _)) => Some((plan_id.clone(), terms)),
+                // Captured money is never refused: without a plan to settle, it is
+                // kept as credit balance.
+                Err(_) => None,
+            },
+            _ => None,
+        };
         let outcome = self
             .store
             .apply_repayment(payment_id, &account_id, amount, today, |bills| {
-                allocate(amount, &covered(&target, bills, today)?)
+                decide(amount, &target, payoff.as_ref(), bills, today)
             })
             .await?;
         let (applied, replayed) = match outcome {
@@ -144,6 +167,66 @@ impl BillingApi {
     }
 }
 
+impl BillingApi {
+    /// The payoff terms and bills of `plan_id`, which must be `account_id`'s.
+    async fn payoff_terms(
+        &self,
+        account_id: &AccountId,
+        plan_id: &str,
+    ) -> Result<(PayoffTerms, Vec<Bill>), Status> {
+        let not_found = || Status::not_found(format!("no plan {plan_id} on this account"));
+        let (plan, bills) = self.store.plan(plan_id).await?.ok_or_else(not_found)?;
+        if plan.account_id != account_id.as_str() {
+            return Err(not_found());
+        }
+        let product = self
+            .catalog
+            .product(&plan.product_id)
+            .ok_or_else(|| Status::internal(format!("plan {plan_id} has an unknown product")))?;
+        let terms = PayoffTerms {
+            method: plan.method,
+            prepay_fee: product.prepay_fee,
+            purchase_date: plan.purchase_date,
+        };
+        Ok((terms, bills))
+    }
+}
+
+/// Where captured money goes: a payoff that covers its plan settles it early;
+/// anything else is allocated oldest first, the rest kept as credit balance.
+fn decide(
+    amount: Money,
+    target: &Target,
+    payoff: Option<&(String, PayoffTerms)>,
+    bills: &[Bill],
+    today: chrono::NaiveDate,
+) -> Result<ApplyDecision, MoneyError> {
+    if let Some((plan_id, terms)) = payoff {
+        let plan_bills: Vec<Bill> = bills
+            .iter()
+            .filter(|bill| &bill.plan_id == plan_id)
+            .cloned()
+            .collect();
+        let lines = payoff_lines(*terms, &plan_bills, today)?;
+        let (allocations, total) = payoff_allocations(&lines, &plan_bills)?;
+        if !total.is_zero() && amount.amount() >= total.amount() {
+            return Ok(ApplyDecision {
+                allocations,
+                surplus: amount.checked_sub(total)?,
+                settled_charges: lines
+                    .into_iter()
+                    .filter_map(|line| line.settled_charge.map(|charge| (line.bill_id, charge)))
+                    .collect(),
+                settles_plan_early: Some(plan_id.clone()),
+            });
+        }
+    }
+    Ok(ApplyDecision::allocation(allocate(
+        amount,
+        &covered(target, bills, today)?,
+    )?))
+}
+
 /// Parses a required repayment target.
 fn parse_target(
     violations: &mut FieldViolations,
@@ -197,7 +280,7 @@ fn target_error(error: TargetError) -> Status {
         TargetError::UnknownBill(_) => Status::not_found(message),
         TargetError::NothingToPay => refusal(Code::FailedPrecondition, "NOTHING_TO_PAY", message),
         TargetError::AmountAboveOwed { .. } => invalid_field("target.amount", message),
-        TargetError::PlanPayoffNotAvailable => Status::unimplemented(message),
+        TargetError::PlanPayoffNeedsTerms => Status::internal(message),
         TargetError::Money(error) => sum_error(error),
     }
 }

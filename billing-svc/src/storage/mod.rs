@@ -14,7 +14,7 @@ pub use bills::BillPageKey;
 pub use day_close::{AccountClose, ProductTerms};
 pub use events::{EventKind, StoredEvent};
 pub use plans::{CreatePlanOutcome, NewPlan};
-pub use repayments::{Applied, ApplyOutcome, ReverseOutcome, Reversed};
+pub use repayments::{Applied, ApplyDecision, ApplyOutcome, ReverseOutcome, Reversed};
 
 /// billing-svc's schema, per dialect, in version order.
 pub const MIGRATIONS: Migrations = Migrations {

@@ -22,6 +22,31 @@ use crate::domain::{
     bill::{Bill, BillState, Components},
 };
 
+/// What to do with a repayment's money, decided from the bills inside the
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApplyDecision {
+    pub allocations: Vec<BillAllocation>,
+    /// What no bill owes: it becomes credit balance.
+    pub surplus: Money,
+    /// Bills settled early by a payoff, with what each charges once settled.
+    pub settled_charges: Vec<(String, Components)>,
+    /// The plan an early payoff settles.
+    pub settles_plan_early: Option<String>,
+}
+
+impl ApplyDecision {
+    /// A plain allocation: no payoff.
+    pub fn allocation((allocations, surplus): (Vec<BillAllocation>, Money)) -> Self {
+        Self {
+            allocations,
+            surplus,
+            settled_charges: Vec::new(),
+            settles_plan_early: None,
+        }
+    }
+}
+
 /// A repayment's effect on the account.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
@@ -81,7 +106,7 @@ impl Store {
         account_id: &AccountId,
         amount: Money,
         today: NaiveDate,
-        allocate: impl FnOnce(&[Bill]) -> Result<(Vec<BillAllocation>, Money), MoneyError>,
+        decide: impl FnOnce(&[Bill]) -> Result<ApplyDecision, MoneyError>,
     ) -> Result<ApplyOutcome, StorageError> {
         let now = now_micros();
         let mut transaction = self.db.begin_write().await?;
@@ -113,16 +138,23 @@ impl Store {
         .bind(account_id.as_str())
         .fetch_all(&mut *transaction)
         .await?;
-        let bills = rows
+        let mut bills = rows
             .iter()
             .map(bill_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let (allocations, surplus) = allocate(&bills).map_err(money_error)?;
+        let decision = decide(&bills).map_err(money_error)?;
+        let (allocations, surplus) = (&decision.allocations, decision.surplus);
         let applied_to_bills = amount.checked_sub(surplus).map_err(money_error)?;
+        for (bill_id, charge) in &decision.settled_charges {
+            cut_charge(&mut transaction, bill_id, charge, now).await?;
+            if let Some(bill) = bills.iter_mut().find(|bill| &bill.bill_id == bill_id) {
+                bill.charged = *charge;
+            }
+        }
 
         let mut principal_paid = Money::zero(amount.currency());
         let mut plans = BTreeSet::new();
-        for allocation in &allocations {
+        for allocation in allocations {
             let bill = bills
                 .iter()
                 .find(|bill| bill.bill_id == allocation.bill_id)
@@ -130,10 +162,14 @@ impl Store {
                     StorageError::Corrupt("allocation to a bill not on the account".into())
                 })?;
             let paid = add(&bill.paid, &allocation.parts).map_err(money_error)?;
-            let state = if paid == bill.charged {
-                BillState::Paid
-            } else {
-                bill.state
+            let settled_early = decision
+                .settled_charges
+                .iter()
+                .any(|(id, _)| id == &bill.bill_id);
+            let state = match (paid == bill.charged, settled_early) {
+                (true, true) => BillState::SettledEarly,
+                (true, false) => BillState::Paid,
+                (false, _) => bill.state,
             };
             set_paid(
                 &mut transaction,
@@ -165,6 +201,15 @@ impl Store {
             return Err(StorageError::Corrupt(
                 "principal repaid exceeds the principal owed".into(),
             ));
+        }
+        if let Some(plan_id) = &decision.settles_plan_early {
+            sqlx::query(
+                "UPDATE plans SET status = 'SETTLED_EARLY', updated_at_micros = $1 WHERE plan_id = $2 AND status = 'ACTIVE'",
+            )
+            .bind(now)
+            .bind(plan_id.as_str())
+            .execute(&mut *transaction)
+            .await?;
         }
         for plan_id in &plans {
             settle_plan_if_paid(
@@ -199,7 +244,7 @@ impl Store {
         transaction.commit().await?;
         Ok(ApplyOutcome::Applied(Applied {
             payment_id: payment_id.to_owned(),
-            allocations,
+            allocations: decision.allocations.clone(),
             applied_to_bills,
             added_to_credit_balance: surplus,
         }))
@@ -507,6 +552,32 @@ pub(super) async fn settle_plan_if_paid(
             due_date: None,
         };
         insert_event(transaction, dialect, &event, now).await?;
+    }
+    Ok(())
+}
+
+/// Cuts a bill's interest and fee to what an early payoff charges (never raises them).
+async fn cut_charge(
+    transaction: &mut Transaction<'static, Any>,
+    bill_id: &str,
+    charge: &Components,
+    now: i64,
+) -> Result<(), StorageError> {
+    let updated = sqlx::query(
+        "UPDATE bills SET interest_minor = $1, fee_minor = $2, updated_at_micros = $3 \
+         WHERE bill_id = $4 AND interest_minor >= $1 AND fee_minor >= $2",
+    )
+    .bind(charge.interest.minor())
+    .bind(charge.fee.minor())
+    .bind(now)
+    .bind(bill_id)
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    if updated != 1 {
+        return Err(StorageError::Corrupt(format!(
+            "bill {bill_id} cannot be settled early"
+        )));
     }
     Ok(())
 }

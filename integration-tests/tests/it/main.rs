@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod day_close;
 mod lifecycle;
+mod payoff;
 mod plans;
 mod repayments;
 mod sim;

@@ -27,7 +27,7 @@ while IFS= read -r command; do
   n=$((n + 1))
   bash -c "$command" >"$work/reply.$n" 2>&1 || true
 done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
-[ "$n" -ge 13 ] || { echo "expected at least 13 grpcurl commands, got $n"; exit 1; }
+[ "$n" -ge 15 ] || { echo "expected at least 15 grpcurl commands, got $n"; exit 1; }
 
 check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
 check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
@@ -45,6 +45,8 @@ check "CreatePlan"              "$work/reply.11" '"totalFee"'
 check "ListBills (customer)"    "$work/reply.12" '"status": "BILL_STATUS_UPCOMING"'
 check "ListBills pages"         "$work/reply.12" '"nextPageToken"'
 check "GetAccountSummary"       "$work/reply.13" '"availableCredit"'
+check "RunDayClose"             "$work/reply.14" '"asOf"'
+check "WatchEvents replays"     "$work/reply.15" 'EVENT_KIND_PLAN_CREATED'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"

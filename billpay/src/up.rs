@@ -194,6 +194,10 @@ Try (grpcurl):
   grpcurl -plaintext {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"order_ref\":\"demo-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/CreatePlan
   grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"page_size\":3}}' {billing} billing.v1.BillingService/ListBills
   grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccountSummary
+  grpcurl -plaintext {service_auth} -d '{{}}' {billing} billing.v1.BillingService/RunDayClose
+  grpcurl -plaintext {service_auth} -d '{{\"after_id\":0}}' -max-time 2 {billing} billing.v1.BillingService/WatchEvents
+
+Customer notifications (an SMS simulator following WatchEvents) appear in the log.
 
 Ctrl-C (or SIGTERM) stops it cleanly.",
         data = args.data_dir.display(),

@@ -157,6 +157,14 @@ impl BillingApi {
                     "no repayment {payment_id} was applied"
                 )));
             }
+            ReverseOutcome::NotReversible(why) => {
+                tracing::warn!(why, "a refunded payment cannot be reversed automatically");
+                return Err(refusal(
+                    Code::FailedPrecondition,
+                    "NOT_REVERSIBLE",
+                    format!("repayment {payment_id} cannot be reversed automatically: {why}"),
+                ));
+            }
         };
         Ok(wire::ReverseRepaymentResponse {
             payment_id: reversed.payment_id,

@@ -79,6 +79,8 @@ pub enum ReverseOutcome {
     Reversed(Reversed),
     Replayed(Reversed),
     UnknownPayment,
+    /// What the payment paid can no longer be taken back as it was (why).
+    NotReversible(&'static str),
 }
 
 /// Takes the account's row for the rest of the transaction; false if no such account.
@@ -370,6 +372,10 @@ impl Store {
             .fetch_one(&mut *transaction)
             .await?;
             let bill = bill_from_row(&row)?;
+            if bill.state == BillState::SettledEarly {
+                transaction.rollback().await?;
+                return Ok(ReverseOutcome::NotReversible("it settled a plan early"));
+            }
             let paid = bill
                 .paid
                 .checked_sub(&allocation.parts)
@@ -397,8 +403,9 @@ impl Store {
         .await?
         .rows_affected();
         if updated != 1 {
-            return Err(StorageError::Corrupt(
-                "the payment's credit balance share has already been used".into(),
+            transaction.rollback().await?;
+            return Ok(ReverseOutcome::NotReversible(
+                "its credit balance share has already paid other bills",
             ));
         }
         for plan_id in &plans {

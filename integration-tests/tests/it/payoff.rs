@@ -5,7 +5,7 @@
 use billpay_contracts::{
     billing::v1::{
         Bill, BillStatus, CreatePlanRequest, GetAccountRequest, GetPlanRequest, PlanStatus,
-        QuoteRepaymentRequest,
+        QuoteRepaymentRequest, ReverseRepaymentRequest,
     },
     common::v1::{Money, PlanPayoff, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
@@ -15,10 +15,11 @@ use billpay_contracts::{
 };
 use chrono::{Days, Months, NaiveDate};
 use integration_tests::{Backend, TestApp, authorized, connect};
+use tonic::Code;
 
 use crate::{
     on_both_backends,
-    support::{business_today, new_plan, open_account},
+    support::{business_today, expect_code, new_plan, open_account, reason},
 };
 
 on_both_backends!(
@@ -162,6 +163,33 @@ async fn pays_off_early(backend: Backend, test: &str, product: &str, price: &str
         "the whole limit is available again"
     );
     assert_eq!(account.credit_balance.unwrap().amount, "0.00");
+
+    // A payoff cannot be undone automatically: the cut charges cannot be restored.
+    let reverse = ReverseRepaymentRequest {
+        payment_id: paid.payment_id.clone(),
+    };
+    let refused = app
+        .billing()
+        .await
+        .reverse_repayment(authorized(reverse, &app.service_token(&["billing:apply"])))
+        .await;
+    let status = expect_code(refused, Code::FailedPrecondition);
+    assert_eq!(reason(&status).as_deref(), Some("NOT_REVERSIBLE"));
+    let unchanged = app
+        .billing()
+        .await
+        .get_plan(authorized(
+            GetPlanRequest {
+                plan_id: plan.plan_id.clone(),
+            },
+            &token,
+        ))
+        .await;
+    assert_eq!(
+        unchanged.unwrap().into_inner().plan.unwrap(),
+        after,
+        "nothing written"
+    );
     app.stop().await;
 }
 

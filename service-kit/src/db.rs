@@ -48,6 +48,23 @@ pub enum DbError {
     Sqlx(#[from] sqlx::Error),
 }
 
+/// A service's storage failed: the database, or a stored row that does not parse
+/// (which means a bug or a hand edit, never bad input).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error("stored row is not valid: {0}")]
+    Corrupt(String),
+}
+
+impl From<StorageError> for tonic::Status {
+    /// INTERNAL for the caller; the detail goes to the log.
+    fn from(error: StorageError) -> Self {
+        crate::errors::internal(error)
+    }
+}
+
 /// One schema change, embedded in the binary.
 #[derive(Debug, Clone, Copy)]
 pub struct Migration {

@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     domain::{calendar::business_date, product::Catalog},
-    storage::{StorageError, Store},
+    storage::Store,
 };
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
@@ -73,12 +73,6 @@ impl BillingApi {
     /// Today in the business time zone.
     fn today(&self) -> NaiveDate {
         business_date(now_micros(), self.business_offset)
-    }
-}
-
-impl From<StorageError> for Status {
-    fn from(error: StorageError) -> Self {
-        service_kit::errors::internal(error)
     }
 }
 

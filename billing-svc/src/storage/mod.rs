@@ -64,13 +64,7 @@ pub const MIGRATIONS: Migrations = Migrations {
     ],
 };
 
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error(transparent)]
-    Sqlx(#[from] sqlx::Error),
-    #[error("stored row is not valid: {0}")]
-    Corrupt(String),
-}
+pub use service_kit::db::StorageError;
 
 /// billing-svc's database.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use billpay_contracts::payment::v1::{self as wire, payment_service_server::Payme
 use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
-use crate::{flow::PaymentFlow, storage::StorageError};
+use crate::flow::PaymentFlow;
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
     RpcRule {
@@ -53,12 +53,6 @@ pub struct PaymentApi {
 impl PaymentApi {
     pub fn new(flow: Arc<PaymentFlow>) -> Self {
         Self { flow }
-    }
-}
-
-impl From<StorageError> for Status {
-    fn from(error: StorageError) -> Self {
-        service_kit::errors::internal(error)
     }
 }
 

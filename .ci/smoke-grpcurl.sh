@@ -66,6 +66,7 @@ if "$billpay" demo >"$work/demo" 2>&1; then
 else
   echo "FAIL billpay demo"; cat "$work/demo"; failures=$((failures + 1))
 fi
+check "the notifier sent the customer messages" "$work/log" 'SMS: we received your repayment'
 check "provider-sim ledger reachable" <(curl -s "http://$(sed -n 's/^  provider-sim \([^ ]*\).*/\1/p' "$work/out")/ledger") '"captured_minor"'
 
 kill -TERM "$pid"

@@ -51,6 +51,21 @@ pub struct StackOptions {
     pub sim_notify_delay_ms: Option<u64>,
 }
 
+impl TestApp {
+    /// Starts another billing-svc on the same database with the automatic day close
+    /// on, as production runs it; it stops with the rest.
+    pub async fn spawn_billing_with_auto_close(&mut self) -> SocketAddr {
+        let mut config = billing_config(self.billing_url.clone());
+        config.auto_day_close = true;
+        let billing = billing_svc::app::Application::build(&config).await.unwrap();
+        let addr = billing.local_addr();
+        self.tasks.push(tokio::spawn(
+            billing.run_until_stopped(wait_for(self.stopped.clone())),
+        ));
+        addr
+    }
+}
+
 /// A running stack with its own databases.
 pub struct TestApp {
     pub backend: Backend,

@@ -29,6 +29,7 @@ on_both_backends!(
     credit_balance_pays_the_next_due_bill_at_day_close,
     watch_events_replays_then_resumes_without_gaps_or_repeats,
     day_close_refuses_bad_dates_and_other_scopes,
+    the_automatic_close_catches_up_finished_days,
 );
 
 const ALL: &[&str] = &[
@@ -260,18 +261,28 @@ async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
 
     let overdue = bills_of(&app, &late_bills[0].plan_id).await;
     assert_eq!(overdue[0].status(), BillStatus::Overdue);
+    // Ten days, or fewer when a short month clamped the due date.
+    let days = (business_today() - due(&overdue[0])).num_days();
     let penalty = amount(&overdue[0].penalty);
     assert_eq!(
-        penalty, "2.50",
-        "10 days × round(499.92 × 0.0005) = 10 × 0.25"
+        penalty,
+        format!("{}.{:02}", days * 25 / 100, days * 25 % 100),
+        "{days} days × round(499.92 × 0.0005) = 0.25"
     );
     assert_eq!(account_status(&app, &late_account).await, 2, "DELINQUENT");
-    pay_bill(&app, &late_account, &overdue[0], "k-late", "538.41").await;
+    pay_bill(
+        &app,
+        &late_account,
+        &overdue[0],
+        "k-late",
+        &amount(&overdue[0].amount_due),
+    )
+    .await;
     let paid = bills_of(&app, &late_bills[0].plan_id).await;
     assert_eq!(paid[0].status(), BillStatus::Paid);
     assert_eq!(
         amount(&paid[0].paid.as_ref().unwrap().penalty),
-        "2.50",
+        penalty,
         "the penalty was paid"
     );
     assert_eq!(
@@ -281,7 +292,7 @@ async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
     );
     let late = record(&late_account).await;
     assert_eq!(late.entries[0].standing(), RepaymentStanding::Late);
-    assert_eq!(late.entries[0].days_past_due, 10);
+    assert_eq!(i64::from(late.entries[0].days_past_due), days);
     assert_eq!(late.worst_bucket(), DelinquencyBucket::M1);
     app.stop().await;
 }
@@ -489,5 +500,34 @@ async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &s
         .await
         .unwrap();
     assert_eq!(closes, 0, "nothing closed");
+    app.stop().await;
+}
+
+async fn the_automatic_close_catches_up_finished_days(backend: Backend, test: &str) {
+    let Some(mut app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = plan_due(&app, "c-auto", "cash-loan", "12000.00", 10).await;
+    // A billing-svc with the automatic close starts, finds no day closed, and closes
+    // yesterday: bill 1, due ten days ago, is past grace by then.
+    app.spawn_billing_with_auto_close().await;
+    let yesterday = (business_today() - Days::new(1)).to_string();
+    crate::support::poll_until("the automatic close has run", || async {
+        let closed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM day_closes WHERE as_of = $1")
+            .bind(yesterday.as_str())
+            .fetch_one(app.billing_db.pool())
+            .await
+            .unwrap();
+        closed == 1
+    })
+    .await;
+    let after = bills_of(&app, &bills[0].plan_id).await;
+    assert_eq!(after[0].status(), BillStatus::Overdue);
+    assert_eq!(
+        amount(&after[0].penalty),
+        "4.23",
+        "9 days (through yesterday) × 0.47"
+    );
+    assert_eq!(account_status(&app, &account_id).await, 2, "DELINQUENT");
     app.stop().await;
 }

@@ -388,7 +388,15 @@ async fn watch_events_replays_then_resumes_without_gaps_or_repeats(backend: Back
     let Some(app) = TestApp::spawn(backend, test).await else {
         return;
     };
-    let (soon_account, _) = plan_due(&app, "c-soon", "mall-fee", "5999.00", -2).await;
+    // A bill due in one to three days; pick a day that month-end clamping keeps.
+    let days_ahead = (1..=3)
+        .find(|k| {
+            let first_due = business_today() + Days::new(*k);
+            (first_due - Months::new(1)) + Months::new(1) == first_due
+        })
+        .unwrap_or(1);
+    let (soon_account, _) =
+        plan_due(&app, "c-soon", "mall-fee", "5999.00", -(days_ahead as i64)).await;
     let (late_account, late_bills) = plan_due(&app, "c-overdue", "mall-fee", "5999.00", 10).await;
     close(&app, business_today()).await;
     let overdue = bills_of(&app, &late_bills[0].plan_id).await;

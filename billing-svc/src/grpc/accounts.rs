@@ -53,11 +53,7 @@ impl BillingApi {
         let caller = Caller::of(&request)?;
         let account_id = parse_account_id(&request.get_ref().account_id)?;
         admit_account(self.store.db(), caller, "GetAccount", account_id.as_str()).await?;
-        let account = self
-            .store
-            .account(&account_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no account {}", account_id.as_str())))?;
+        let account = self.existing_account(&account_id).await?;
         let view = if caller.is_operator() {
             PhoneView::Masked
         } else {
@@ -66,6 +62,21 @@ impl BillingApi {
         Ok(wire::GetAccountResponse {
             account: Some(account_to_wire(&account, view)),
         })
+    }
+}
+
+/// NOT_FOUND for an account id no account has.
+pub(super) fn unknown_account(account_id: &AccountId) -> Status {
+    Status::not_found(format!("no account {}", account_id.as_str()))
+}
+
+impl BillingApi {
+    /// The account, or NOT_FOUND.
+    pub(super) async fn existing_account(&self, account_id: &AccountId) -> Result<Account, Status> {
+        self.store
+            .account(account_id)
+            .await?
+            .ok_or_else(|| unknown_account(account_id))
     }
 }
 

@@ -92,11 +92,7 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        let account = self
-            .store
-            .account(&account_id)
-            .await?
-            .ok_or_else(|| Status::not_found(format!("no account {}", account_id.as_str())))?;
+        let account = self.existing_account(&account_id).await?;
         let bills = self.store.account_bills(&account_id).await?;
         let today = self.today();
         let currency = account.credit_limit.currency();
@@ -133,12 +129,7 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        if self.store.account(&account_id).await?.is_none() {
-            return Err(Status::not_found(format!(
-                "no account {}",
-                account_id.as_str()
-            )));
-        }
+        self.existing_account(&account_id).await?;
         let bills = self.store.account_bills(&account_id).await?;
         let products = self.store.plan_products(&account_id).await?;
         let grace_days = |bill: &crate::domain::bill::Bill| {

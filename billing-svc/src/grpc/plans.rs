@@ -11,7 +11,7 @@ use tonic::{Code, Request, Status};
 
 use super::{
     BillingApi,
-    accounts::parse_account_id,
+    accounts::{parse_account_id, unknown_account},
     convert::{
         check_id, decode_page_token, encode_page_token, method_to_wire, money_field, money_to_wire,
         page_size, plan_to_wire, sum_error,
@@ -68,12 +68,7 @@ impl BillingApi {
             plan_request.ok_or_else(|| Status::internal("refused without a violation"))?;
         if let Some(account_id) = &account_id {
             admit_account(self.store.db(), caller, "QuotePlan", account_id.as_str()).await?;
-            if self.store.account(account_id).await?.is_none() {
-                return Err(Status::not_found(format!(
-                    "no account {}",
-                    account_id.as_str()
-                )));
-            }
+            self.existing_account(account_id).await?;
         } else if caller.is_operator() {
             record(self.store.db(), &caller.subject, "QuotePlan", None).await?;
         }
@@ -123,12 +118,7 @@ impl BillingApi {
                     "this order_ref already opened a plan with different terms",
                 ));
             }
-            CreatePlanOutcome::UnknownAccount => {
-                return Err(Status::not_found(format!(
-                    "no account {}",
-                    account_id.as_str()
-                )));
-            }
+            CreatePlanOutcome::UnknownAccount => return Err(unknown_account(&account_id)),
             CreatePlanOutcome::AccountNotActive(status) => return Err(account_not_active(status)),
             CreatePlanOutcome::CreditLimitExceeded { available } => {
                 return Err(refusal(

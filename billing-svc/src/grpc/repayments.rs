@@ -11,6 +11,7 @@ use tonic::{Code, Request, Status};
 
 use super::{
     BillingApi,
+    accounts::unknown_account,
     convert::{check_id, money_field, money_to_wire, sum_error},
     plans::parse_id,
 };
@@ -46,12 +47,7 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        if self.store.account(&account_id).await?.is_none() {
-            return Err(Status::not_found(format!(
-                "no account {}",
-                account_id.as_str()
-            )));
-        }
+        self.existing_account(&account_id).await?;
         let today = self.today();
         let (allocations, amount) = if let Target::PlanPayoff(plan_id) = &target {
             let (terms, bills) = self.payoff_terms(&account_id, plan_id).await?;
@@ -121,12 +117,7 @@ impl BillingApi {
                     "this payment_id was applied with another account or amount",
                 ));
             }
-            ApplyOutcome::UnknownAccount => {
-                return Err(Status::not_found(format!(
-                    "no account {}",
-                    account_id.as_str()
-                )));
-            }
+            ApplyOutcome::UnknownAccount => return Err(unknown_account(&account_id)),
         };
         tracing::info!(
             applied = %applied.applied_to_bills,

@@ -7,10 +7,8 @@ use billpay_contracts::{
         GetCreditRecordRequest, GetPlanRequest, RepaymentStanding, RunDayCloseRequest,
         WatchEventsRequest, billing_service_client::BillingServiceClient,
     },
-    common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
-    payment::v1::{
-        CreateRepaymentRequest, PaymentMethod, payment_service_client::PaymentServiceClient,
-    },
+    common::v1::Money,
+    payment::v1::PaymentMethod,
 };
 use chrono::{Days, Months, NaiveDate};
 use integration_tests::{Backend, TestApp, authorized, connect};
@@ -18,7 +16,10 @@ use tonic::Code;
 
 use crate::{
     on_both_backends,
-    support::{business_today, expect_code, new_plan, open_account, reason, violated_fields},
+    support::{
+        bills_target, business_today, expect_code, new_plan, open_account, pay, reason, repayment,
+        violated_fields,
+    },
 };
 
 on_both_backends!(
@@ -118,25 +119,15 @@ async fn account_status(app: &TestApp, account_id: &str) -> i32 {
 }
 
 async fn pay_bill(app: &TestApp, account_id: &str, bill: &Bill, key: &str, amount_due: &str) {
-    let request = CreateRepaymentRequest {
-        idempotency_key: key.into(),
-        account_id: account_id.into(),
-        target: Some(RepaymentTarget {
-            kind: Some(Kind::Bills(BillSelection {
-                bill_ids: vec![bill.bill_id.clone()],
-            })),
-        }),
-        expected_amount: Some(Money::new("CNY", amount_due)),
-        method: PaymentMethod::BankCard as i32,
-        instrument: "tok_4242".into(),
-    };
-    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
-    let paid = payment
-        .create_repayment(authorized(request, &app.payment_token()))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(paid.payment.unwrap().applied);
+    let request = repayment(
+        key,
+        account_id,
+        bills_target(&[&bill.bill_id]),
+        amount_due,
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    assert!(pay(app, request).await.unwrap().applied);
 }
 
 async fn the_spec_example_goes_overdue_with_penalty_after_grace(backend: Backend, test: &str) {
@@ -368,11 +359,7 @@ async fn pay_bill_again(app: &TestApp, account_id: &str, bill: &Bill) {
         payment_id: "pay_second_capture".into(),
         account_id: account_id.into(),
         amount: Some(Money::new("CNY", "535.91")),
-        target: Some(RepaymentTarget {
-            kind: Some(Kind::Bills(BillSelection {
-                bill_ids: vec![bill.bill_id.clone()],
-            })),
-        }),
+        target: Some(bills_target(&[&bill.bill_id])),
     };
     let applied = app
         .billing()
@@ -434,10 +421,7 @@ async fn watch_events_replays_then_resumes_without_gaps_or_repeats(backend: Back
         }
     };
     // Wait until the stream has what the scenario wrote, then read it in two sittings.
-    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM events")
-        .fetch_one(app.billing_db.pool())
-        .await
-        .unwrap();
+    let total = app.billing_rows("events").await;
     let total = usize::try_from(total).unwrap();
     let first = read(0, 3).await;
     let rest = read(first.last().unwrap().event_id, total - 3).await;
@@ -503,10 +487,7 @@ async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &s
             Code::PermissionDenied,
         );
     }
-    let closes: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM day_closes")
-        .fetch_one(app.billing_db.pool())
-        .await
-        .unwrap();
+    let closes = app.billing_rows("day_closes").await;
     assert_eq!(closes, 0, "nothing closed");
     app.stop().await;
 }

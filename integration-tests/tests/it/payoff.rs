@@ -8,18 +8,15 @@ use billpay_contracts::{
         QuoteRepaymentRequest, ReverseRepaymentRequest,
     },
     common::v1::{Money, PlanPayoff, RepaymentTarget, repayment_target::Kind},
-    payment::v1::{
-        CreateRepaymentRequest, PaymentMethod, PaymentStatus,
-        payment_service_client::PaymentServiceClient,
-    },
+    payment::v1::{PaymentMethod, PaymentStatus},
 };
 use chrono::{Days, Months, NaiveDate};
-use integration_tests::{Backend, TestApp, authorized, connect};
+use integration_tests::{Backend, TestApp, authorized};
 use tonic::Code;
 
 use crate::{
     on_both_backends,
-    support::{business_today, expect_code, new_plan, open_account, reason},
+    support::{business_today, expect_code, new_plan, open_account, pay, reason, repayment},
 };
 
 on_both_backends!(
@@ -114,21 +111,16 @@ async fn pays_off_early(backend: Backend, test: &str, product: &str, price: &str
         "less than the whole schedule"
     );
 
-    let pay = CreateRepaymentRequest {
-        idempotency_key: "payoff-1".into(),
-        account_id: account_id.clone(),
-        target: Some(target),
-        expected_amount: quote.amount.clone(),
-        method: PaymentMethod::BankCard as i32,
-        instrument: "tok_4242".into(),
-    };
-    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
-    let paid = payment
-        .create_repayment(authorized(pay, &app.payment_token()))
-        .await
-        .unwrap()
-        .into_inner();
-    let paid = paid.payment.unwrap();
+    let quoted = quote.amount.clone().unwrap().amount;
+    let request = repayment(
+        "payoff-1",
+        &account_id,
+        target,
+        &quoted,
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let paid = pay(&app, request).await.unwrap();
     assert_eq!(paid.status(), PaymentStatus::Succeeded);
     assert!(paid.applied);
 

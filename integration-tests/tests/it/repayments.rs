@@ -5,7 +5,7 @@
 
 use billpay_contracts::{
     billing::v1::{BillStatus, GetAccountRequest, GetBillRequest, QuoteRepaymentRequest},
-    common::v1::{AllDue, BillSelection, Money, RepaymentTarget, repayment_target::Kind},
+    common::v1::{AllDue, Money, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
         CreateRepaymentRequest, GetPaymentRequest, Payment, PaymentMethod, PaymentStatus,
         RefundPaymentRequest, payment_service_client::PaymentServiceClient,
@@ -13,12 +13,13 @@ use billpay_contracts::{
 };
 use chrono::Months;
 use integration_tests::{Backend, StackOptions, TestApp, authorized, connect};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use crate::{
     on_both_backends,
     support::{
-        business_today, expect_code, new_plan, open_account, poll_until, reason, violated_fields,
+        bills_target, business_today, expect_code, new_plan, open_account, pay, poll_until, reason,
+        repayment, violated_fields,
     },
 };
 
@@ -58,40 +59,6 @@ async fn account_with_bills(app: &TestApp, customer_ref: &str) -> (String, Vec<S
         account_id,
         bills.into_iter().map(|bill| bill.bill_id).collect(),
     )
-}
-
-fn bills_target(bill_ids: &[&str]) -> RepaymentTarget {
-    RepaymentTarget {
-        kind: Some(Kind::Bills(BillSelection {
-            bill_ids: bill_ids.iter().map(|id| (*id).to_owned()).collect(),
-        })),
-    }
-}
-
-fn repayment(
-    key: &str,
-    account_id: &str,
-    target: RepaymentTarget,
-    amount: &str,
-    method: PaymentMethod,
-    instrument: &str,
-) -> CreateRepaymentRequest {
-    CreateRepaymentRequest {
-        idempotency_key: key.into(),
-        account_id: account_id.into(),
-        target: Some(target),
-        expected_amount: Some(Money::new("CNY", amount)),
-        method: method as i32,
-        instrument: instrument.into(),
-    }
-}
-
-async fn pay(app: &TestApp, request: CreateRepaymentRequest) -> Result<Payment, Status> {
-    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
-    let response = payment
-        .create_repayment(authorized(request, &app.payment_token()))
-        .await?;
-    Ok(response.into_inner().payment.unwrap())
 }
 
 async fn get_payment(app: &TestApp, payment_id: &str) -> Payment {
@@ -281,10 +248,7 @@ async fn a_lost_reply_is_reconciled_and_applied_once(backend: Backend, test: &st
     assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
     let (captured, _, entries) = app.ledger().await;
     assert_eq!((captured, entries.len()), (53_591, 1), "charged once");
-    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
-        .fetch_one(app.billing_db.pool())
-        .await
-        .unwrap();
+    let applications = app.billing_rows("repayments").await;
     assert_eq!(applications, 1, "applied once");
     assert_conservation(&app).await;
     app.stop().await;
@@ -342,10 +306,7 @@ async fn duplicate_and_stale_notifications_apply_once(backend: Backend, test: &s
         PaymentStatus::Succeeded,
         "a stale notification does not move it back"
     );
-    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
-        .fetch_one(app.billing_db.pool())
-        .await
-        .unwrap();
+    let applications = app.billing_rows("repayments").await;
     assert_eq!(applications, 1);
     assert_eq!(
         credit_balance(&app, &account_id).await,
@@ -684,10 +645,7 @@ async fn a_notification_with_a_bad_signature_changes_nothing(backend: Backend, t
     );
     assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
     until_applied(&app, &payment.payment_id).await;
-    let applications: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM repayments")
-        .fetch_one(app.billing_db.pool())
-        .await
-        .unwrap();
+    let applications = app.billing_rows("repayments").await;
     assert_eq!(applications, 1);
     assert_conservation(&app).await;
     app.stop().await;

@@ -1,6 +1,14 @@
 //! Helpers the tests share: requests, and reading error details.
 
-use billpay_contracts::{billing::v1::CreateAccountRequest, common::v1::Money};
+use billpay_contracts::{
+    billing::v1::CreateAccountRequest,
+    common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
+    payment::v1::{
+        CreateRepaymentRequest, Payment, PaymentMethod,
+        payment_service_client::PaymentServiceClient,
+    },
+};
+use integration_tests::{TestApp, authorized, connect};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
@@ -110,4 +118,41 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// A target paying `bill_ids` in full.
+pub fn bills_target(bill_ids: &[&str]) -> RepaymentTarget {
+    RepaymentTarget {
+        kind: Some(Kind::Bills(BillSelection {
+            bill_ids: bill_ids.iter().map(|id| (*id).to_owned()).collect(),
+        })),
+    }
+}
+
+/// A CreateRepayment request.
+pub fn repayment(
+    key: &str,
+    account_id: &str,
+    target: RepaymentTarget,
+    amount: &str,
+    method: PaymentMethod,
+    instrument: &str,
+) -> CreateRepaymentRequest {
+    CreateRepaymentRequest {
+        idempotency_key: key.into(),
+        account_id: account_id.into(),
+        target: Some(target),
+        expected_amount: Some(Money::new("CNY", amount)),
+        method: method as i32,
+        instrument: instrument.into(),
+    }
+}
+
+/// CreateRepayment with a payment-svc service token.
+pub async fn pay(app: &TestApp, request: CreateRepaymentRequest) -> Result<Payment, Status> {
+    let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
+    let response = payment
+        .create_repayment(authorized(request, &app.payment_token()))
+        .await?;
+    Ok(response.into_inner().payment.unwrap())
 }

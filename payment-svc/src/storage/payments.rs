@@ -14,6 +14,15 @@ const PAYMENT_COLUMNS: &str = "payment_id, caller, idempotency_key, request_fing
      currency_code, amount_minor, method, instrument_last4, status, provider_ref, failure_code, failure_message, \
      applied, created_at_micros, updated_at_micros";
 
+/// A state change that billing must hear about.
+struct Transition<'a> {
+    from: PaymentStatus,
+    to: PaymentStatus,
+    /// Recorded when set; kept otherwise.
+    provider_ref: Option<&'a str>,
+    outbox: OutboxKind,
+}
+
 /// A payment as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Payment {
@@ -128,23 +137,13 @@ impl Store {
         payment_id: &str,
         provider_ref: &str,
     ) -> Result<bool, StorageError> {
-        let now = now_micros();
-        let mut transaction = self.db.begin_write().await?;
-        let moved = sqlx::query(
-            "UPDATE payments SET status = 'SUCCEEDED', provider_ref = $1, updated_at_micros = $2 \
-             WHERE payment_id = $3 AND status = 'PROCESSING'",
-        )
-        .bind(provider_ref)
-        .bind(now)
-        .bind(payment_id)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
-        if moved == 1 {
-            insert_outbox(&mut transaction, payment_id, OutboxKind::Apply, now).await?;
-        }
-        transaction.commit().await?;
-        Ok(moved == 1)
+        let step = Transition {
+            from: PaymentStatus::Processing,
+            to: PaymentStatus::Succeeded,
+            provider_ref: Some(provider_ref),
+            outbox: OutboxKind::Apply,
+        };
+        self.transition_with_outbox(payment_id, step).await
     }
 
     /// PROCESSING → FAILED with the provider's code. False if no longer PROCESSING.
@@ -186,18 +185,46 @@ impl Store {
 
     /// SUCCEEDED → REFUNDED with a REVERSE outbox row, in one transaction.
     pub async fn record_refund(&self, payment_id: &str) -> Result<bool, StorageError> {
+        let step = Transition {
+            from: PaymentStatus::Succeeded,
+            to: PaymentStatus::Refunded,
+            provider_ref: None,
+            outbox: OutboxKind::Reverse,
+        };
+        self.transition_with_outbox(payment_id, step).await
+    }
+
+    /// Moves a payment `step.from` → `step.to` and writes the outbox row billing must
+    /// hear about, in one transaction. False (and nothing written) if the payment was
+    /// no longer in `step.from`: a duplicate or stale answer.
+    async fn transition_with_outbox(
+        &self,
+        payment_id: &str,
+        step: Transition<'_>,
+    ) -> Result<bool, StorageError> {
+        if !step.from.may_become(step.to) {
+            return Err(StorageError::Corrupt(format!(
+                "{} → {} is not a payment transition",
+                step.from.as_str(),
+                step.to.as_str()
+            )));
+        }
         let now = now_micros();
         let mut transaction = self.db.begin_write().await?;
         let moved = sqlx::query(
-            "UPDATE payments SET status = 'REFUNDED', updated_at_micros = $1 WHERE payment_id = $2 AND status = 'SUCCEEDED'",
+            "UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
+             WHERE payment_id = $4 AND status = $5",
         )
+        .bind(step.to.as_str())
+        .bind(step.provider_ref)
         .bind(now)
         .bind(payment_id)
+        .bind(step.from.as_str())
         .execute(&mut *transaction)
         .await?
         .rows_affected();
         if moved == 1 {
-            insert_outbox(&mut transaction, payment_id, OutboxKind::Reverse, now).await?;
+            insert_outbox(&mut transaction, payment_id, step.outbox, now).await?;
         }
         transaction.commit().await?;
         Ok(moved == 1)

@@ -104,23 +104,33 @@ impl PaymentApi {
         }
 
         // Check the amount before any money moves (the customer confirmed it).
-        let quote = self
+        let quoted = self
             .flow
             .billing()
             .quote(&message.account_id, target.clone(), request_id.as_deref())
             .await
-            .map_err(billing_refusal)?;
-        let quoted = quote
-            .amount
-            .as_ref()
-            .map(|m| m.amount.as_str())
-            .unwrap_or_default();
-        if quoted != expected.to_string() {
-            return Err(refusal(
-                Code::FailedPrecondition,
-                "AMOUNT_CHANGED",
-                format!("the amount due is now {quoted}, not {expected}; confirm the new amount"),
-            ));
+            .map_err(billing_refusal)
+            .and_then(|quote| {
+                let quoted = quote.amount.map(|money| money.amount).unwrap_or_default();
+                if quoted == expected.to_string() {
+                    Ok(())
+                } else {
+                    Err(refusal(
+                        Code::FailedPrecondition,
+                        "AMOUNT_CHANGED",
+                        format!(
+                            "the amount due is now {quoted}, not {expected}; confirm the new amount"
+                        ),
+                    ))
+                }
+            });
+        if let Err(refused) = quoted {
+            // A concurrent duplicate of this key may have paid the target meanwhile
+            // (so it now owes nothing): the same key still gets that payment.
+            return match store.payment_by_key(&caller.subject, key).await? {
+                Some(existing) => self.replay(existing, &fingerprint),
+                None => Err(refused),
+            };
         }
 
         let stored_target = encode_target(&target);

@@ -49,6 +49,9 @@ pub struct StackOptions {
     pub flaky_billing: bool,
     /// Hold wallet notifications back this long instead of the fast default.
     pub sim_notify_delay_ms: Option<u64>,
+    /// Ask providers about PROCESSING payments only after this long, instead of the
+    /// fast default (1 s), for tests that look at a payment while it is PROCESSING.
+    pub reconcile_after_ms: Option<u64>,
 }
 
 impl TestApp {
@@ -151,11 +154,14 @@ impl TestApp {
             (billing_addr, None)
         };
         let billing_url_for_payment = format!("http://{billing_for_payment}");
-        let payment_config = fast_payment_config(
+        let mut payment_config = fast_payment_config(
             payment_url.clone(),
             billing_url_for_payment.clone(),
             sim_addr,
         );
+        if let Some(after) = options.reconcile_after_ms {
+            payment_config.reconcile_after_ms = after;
+        }
         let payment = payment_svc::app::Application::build(&payment_config)
             .await
             .unwrap();

@@ -599,10 +599,11 @@ async fn a_refund_reopens_the_bill(backend: Backend, test: &str) {
 }
 
 async fn a_notification_with_a_bad_signature_changes_nothing(backend: Backend, test: &str) {
-    // The real notification is held back, so the payment is PROCESSING when the
-    // forged one arrives (the reconciler waits a second before asking the provider).
+    // The real notification is held back and the reconciler waits a minute, so the
+    // payment is PROCESSING when the forged one arrives, however slow the machine.
     let options = StackOptions {
         sim_notify_delay_ms: Some(3_000),
+        reconcile_after_ms: Some(60_000),
         ..StackOptions::default()
     };
     let Some(app) = TestApp::spawn_with(backend, test, options).await else {

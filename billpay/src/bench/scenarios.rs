@@ -218,7 +218,7 @@ impl Clients {
     async fn read(&self, worker: usize, sequence: u64) -> bool {
         let account_id = self.account(worker, sequence).to_owned();
         let mut billing = self.billing(worker);
-        if sequence % 2 == 0 {
+        if sequence.is_multiple_of(2) {
             billing
                 .get_account_summary(self.authorized(GetAccountSummaryRequest { account_id }))
                 .await

@@ -94,6 +94,11 @@ fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings every connection it hands out by default: one more round trip
+        // (to the SQLite worker thread, or to PostgreSQL) before every statement. A
+        // connection that broke fails its statement instead, as it could right after
+        // a ping anyway, and the pool replaces it.
+        .test_before_acquire(false)
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 if dialect == Dialect::Sqlite {

@@ -172,13 +172,20 @@ mod tests {
     }
 
     #[test]
-    fn this_process_has_used_some_cpu() {
+    fn busy_work_shows_as_process_cpu_time() {
+        // The clock ticks 100 times a second: spin until it has moved, within a deadline.
+        let before = super::process_cpu_seconds();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let mut spent = 0_u64;
-        for i in 0..2_000_000_u64 {
-            spent = spent.wrapping_add(i * i);
+        while super::process_cpu_seconds() <= before && std::time::Instant::now() < deadline {
+            for i in 0..100_000_u64 {
+                spent = std::hint::black_box(spent.wrapping_add(i));
+            }
         }
-        assert!(spent > 0);
-        assert!(super::process_cpu_seconds() > 0.0);
+        assert!(
+            super::process_cpu_seconds() > before,
+            "no CPU time counted after {spent} additions"
+        );
     }
 
     #[test]

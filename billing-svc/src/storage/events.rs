@@ -10,8 +10,13 @@ use sqlx::{Any, Row, Transaction};
 
 use super::{StorageError, Store};
 
-/// Serialises event writers on PostgreSQL so ids become visible in commit order: a
-/// reader that has seen id n has seen every id below n, so "after n" misses nothing.
+/// On PostgreSQL an event id is drawn from a sequence before its transaction commits,
+/// so ids can become visible out of order: a reader that saw id 11 while 10 was still
+/// in flight would pass 10 for good. Writers hold this lock *shared* from just before
+/// they draw an id until they commit, so they never wait on each other; a reader takes
+/// it *exclusively* for a moment to learn the horizon (the highest id whose writer has
+/// finished) and reads only up to it. "After n" then misses nothing, and writers stall
+/// only while a reader waits for the transactions already in flight.
 const EVENTS_LOCK_KEY: i64 = 0x0000_6576_656e_7473; // "events" in ASCII
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +93,7 @@ pub(super) async fn insert_event(
     now: i64,
 ) -> Result<(), StorageError> {
     if dialect == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
             .bind(EVENTS_LOCK_KEY)
             .execute(&mut **transaction)
             .await?;
@@ -114,18 +119,21 @@ pub(super) async fn insert_event(
 }
 
 impl Store {
-    /// Up to `limit` events with ids above `after_id`, in id order.
+    /// Up to `limit` events with ids above `after_id`, in id order, none above the
+    /// horizon (so an id still in flight is never passed over).
     pub async fn events_after(
         &self,
         after_id: i64,
         limit: u32,
     ) -> Result<Vec<StoredEvent>, StorageError> {
+        let horizon = self.last_event_id().await?;
         let rows = sqlx::query(
             "SELECT event_id, kind, account_id, plan_id, bill_id, payment_id, amount_minor, currency_code, due_date, \
-               created_at_micros FROM events WHERE event_id > $1 ORDER BY event_id LIMIT $2",
+               created_at_micros FROM events WHERE event_id > $1 AND event_id <= $3 ORDER BY event_id LIMIT $2",
         )
         .bind(after_id)
         .bind(i64::from(limit))
+        .bind(horizon)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
@@ -156,11 +164,32 @@ impl Store {
             .collect()
     }
 
-    /// The highest event id so far (0 when none).
+    /// The horizon: the highest event id whose transaction has finished, with every
+    /// lower id's finished too (0 when none). On SQLite writers run one at a time, so
+    /// that is the highest id; on PostgreSQL see [`EVENTS_LOCK_KEY`].
     pub async fn last_event_id(&self) -> Result<i64, StorageError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(event_id) FROM events")
-            .fetch_one(self.db.pool())
-            .await?;
+        let highest = "SELECT MAX(event_id) FROM events";
+        let id: Option<i64> = match self.db.dialect() {
+            Dialect::Sqlite => {
+                sqlx::query_scalar(highest)
+                    .fetch_one(self.db.pool())
+                    .await?
+            }
+            Dialect::Postgres => {
+                // A transaction lock: should this task be cancelled half way, the
+                // rollback on the connection's return releases it.
+                let mut transaction = self.db.pool().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(EVENTS_LOCK_KEY)
+                    .execute(&mut *transaction)
+                    .await?;
+                let id = sqlx::query_scalar(highest)
+                    .fetch_one(&mut *transaction)
+                    .await?;
+                transaction.commit().await?;
+                id
+            }
+        };
         Ok(id.unwrap_or(0))
     }
 }

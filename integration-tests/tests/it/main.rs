@@ -9,6 +9,7 @@ mod accounts;
 mod auth;
 mod bad_input;
 mod day_close;
+mod events;
 mod lifecycle;
 mod payoff;
 mod plans;

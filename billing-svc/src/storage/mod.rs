@@ -2,6 +2,7 @@
 
 mod accounts;
 mod bills;
+mod bulk;
 mod day_close;
 mod events;
 mod plans;

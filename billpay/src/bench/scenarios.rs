@@ -121,6 +121,31 @@ impl Clients {
         &self.accounts[index]
     }
 
+    /// Adds `count` copies of the first seeded account and its plan straight into
+    /// billing-svc's database (see `billing_svc::storage::bulk`).
+    pub async fn seed_in_bulk(&mut self, billing_url: &str, count: u64) -> anyhow::Result<()> {
+        let template_account = self
+            .accounts
+            .first()
+            .context("bench: seed one account first")?
+            .clone();
+        let store =
+            billing_svc::storage::Store::new(service_kit::db::Db::connect(billing_url, 1).await?);
+        let plan_id: String = sqlx::query_scalar("SELECT plan_id FROM plans WHERE account_id = $1")
+            .bind(template_account.as_str())
+            .fetch_one(store.db().pool())
+            .await
+            .context("bench: the template account has no plan")?;
+        let copies = store
+            .copy_account_in_bulk(&template_account, &plan_id, 0, count)
+            .await?;
+        store.db().pool().close().await;
+        let mut accounts = self.accounts.as_ref().clone();
+        accounts.extend(copies);
+        self.accounts = Arc::new(accounts);
+        Ok(())
+    }
+
     /// Opens `count` accounts, each with one back-dated plan, through the public RPCs,
     /// `concurrency` at a time.
     pub async fn seed(&mut self, count: usize, concurrency: usize) -> anyhow::Result<()> {

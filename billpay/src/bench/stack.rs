@@ -39,6 +39,8 @@ pub struct Stack {
     pub billing_addr: SocketAddr,
     pub payment_addr: SocketAddr,
     pub echo_addr: SocketAddr,
+    /// billing-svc's database URL, for bulk seeding.
+    pub billing_url: String,
     stop: watch::Sender<()>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     dropped_databases: Option<(String, Vec<String>)>,
@@ -111,6 +113,7 @@ impl Stack {
             billing_addr,
             payment_addr,
             echo_addr,
+            billing_url,
             stop,
             tasks,
             dropped_databases,

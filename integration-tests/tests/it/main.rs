@@ -10,6 +10,7 @@ mod auth;
 mod bad_input;
 mod day_close;
 mod lifecycle;
+mod model;
 mod payoff;
 mod plans;
 mod repayments;

@@ -16,6 +16,8 @@ enum Command {
     Demo(billpay::demo::DemoArgs),
     /// Print a bearer token.
     Token(billpay::token::TokenArgs),
+    /// Measure SPEC §9's scenarios against the echo ceiling, in one run.
+    Bench(billpay::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -26,6 +28,7 @@ async fn main() -> anyhow::Result<()> {
             billpay::up::run(&args, service_kit::shutdown::signal()).await
         }
         Command::Demo(args) => billpay::demo::run(&args).await,
+        Command::Bench(args) => billpay::bench::run(&args).await,
         Command::Token(args) => {
             println!("{}", billpay::token::run(&args)?);
             Ok(())

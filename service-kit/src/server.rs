@@ -3,8 +3,8 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
 use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
@@ -30,6 +30,21 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+}
+
+/// The accepted connections of `listener`, each with TCP_NODELAY set.
+///
+/// tonic applies `Server::tcp_nodelay` only to listeners it binds itself, not to an
+/// incoming stream handed to it; without the flag every reply larger than a segment
+/// waits for the client's delayed ACK (about 40 ms) before its last bytes leave.
+fn nodelay_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
+    TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 /// A gRPC server bound to its port, ready to serve.
@@ -89,13 +104,11 @@ impl GrpcServer {
 
         let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            // Without it small replies wait on Nagle and delayed ACKs (~40 ms each).
-            .tcp_nodelay(true)
             .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
             .layer(ServiceBuilder::new().layer(RpcSpanLayer).layer(auth))
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
+            .serve_with_incoming_shutdown(nodelay_incoming(self.listener), async {
                 let _ = stop_receiver.await;
             });
         let mut server = tokio::spawn(server);
@@ -123,5 +136,27 @@ impl GrpcServer {
         }
         tracing::info!(addr = %self.local_addr, "stopped");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio_stream::StreamExt as _;
+
+    /// The regression guard for the ~40 ms reply stall: a socket the server accepts
+    /// must have TCP_NODELAY set, whatever tonic does with its own builder flag.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay_set() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut incoming = Box::pin(super::nodelay_incoming(listener));
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let accepted = incoming.next().await.unwrap().unwrap();
+        assert!(
+            accepted.nodelay().unwrap(),
+            "an accepted socket lacks TCP_NODELAY"
+        );
     }
 }

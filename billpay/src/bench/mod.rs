@@ -1,0 +1,334 @@
+//! `billpay bench`: SPEC §9's measurements in one run, each reported as a ratio to the
+//! echo ceiling (a no-op call on the same tonic/tower stack) of the same run, so a
+//! busy machine shifts both and the ratio stays telling.
+
+mod load;
+mod scenarios;
+mod stack;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use billpay_contracts::billing::v1::RunDayCloseRequest;
+
+pub use load::Measured;
+use scenarios::Clients;
+use stack::{Backend, Stack};
+
+/// Arguments of `billpay bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Also measure on PostgreSQL: fresh databases on this server, dropped afterwards
+    /// (the URL names a database to connect to, e.g. `/postgres`).
+    #[arg(long, env = "BILLPAY_BENCH_POSTGRES_URL")]
+    pub postgres: Option<String>,
+    /// Measure PostgreSQL only (needs `--postgres`).
+    #[arg(long, requires = "postgres")]
+    pub skip_sqlite: bool,
+    /// Run pgbench's TPC-B (16 clients) on the PostgreSQL server in the same run and
+    /// report repayments as a ratio to its tps (needs `--postgres` and `pgbench`).
+    #[arg(long, requires = "postgres")]
+    pub pgbench: bool,
+    /// Calls in flight, one measurement per value.
+    #[arg(long, value_delimiter = ',', default_value = "16,64")]
+    pub conc: Vec<usize>,
+    /// Seconds each measurement runs.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration_secs: f64,
+    /// Which scenarios to run (default: all), from: echo, reads, quote_plan,
+    /// create_plan, repay_card, repay_alipay, repay_wechat, day_close.
+    #[arg(long, value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Accounts to open (each with a 12-bill plan) before measuring.
+    #[arg(long, default_value_t = 1000)]
+    pub accounts: usize,
+    /// Print the results as one JSON document at the end as well.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One result line.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Line {
+    pub scenario: String,
+    pub backend: &'static str,
+    pub conc: usize,
+    #[serde(flatten)]
+    pub measured: Measured,
+    pub vs_echo: Option<f64>,
+    pub vs_pgbench: Option<f64>,
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ratio = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.3}"));
+        write!(
+            f,
+            "bench: scenario={} backend={} conc={} rps={:.0} p50_ms={:.2} p99_ms={:.2} vs_echo={} errors={}",
+            self.scenario,
+            self.backend,
+            self.conc,
+            self.measured.rps,
+            self.measured.p50_ms,
+            self.measured.p99_ms,
+            ratio(self.vs_echo),
+            self.measured.errors,
+        )?;
+        if let Some(vs_pgbench) = self.vs_pgbench {
+            write!(f, " vs_pgbench={vs_pgbench:.3}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs every measurement and prints one line each, then a summary.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let scenarios = chosen_scenarios(args)?;
+    let duration = Duration::from_secs_f64(args.duration_secs.max(0.1));
+    let mut backends = Vec::new();
+    if !args.skip_sqlite {
+        backends.push(Backend::Sqlite);
+    }
+    if let Some(url) = &args.postgres {
+        backends.push(Backend::Postgres(url.clone()));
+    }
+    let mut lines = Vec::new();
+    for backend in &backends {
+        let pgbench_tps = match (backend, args.pgbench) {
+            (Backend::Postgres(url), true) => Some(pgbench(url, duration, &mut lines).await?),
+            _ => None,
+        };
+        measure_backend(backend, args, &scenarios, duration, pgbench_tps, &mut lines).await?;
+    }
+    print_summary(&lines);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&lines)?);
+    }
+    Ok(())
+}
+
+fn chosen_scenarios(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
+    if args.scenarios.is_empty() {
+        let mut all: Vec<String> = scenarios::ALL.iter().map(|s| (*s).to_owned()).collect();
+        all.push("day_close".to_owned());
+        return Ok(all);
+    }
+    for scenario in &args.scenarios {
+        if !scenarios::ALL.contains(&scenario.as_str()) && scenario != "day_close" {
+            anyhow::bail!(
+                "unknown scenario {scenario:?}; choose from {} and day_close",
+                scenarios::ALL.join(", ")
+            );
+        }
+    }
+    let mut chosen = args.scenarios.clone();
+    // Every ratio needs the ceiling of the same run.
+    if !chosen.iter().any(|s| s == "echo") {
+        chosen.insert(0, "echo".to_owned());
+    }
+    Ok(chosen)
+}
+
+async fn measure_backend(
+    backend: &Backend,
+    args: &BenchArgs,
+    scenarios: &[String],
+    duration: Duration,
+    pgbench_tps: Option<f64>,
+    lines: &mut Vec<Line>,
+) -> anyhow::Result<()> {
+    eprintln!("bench: starting the stack on {}", backend.name());
+    let stack = Stack::start(backend).await?;
+    let mut clients =
+        Clients::connect(stack.billing_addr, stack.payment_addr, stack.echo_addr).await?;
+    let seeding = Instant::now();
+    clients.seed(args.accounts, 32).await?;
+    eprintln!(
+        "bench: seeded {} accounts with a 12-bill plan each through CreateAccount + CreatePlan in {:.1} s",
+        args.accounts,
+        seeding.elapsed().as_secs_f64()
+    );
+    for &conc in &args.conc {
+        let mut echo_rps = None;
+        for scenario in scenarios.iter().filter(|s| *s != "day_close") {
+            let measured = {
+                let clients = clients.for_new_measurement();
+                let scenario_name = scenario.clone();
+                load::closed_loop(scenario, conc, duration, move |worker, sequence| {
+                    let clients = clients.clone();
+                    let scenario = scenario_name.clone();
+                    async move { clients.call(&scenario, worker, sequence).await }
+                })
+                .await
+            };
+            if scenario == "echo" {
+                echo_rps = Some(measured.rps);
+            }
+            let is_repayment = scenario.starts_with("repay_");
+            let line = Line {
+                scenario: scenario.clone(),
+                backend: backend.name(),
+                conc,
+                measured,
+                vs_echo: echo_rps
+                    .filter(|rps| *rps > 0.0)
+                    .map(|rps| measured.rps / rps),
+                vs_pgbench: pgbench_tps
+                    .filter(|tps| is_repayment && *tps > 0.0)
+                    .map(|tps| measured.rps / tps),
+            };
+            println!("{line}");
+            if is_repayment {
+                println!(
+                    "bench: memory backend={} after={scenario} conc={conc} rss_mb={:.0} peak_rss_mb={:.0}",
+                    backend.name(),
+                    memory_mb("VmRSS:"),
+                    memory_mb("VmHWM:")
+                );
+            }
+            lines.push(line);
+        }
+    }
+    if scenarios.iter().any(|s| s == "day_close") {
+        lines.push(day_close(&clients, backend, args.accounts).await?);
+    }
+    stack.stop().await
+}
+
+/// One RunDayClose of today over every seeded account, timed.
+async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> anyhow::Result<Line> {
+    let mut billing = clients.billing(0);
+    let request = clients.authorized(RunDayCloseRequest {
+        as_of: String::new(),
+    });
+    let started = Instant::now();
+    let reply = billing
+        .run_day_close(request)
+        .await
+        .context("bench: RunDayClose failed")?
+        .into_inner();
+    let seconds = started.elapsed().as_secs_f64();
+    let accounts_per_second = f64::from(reply.accounts_closed) / seconds.max(1e-9);
+    println!(
+        "bench: day_close backend={} accounts={accounts} accounts_closed={} seconds={seconds:.2} accounts_per_s={accounts_per_second:.0} peak_rss_mb={:.0}",
+        backend.name(),
+        reply.accounts_closed,
+        memory_mb("VmHWM:")
+    );
+    Ok(Line {
+        scenario: "day_close".to_owned(),
+        backend: backend.name(),
+        conc: 1,
+        measured: load::summarise(
+            vec![u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX)],
+            0,
+            seconds,
+        ),
+        vs_echo: None,
+        vs_pgbench: None,
+    })
+}
+
+/// pgbench's TPC-B with 16 clients for `duration` on a fresh database; its tps.
+async fn pgbench(
+    server_url: &str,
+    duration: Duration,
+    lines: &mut Vec<Line>,
+) -> anyhow::Result<f64> {
+    let name = format!("billpay_bench_pgbench_{}", uuid::Uuid::now_v7().simple());
+    let url = stack::create_database(server_url, &name).await?;
+    let run = |args: Vec<String>| {
+        let url = url.clone();
+        async move {
+            let output = tokio::process::Command::new("pgbench")
+                .args(&args)
+                .arg(&url)
+                .output()
+                .await
+                .context("bench: cannot run pgbench (install PostgreSQL's client tools)")?;
+            anyhow::ensure!(
+                output.status.success(),
+                "bench: pgbench {args:?} failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            Ok::<_, anyhow::Error>(String::from_utf8_lossy(&output.stdout).into_owned())
+        }
+    };
+    eprintln!("bench: pgbench -i -s 16");
+    run(vec!["-i".into(), "-q".into(), "-s".into(), "16".into()]).await?;
+    let seconds = duration.as_secs().max(1);
+    eprintln!("bench: pgbench TPC-B, 16 clients, {seconds} s");
+    let report = run(vec![
+        "-c".into(),
+        "16".into(),
+        "-j".into(),
+        "2".into(),
+        "-T".into(),
+        seconds.to_string(),
+    ])
+    .await?;
+    let tps = report
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse::<f64>().ok())
+        .context("bench: pgbench printed no tps line")?;
+    let admin = service_kit::db::Db::connect(server_url, 1).await?;
+    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .execute(admin.pool())
+        .await?;
+    admin.pool().close().await;
+    let line = Line {
+        scenario: "pgbench_tpcb".to_owned(),
+        backend: "postgres",
+        conc: 16,
+        measured: Measured {
+            calls: 0,
+            errors: 0,
+            seconds: seconds as f64,
+            rps: tps,
+            p50_ms: 0.0,
+            p99_ms: 0.0,
+            max_ms: 0.0,
+        },
+        vs_echo: None,
+        vs_pgbench: None,
+    };
+    println!("{line}");
+    lines.push(line);
+    Ok(tps)
+}
+
+/// A `/proc/self/status` figure (VmRSS, VmHWM) in MiB; 0 where there is none.
+fn memory_mb(field: &str) -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn print_summary(lines: &[Line]) {
+    println!();
+    println!(
+        "{:<14} {:<9} {:>5} {:>9} {:>9} {:>9} {:>8} {:>7}",
+        "scenario", "backend", "conc", "rps", "p50 ms", "p99 ms", "vs echo", "errors"
+    );
+    for line in lines {
+        println!(
+            "{:<14} {:<9} {:>5} {:>9.0} {:>9.2} {:>9.2} {:>8} {:>7}",
+            line.scenario,
+            line.backend,
+            line.conc,
+            line.measured.rps,
+            line.measured.p50_ms,
+            line.measured.p99_ms,
+            line.vs_echo.map_or("-".to_owned(), |r| format!("{r:.3}")),
+            line.measured.errors
+        );
+    }
+}

@@ -323,17 +323,17 @@ mod tests {
     /// early.
     #[test]
     fn a_payoff_on_the_last_due_date_settles_nothing_early() {
-        let (terms, mut bills) = bills("mall-fee", "5999.00");
-        for bill in &mut bills[..11] {
+        let (terms, fresh) = bills("mall-fee", "5999.00");
+        let mut paid = fresh.clone();
+        for bill in &mut paid[..11] {
             bill.paid = bill.charged;
             bill.state = BillState::Paid;
         }
-        let lines = payoff_lines(terms, &bills, bills[11].due_date).unwrap();
+        let lines = payoff_lines(terms, &paid, paid[11].due_date).unwrap();
         assert_eq!(lines.len(), 1);
         assert_eq!(lines[0].owed.total().unwrap().to_string(), "535.87");
         assert!(!settles_early(&lines));
-        let on_bill_2_due =
-            payoff_lines(terms, &bills("mall-fee", "5999.00").1, date("2026-03-15")).unwrap();
+        let on_bill_2_due = payoff_lines(terms, &fresh, date("2026-03-15")).unwrap();
         let fees: Vec<String> = on_bill_2_due
             .iter()
             .map(|line| line.owed.fee.to_string())

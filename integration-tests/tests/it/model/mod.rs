@@ -34,7 +34,7 @@ use self::reference::{Account, Fen, PRODUCTS, PlanStatus, Refusal, State, Status
 use crate::support::{open_account, pay, reason, repayment};
 
 /// Sequences per backend in a plain `cargo test` run.
-pub const DEFAULT_CASES: usize = 60;
+pub const DEFAULT_CASES: usize = 200;
 /// The seed CI runs.
 pub const DEFAULT_SEED: u64 = 13;
 /// Sequences sharing one stack (each on its own account and its own span of dates).

@@ -125,7 +125,39 @@ async fn a_payoff_on_the_last_due_date_settles_the_plan(backend: Backend, test: 
     .await;
 }
 
+/// Shrunk by the model test (seed 13, sequence 1) with the old penalty rule put back:
+/// a back-dated mall-free/3 (bill 1 due 2095-01-29, five months before), 44.14 of its
+/// principal repaid on 2095-07-08, then the catch-up closes the days to 07-15. The days
+/// before the repayment bear penalty on the principal unpaid then, 69.74 (0.03 a day):
+/// 4.85, not the 1.67 of charging every day on what is unpaid at the close (SPEC §5.8).
+async fn a_repayment_lowers_the_penalty_only_from_its_own_day(backend: Backend, test: &str) {
+    replay(
+        backend,
+        test,
+        "2095-07-08",
+        &[
+            NewPlan {
+                product: 1,
+                term: 0,
+                price: 20_921,
+                back_days: 165,
+                month_end: 2,
+            },
+            Pay {
+                plan: 2,
+                how: Amount(211),
+            },
+            Advance {
+                days: 8,
+                close: CatchUp,
+            },
+        ],
+    )
+    .await;
+}
+
 crate::on_both_backends!(
+    a_repayment_lowers_the_penalty_only_from_its_own_day,
     flat_fee_payoff_with_the_current_bill_prepaid_owes_no_later_fee,
     flat_fee_payoff_in_a_paid_period_charges_no_fee,
     a_payoff_of_due_bills_only_settles_the_plan,

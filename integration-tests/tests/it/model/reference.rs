@@ -47,8 +47,11 @@ pub enum Method {
     EqualPrincipal,
 }
 
-/// §5.2's demo set: (id, method, [(term, rate)]).
-pub const PRODUCTS: &[(&str, Method, &[(u32, &str)])] = &[
+/// A product: id, method, [(term, rate)].
+pub type Product = (&'static str, Method, &'static [(u32, &'static str)]);
+
+/// §5.2's demo set.
+pub const PRODUCTS: &[Product] = &[
     (
         "mall-fee",
         Method::FlatFee,

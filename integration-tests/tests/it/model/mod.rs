@@ -6,7 +6,7 @@
 //! A failing sequence is shrunk (steps removed while it still fails, each attempt on a
 //! fresh stack) and printed as a ready-to-paste regression test for `regressions.rs`.
 //!
-//! `BILLPAY_MODEL_CASES=N` (default [`DEFAULT_CASES`]) and `BILLPAY_MODEL_SEED=S` set
+//! `BILLPAY_MODEL_CASES=N` (per backend; default [`DEFAULT_CASES`]) and `BILLPAY_MODEL_SEED=S` set
 //! the run; billing-svc's "today" is the harness's fixed clock, moved by the steps.
 
 pub mod reference;
@@ -33,8 +33,9 @@ use tonic::{Code, transport::Channel};
 use self::reference::{Account, Fen, PRODUCTS, PlanStatus, Refusal, State, Status, Target};
 use crate::support::{open_account, pay, reason, repayment};
 
-/// Sequences per backend in a plain `cargo test` run.
-pub const DEFAULT_CASES: usize = 200;
+/// Sequences in a plain `cargo test` run, per backend: SQLite, PostgreSQL (slower per
+/// step; together they fit CI's couple of minutes).
+pub const DEFAULT_CASES: (usize, usize) = (200, 100);
 /// The seed CI runs.
 pub const DEFAULT_SEED: u64 = 13;
 /// Sequences sharing one stack (each on its own account and its own span of dates).
@@ -891,7 +892,11 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 /// The seeded run: BILLPAY_MODEL_CASES sequences of BILLPAY_MODEL_SEED.
 async fn model_sequences_agree_with_the_spec(backend: Backend, test: &str) {
-    let cases = env_number("BILLPAY_MODEL_CASES", DEFAULT_CASES as u64) as usize;
+    let default_cases = match backend {
+        Backend::Sqlite => DEFAULT_CASES.0,
+        Backend::Postgres => DEFAULT_CASES.1,
+    };
+    let cases = env_number("BILLPAY_MODEL_CASES", default_cases as u64) as usize;
     let seed = env_number("BILLPAY_MODEL_SEED", DEFAULT_SEED);
     let began = Instant::now();
     let mut steps = 0;

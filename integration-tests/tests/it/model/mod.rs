@@ -767,6 +767,23 @@ impl<'a> Run<'a> {
                 );
             }
         }
+        // §5.7's events, counted per kind (WatchEvents has no account filter, so the
+        // count is read from billing's table).
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT kind, COUNT(*) FROM events WHERE account_id = $1 GROUP BY kind ORDER BY kind",
+        )
+        .bind(self.account_id.as_str())
+        .fetch_all(self.app.billing_db.pool())
+        .await
+        .map_err(|error| format!("counting events: {error}"))?;
+        let mut expected: std::collections::BTreeMap<String, i64> = Default::default();
+        for (kind, _, _) in &self.model.events {
+            *expected.entry((*kind).to_owned()).or_default() += 1;
+        }
+        let got: std::collections::BTreeMap<String, i64> = rows.into_iter().collect();
+        if expected != got {
+            let _ = writeln!(differences, "  events: model {expected:?}, service {got:?}");
+        }
         if differences.is_empty() {
             Ok(())
         } else {

@@ -2,6 +2,8 @@
 //! code over integer fen that calls nothing of billing-svc. Each function cites the
 //! sentence of the spec it follows. Where the spec is silent the choice is said.
 
+use std::collections::BTreeSet;
+
 use chrono::{Datelike as _, Days, NaiveDate};
 use rust_decimal::{Decimal, RoundingStrategy};
 
@@ -267,6 +269,9 @@ pub struct Account {
     pub credit_balance: Fen,
     pub plans: Vec<Plan>,
     pub payments: Vec<Payment>,
+    /// §5.7 events, at most one per kind and subject: (kind, plan or payment index, bill
+    /// index).
+    pub events: BTreeSet<(&'static str, usize, usize)>,
 }
 
 /// An account's figures (§5.1, §5.5 GetAccountSummary).
@@ -291,6 +296,7 @@ impl Account {
             credit_balance: 0,
             plans: Vec::new(),
             payments: Vec::new(),
+            events: BTreeSet::new(),
         }
     }
 
@@ -420,6 +426,7 @@ impl Account {
                 principal_paid: Vec::new(),
             })
             .collect();
+        self.events.insert(("PLAN_CREATED", self.plans.len(), 0));
         self.plans.push(Plan {
             plan_id,
             bill_ids: Vec::new(),
@@ -600,6 +607,8 @@ impl Account {
         }
         self.credit_balance += left;
         self.settle_paid_plans();
+        self.events
+            .insert(("REPAYMENT_APPLIED", self.payments.len(), 0));
         self.payments.push(Payment {
             payment_id,
             allocations,
@@ -610,9 +619,10 @@ impl Account {
 
     /// §5.4: a plan whose bills are all PAID is SETTLED.
     fn settle_paid_plans(&mut self) {
-        for plan in &mut self.plans {
+        for (p, plan) in self.plans.iter_mut().enumerate() {
             if plan.status == PlanStatus::Active && plan.bills.iter().all(|bill| !bill.unpaid()) {
                 plan.status = PlanStatus::Settled;
+                self.events.insert(("PLAN_SETTLED", p, 0));
             }
         }
     }
@@ -651,6 +661,7 @@ impl Account {
         }
         self.credit_balance -= payment.to_credit;
         self.payments[index].reversed = true;
+        self.events.insert(("REPAYMENT_REVERSED", index, 0));
         Ok(())
     }
 
@@ -664,10 +675,19 @@ impl Account {
             if !bill.unpaid() {
                 continue;
             }
+            // "reminder events are written": due soon (N=3 days before), due, overdue.
+            let key = |kind| (kind, p, b);
+            if bill.due - Days::new(3) <= as_of && as_of < bill.due {
+                self.events.insert(key("BILL_DUE_SOON"));
+            }
+            if bill.due <= as_of {
+                self.events.insert(key("BILL_DUE"));
+            }
             let grace_ends = bill.due + Days::new(GRACE_DAYS);
             if bill.state == State::Open && as_of <= grace_ends {
                 continue;
             }
+            self.events.insert(key("BILL_OVERDUE"));
             bill.state = State::Overdue;
             // "each day d from the day after due_date posts
             // round(unpaid_principal_at_end_of_day(d) × penalty_daily_rate)"

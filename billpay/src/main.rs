@@ -28,7 +28,11 @@ async fn main() -> anyhow::Result<()> {
             billpay::up::run(&args, service_kit::shutdown::signal()).await
         }
         Command::Demo(args) => billpay::demo::run(&args).await,
-        Command::Bench(args) => billpay::bench::run(&args).await,
+        Command::Bench(args) => {
+            // The same logging as `up`, so its cost is part of what is measured.
+            service_kit::telemetry::init(false);
+            billpay::bench::run(&args).await
+        }
         Command::Token(args) => {
             println!("{}", billpay::token::run(&args)?);
             Ok(())

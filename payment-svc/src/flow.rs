@@ -106,7 +106,7 @@ impl PaymentFlow {
             .for_method(payment.method)
             .charge(&request)
             .await;
-        tracing::info!(
+        tracing::debug!(
             payment_id = %payment.payment_id,
             method = payment.method.as_str(),
             last4 = %payment.instrument_last4,
@@ -223,7 +223,7 @@ impl PaymentFlow {
             }
             NotifiedStatus::Other(_) => NotificationResult::Ignored,
         };
-        tracing::info!(
+        tracing::debug!(
             payment_id = %payment.payment_id,
             sequence = notification.sequence,
             result = ?result,

@@ -71,7 +71,7 @@ async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageEr
         }
         match flow.deliver(&row.payment_id, row.kind, None).await {
             Ok(()) => {
-                tracing::info!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
+                tracing::debug!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
             }
             Err(error) => {
                 let delay = retry_delay(row.attempts + 1);

@@ -37,7 +37,7 @@ pub async fn record(
     .bind(rpc)
     .bind(account_id)
     .bind(now_micros())
-    .execute(db.pool())
+    .execute(db.writer())
     .await
     .map_err(internal)?;
     Ok(())

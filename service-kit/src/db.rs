@@ -84,7 +84,34 @@ pub struct Migrations {
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
+    writer: AnyPool,
     dialect: Dialect,
+}
+
+/// Pool settings; every SQLite connection runs in WAL mode with a busy timeout and
+/// foreign keys on.
+fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        // sqlx pings every connection it hands out by default: one more round trip
+        // (to the SQLite worker thread, or to PostgreSQL) before every statement. A
+        // connection that broke fails its statement instead, as it could right after
+        // a ping anyway, and the pool replaces it.
+        .test_before_acquire(false)
+        .after_connect(move |connection, _| {
+            Box::pin(async move {
+                if dialect == Dialect::Sqlite {
+                    connection
+                        .execute(&*format!(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                             PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
+                        ))
+                        .await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 impl Db {
@@ -95,41 +122,48 @@ impl Db {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url)?;
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = AnyPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .after_connect(move |connection, _| {
-                Box::pin(async move {
-                    if dialect == Dialect::Sqlite {
-                        connection
-                            .execute(&*format!(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA foreign_keys = ON; PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS};"
-                            ))
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+        let pool = pool_options(dialect, max_connections)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, dialect })
+        // SQLite lets one writer in at a time and makes the others wait in its busy
+        // handler, which sleeps in growing steps (up to 100 ms) and is unfair: under
+        // load writes waited seconds. One writer connection queues them in the pool
+        // instead, first come first served. It only orders writes: every rule about
+        // money is still the database's (constraints, conditional updates), and a
+        // second process on the same file still waits on the busy timeout.
+        let writer = match dialect {
+            Dialect::Sqlite => pool_options(dialect, 1).connect_with(options).await?,
+            Dialect::Postgres => pool.clone(),
+        };
+        Ok(Self {
+            pool,
+            writer,
+            dialect,
+        })
     }
 
+    /// The pool for reads (and, on PostgreSQL, for everything).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The pool for statements that write outside [`Db::begin_write`]: on SQLite its
+    /// one connection, so writers queue in order; on PostgreSQL the same pool.
+    pub fn writer(&self) -> &AnyPool {
+        &self.writer
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock at
-    /// once (`BEGIN IMMEDIATE`), so a read-then-write never fails half way with
-    /// SQLITE_BUSY; PostgreSQL uses its default READ COMMITTED.
+    /// Begins a transaction that will write. On SQLite it runs on the one writer
+    /// connection and takes the write lock at once (`BEGIN IMMEDIATE`), so a
+    /// read-then-write never fails half way with SQLITE_BUSY; PostgreSQL uses its
+    /// default READ COMMITTED. A task holding one must not wait for [`Db::writer`].
     pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
         match self.dialect {
-            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
             Dialect::Postgres => self.pool.begin().await,
         }
     }

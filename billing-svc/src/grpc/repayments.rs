@@ -119,7 +119,7 @@ impl BillingApi {
             }
             ApplyOutcome::UnknownAccount => return Err(unknown_account(&account_id)),
         };
-        tracing::info!(
+        tracing::debug!(
             applied = %applied.applied_to_bills,
             credit_balance = %applied.added_to_credit_balance,
             replayed,

@@ -45,7 +45,7 @@ impl Store {
         .bind(request.credit_limit.currency().code())
         .bind(request.credit_limit.minor())
         .bind(now)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?
         .rows_affected();
         let account = self

@@ -279,7 +279,7 @@ impl Store {
         sqlx::query("INSERT INTO day_closes (as_of, closed_at_micros) VALUES ($1, $2) ON CONFLICT (as_of) DO NOTHING")
             .bind(as_of.to_string())
             .bind(now_micros())
-            .execute(self.db.pool())
+            .execute(self.db.writer())
             .await?;
         Ok(())
     }

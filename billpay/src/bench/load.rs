@@ -21,6 +21,9 @@ pub struct Measured {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// CPU time the whole process (client and servers) spent per call, in µs: less
+    /// sensitive than the rates to other work on a shared machine.
+    pub cpu_us_per_call: f64,
 }
 
 /// Runs `call(worker, sequence)` from `concurrency` workers for `duration`. A call
@@ -37,6 +40,7 @@ where
     Fut: Future<Output = bool> + Send,
 {
     let call = Arc::new(call);
+    let cpu_before = process_cpu_seconds();
     let done = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -75,8 +79,36 @@ where
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds() - cpu_before;
     progress.abort();
-    summarise(latencies_us, errors, seconds)
+    let mut measured = summarise(latencies_us, errors, seconds);
+    if measured.calls > 0 {
+        measured.cpu_us_per_call = cpu_seconds * 1e6 / measured.calls as f64;
+    }
+    measured
+}
+
+/// User plus system CPU time of this process so far, from `/proc/self/stat` (in
+/// USER_HZ ticks, 100 a second on Linux); 0 where there is no such file.
+pub fn process_cpu_seconds() -> f64 {
+    const TICKS_PER_SECOND: f64 = 100.0;
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at its ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
 fn elapsed_us(since: Instant) -> u32 {
@@ -108,6 +140,7 @@ pub fn summarise(mut latencies_us: Vec<u32>, errors: u64, seconds: f64) -> Measu
         max_ms: latencies_us
             .last()
             .map_or(0.0, |max| f64::from(*max) / 1000.0),
+        cpu_us_per_call: 0.0,
     }
 }
 
@@ -136,6 +169,23 @@ mod tests {
         assert!((measured.p50_ms - 50.0).abs() < 1e-9);
         assert!((measured.p99_ms - 99.0).abs() < 1e-9);
         assert!((measured.max_ms - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn busy_work_shows_as_process_cpu_time() {
+        // The clock ticks 100 times a second: spin until it has moved, within a deadline.
+        let before = super::process_cpu_seconds();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut spent = 0_u64;
+        while super::process_cpu_seconds() <= before && std::time::Instant::now() < deadline {
+            for i in 0..100_000_u64 {
+                spent = std::hint::black_box(spent.wrapping_add(i));
+            }
+        }
+        assert!(
+            super::process_cpu_seconds() > before,
+            "no CPU time counted after {spent} additions"
+        );
     }
 
     #[test]

@@ -64,7 +64,7 @@ impl std::fmt::Display for Line {
         let ratio = |ratio: Option<f64>| ratio.map_or("-".to_owned(), |r| format!("{r:.3}"));
         write!(
             f,
-            "bench: scenario={} backend={} conc={} rps={:.0} p50_ms={:.2} p99_ms={:.2} vs_echo={} errors={}",
+            "bench: scenario={} backend={} conc={} rps={:.0} p50_ms={:.2} p99_ms={:.2} vs_echo={} errors={} cpu_us_per_call={:.0}",
             self.scenario,
             self.backend,
             self.conc,
@@ -73,6 +73,7 @@ impl std::fmt::Display for Line {
             self.measured.p99_ms,
             ratio(self.vs_echo),
             self.measured.errors,
+            self.measured.cpu_us_per_call,
         )?;
         if let Some(vs_pgbench) = self.vs_pgbench {
             write!(f, " vs_pgbench={vs_pgbench:.3}")?;
@@ -215,18 +216,22 @@ async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> any
         reply.accounts_closed,
         memory_mb("VmHWM:")
     );
+    // In the table, the day close's rate is accounts closed per second.
+    let mut measured = load::summarise(vec![elapsed_us(started)], 0, seconds);
+    measured.calls = u64::try_from(reply.accounts_closed).unwrap_or(0);
+    measured.rps = accounts_per_second;
     Ok(Line {
         scenario: "day_close".to_owned(),
         backend: backend.name(),
         conc: 1,
-        measured: load::summarise(
-            vec![u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX)],
-            0,
-            seconds,
-        ),
+        measured,
         vs_echo: None,
         vs_pgbench: None,
     })
+}
+
+fn elapsed_us(since: Instant) -> u32 {
+    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
 /// pgbench's TPC-B with 16 clients for `duration` on a fresh database; its tps.
@@ -290,6 +295,7 @@ async fn pgbench(
             p50_ms: 0.0,
             p99_ms: 0.0,
             max_ms: 0.0,
+            cpu_us_per_call: 0.0,
         },
         vs_echo: None,
         vs_pgbench: None,
@@ -315,12 +321,12 @@ fn memory_mb(field: &str) -> f64 {
 fn print_summary(lines: &[Line]) {
     println!();
     println!(
-        "{:<14} {:<9} {:>5} {:>9} {:>9} {:>9} {:>8} {:>7}",
-        "scenario", "backend", "conc", "rps", "p50 ms", "p99 ms", "vs echo", "errors"
+        "{:<14} {:<9} {:>5} {:>9} {:>9} {:>9} {:>8} {:>7} {:>8}",
+        "scenario", "backend", "conc", "rps", "p50 ms", "p99 ms", "vs echo", "errors", "cpu µs"
     );
     for line in lines {
         println!(
-            "{:<14} {:<9} {:>5} {:>9.0} {:>9.2} {:>9.2} {:>8} {:>7}",
+            "{:<14} {:<9} {:>5} {:>9.0} {:>9.2} {:>9.2} {:>8} {:>7} {:>8.0}",
             line.scenario,
             line.backend,
             line.conc,
@@ -328,7 +334,8 @@ fn print_summary(lines: &[Line]) {
             line.measured.p50_ms,
             line.measured.p99_ms,
             line.vs_echo.map_or("-".to_owned(), |r| format!("{r:.3}")),
-            line.measured.errors
+            line.measured.errors,
+            line.measured.cpu_us_per_call
         );
     }
 }

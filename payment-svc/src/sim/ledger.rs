@@ -142,7 +142,7 @@ impl Ledger {
         .bind(charge.outcome.decline_code().map(|code| code.as_str()))
         .bind(charge.provider_ref.as_str())
         .bind(now_micros)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?
         .rows_affected();
         if inserted == 1 {

@@ -107,7 +107,7 @@ impl Store {
         .bind(row.payment_id.as_str())
         .bind(row.kind.as_str())
         .bind(row.next_attempt_at_micros)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?
         .rows_affected();
         Ok(claimed == 1)
@@ -153,7 +153,7 @@ impl Store {
         .bind(error)
         .bind(payment_id)
         .bind(kind.as_str())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }

@@ -116,7 +116,7 @@ impl Store {
         .bind(new.method.as_str())
         .bind(new.instrument_last4)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?
         .rows_affected();
         let stored = self
@@ -161,7 +161,7 @@ impl Store {
         .bind(message)
         .bind(now_micros())
         .bind(payment_id)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?
         .rows_affected();
         Ok(moved == 1)
@@ -178,7 +178,7 @@ impl Store {
         )
         .bind(provider_ref)
         .bind(payment_id)
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         Ok(())
     }

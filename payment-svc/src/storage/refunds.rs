@@ -36,7 +36,7 @@ impl Store {
         .bind(idempotency_key)
         .bind(reason)
         .bind(now_micros())
-        .execute(self.db.pool())
+        .execute(self.db.writer())
         .await?;
         let row = sqlx::query(
             "SELECT refund_id, payment_id, caller, idempotency_key FROM refunds \

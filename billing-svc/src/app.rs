@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 
 use crate::{
+    clock::BusinessClock,
     config::Config,
     domain::product::Catalog,
     grpc::{BillingApi, RPC_RULES},
@@ -27,6 +28,7 @@ pub struct Application {
     foundation: Foundation,
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
+    clock: BusinessClock,
     auto_day_close: bool,
 }
 
@@ -56,6 +58,7 @@ impl Application {
             foundation,
             catalog: Arc::new(catalog),
             business_offset: config.business_utc_offset,
+            clock: config.clock.clone(),
             auto_day_close: config.auto_day_close,
         })
     }
@@ -78,10 +81,11 @@ impl Application {
                 store.clone(),
                 Arc::clone(&self.catalog),
                 self.business_offset,
+                self.clock.clone(),
                 stopped,
             ))
         });
-        let api = BillingApi::new(store, self.catalog, self.business_offset);
+        let api = BillingApi::new(store, self.catalog, self.business_offset, self.clock);
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),

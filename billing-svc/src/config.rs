@@ -6,6 +6,8 @@ use chrono::{FixedOffset, Offset as _};
 
 use service_kit::config::CommonArgs;
 
+use crate::clock::BusinessClock;
+
 /// billing-svc's settings.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -40,6 +42,9 @@ pub struct Config {
     pub auto_day_close: bool,
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Where "today" comes from: the wall clock, unless a test fixes it (no flag).
+    #[arg(skip)]
+    pub clock: BusinessClock,
 }
 
 impl Config {
@@ -52,6 +57,7 @@ impl Config {
             business_utc_offset: shanghai(),
             auto_day_close: true,
             common: CommonArgs::dev(),
+            clock: BusinessClock::default(),
         }
     }
 }

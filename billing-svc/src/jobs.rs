@@ -4,11 +4,12 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use chrono::{Days, FixedOffset, NaiveDate};
-use service_kit::{clock::now_micros, money::Money};
+use service_kit::money::Money;
 use tokio::sync::watch;
 
 use crate::{
-    domain::{calendar::business_date, product::Catalog},
+    clock::BusinessClock,
+    domain::{calendar::earliest_close, product::Catalog},
     storage::{ProductTerms, StorageError, Store},
 };
 
@@ -32,6 +33,20 @@ pub async fn close_day(
     catalog: &Catalog,
     as_of: NaiveDate,
 ) -> Result<DayCloseSummary, StorageError> {
+    close_day_unless(store, catalog, as_of, || false)
+        .await?
+        .ok_or_else(|| StorageError::Corrupt("a day close that cannot stop stopped".into()))
+}
+
+/// Like [`close_day`], but checks `stop` before each account: when it says stop, the
+/// day is left unrecorded (None) so that the next run closes it again — each account's
+/// close is its own transaction and closing one twice changes nothing.
+async fn close_day_unless(
+    store: &Store,
+    catalog: &Catalog,
+    as_of: NaiveDate,
+    stop: impl Fn() -> bool,
+) -> Result<Option<DayCloseSummary>, StorageError> {
     let zero = Money::zero(service_kit::money::Currency::Cny);
     let mut summary = DayCloseSummary {
         as_of,
@@ -45,6 +60,10 @@ pub async fn close_day(
             .map_err(|error| StorageError::Corrupt(error.to_string()))
     };
     for account_id in store.accounts_to_close(as_of).await? {
+        if stop() {
+            tracing::info!(%as_of, "day close stopped for shutdown; the next start resumes it");
+            return Ok(None);
+        }
         let products: HashMap<String, String> = store.plan_products(&account_id).await?;
         let terms = |plan_id: &str| {
             let product = catalog.product(products.get(plan_id)?)?;
@@ -64,7 +83,7 @@ pub async fn close_day(
     }
     store.record_day_closed(as_of).await?;
     tracing::info!(?summary, "day closed");
-    Ok(summary)
+    Ok(Some(summary))
 }
 
 /// Closes every finished business day not closed yet (from the day after the last
@@ -74,10 +93,12 @@ pub async fn run_auto_close(
     store: Store,
     catalog: Arc<Catalog>,
     offset: FixedOffset,
+    clock: BusinessClock,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
-        if let Err(error) = catch_up(&store, &catalog, offset).await {
+        let today = clock.today(offset);
+        if let Err(error) = catch_up(&store, &catalog, today, &stopped).await {
             tracing::warn!(%error, "automatic day close failed; will retry");
         }
         tokio::select! {
@@ -87,22 +108,39 @@ pub async fn run_auto_close(
     }
 }
 
-async fn catch_up(
+/// Closes, in order, every day before `today` not closed yet: from the day after the
+/// last close (never before [`earliest_close`]), or only yesterday on a fresh
+/// database. Today itself is closed only once it has ended. Stops between accounts
+/// as soon as `stopped` changes (shutdown), leaving the rest to the next start.
+/// Returns the days closed.
+pub async fn catch_up(
     store: &Store,
     catalog: &Catalog,
-    offset: FixedOffset,
-) -> Result<(), StorageError> {
-    let today = business_date(now_micros(), offset);
+    today: NaiveDate,
+    stopped: &watch::Receiver<()>,
+) -> Result<u32, StorageError> {
     let Some(yesterday) = today.checked_sub_days(Days::new(1)) else {
-        return Ok(());
+        return Ok(0);
     };
     let mut next = match store.last_day_closed().await? {
-        Some(last) => last.checked_add_days(Days::new(1)).unwrap_or(today),
+        Some(last) => last
+            .checked_add_days(Days::new(1))
+            .unwrap_or(today)
+            .max(earliest_close(today)),
         None => yesterday,
     };
+    let mut closed = 0;
+    let stop = || stopped.has_changed().unwrap_or(true);
     while next <= yesterday {
-        close_day(store, catalog, next).await?;
+        if close_day_unless(store, catalog, next, stop)
+            .await?
+            .is_none()
+            || stop()
+        {
+            break;
+        }
+        closed += 1;
         next = next.checked_add_days(Days::new(1)).unwrap_or(today);
     }
-    Ok(())
+    Ok(closed)
 }

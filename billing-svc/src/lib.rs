@@ -2,6 +2,7 @@
 //! on them. `domain` is pure, `grpc` is the wire edge, `storage` holds all SQL.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod grpc;

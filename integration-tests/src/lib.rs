@@ -52,6 +52,9 @@ pub struct StackOptions {
     /// Ask providers about PROCESSING payments only after this long, instead of the
     /// fast default (1 s), for tests that look at a payment while it is PROCESSING.
     pub reconcile_after_ms: Option<u64>,
+    /// billing-svc's business "today" stands on this date (moved with
+    /// [`TestApp::set_today`]) instead of following the wall clock.
+    pub today: Option<chrono::NaiveDate>,
 }
 
 impl TestApp {
@@ -60,6 +63,7 @@ impl TestApp {
     pub async fn spawn_billing_with_auto_close(&mut self) -> SocketAddr {
         let mut config = billing_config(self.billing_url.clone());
         config.auto_day_close = true;
+        config.clock = self.clock.clone();
         let billing = billing_svc::app::Application::build(&config).await.unwrap();
         let addr = billing.local_addr();
         self.tasks.push(tokio::spawn(
@@ -93,6 +97,8 @@ pub struct TestApp {
     stop: watch::Sender<()>,
     postgres_databases: Vec<String>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    /// billing-svc's clock: the wall clock unless spawned with `today`.
+    clock: billing_svc::clock::BusinessClock,
     _data_dir: tempfile::TempDir,
 }
 
@@ -142,9 +148,13 @@ impl TestApp {
         }
         let sim = ProviderSim::build(&sim_config).await.unwrap();
         let sim_addr = sim.local_addr();
-        let billing = billing_svc::app::Application::build(&billing_config(billing_url.clone()))
-            .await
-            .unwrap();
+        let clock = options
+            .today
+            .map(billing_svc::clock::BusinessClock::fixed)
+            .unwrap_or_default();
+        let mut config = billing_config(billing_url.clone());
+        config.clock = clock.clone();
+        let billing = billing_svc::app::Application::build(&config).await.unwrap();
         let billing_addr = billing.local_addr();
         let (stop, stopped) = watch::channel(());
         let (billing_for_payment, billing_apply_down) = if flaky_billing {
@@ -192,14 +202,21 @@ impl TestApp {
             stop,
             postgres_databases,
             tasks,
+            clock,
             _data_dir: data_dir,
         })
+    }
+
+    /// Moves billing-svc's business date; only for a stack spawned with `today`.
+    pub fn set_today(&self, today: chrono::NaiveDate) {
+        self.clock.set(today);
     }
 
     /// Starts another billing-svc on the same database, as a second replica behind a
     /// load balancer would be, and returns its address. It stops with the rest.
     pub async fn spawn_billing_replica(&mut self) -> SocketAddr {
-        let config = billing_config(self.billing_url.clone());
+        let mut config = billing_config(self.billing_url.clone());
+        config.clock = self.clock.clone();
         let replica = billing_svc::app::Application::build(&config).await.unwrap();
         let addr = replica.local_addr();
         self.tasks.push(tokio::spawn(

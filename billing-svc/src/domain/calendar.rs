@@ -24,6 +24,15 @@ pub fn business_date(now_micros: i64, offset: FixedOffset) -> NaiveDate {
         .date_naive()
 }
 
+/// The earliest date a day close accepts on `today`: the oldest purchase date a plan
+/// may have ([`BACKDATE_YEARS_MAX`] years back), so no bill can be due before it and
+/// no catch-up ever runs longer than that many years of days.
+pub fn earliest_close(today: NaiveDate) -> NaiveDate {
+    today
+        .checked_sub_months(Months::new(12 * BACKDATE_YEARS_MAX))
+        .unwrap_or(NaiveDate::MIN)
+}
+
 /// Parses exactly `YYYY-MM-DD`.
 pub fn parse_date(text: &str) -> Result<NaiveDate, DateError> {
     let well_formed = text.len() == 10
@@ -43,9 +52,7 @@ pub fn purchase_date(text: &str, today: NaiveDate) -> Result<NaiveDate, DateErro
         return Ok(today);
     }
     let date = parse_date(text)?;
-    let earliest = today
-        .checked_sub_months(Months::new(12 * BACKDATE_YEARS_MAX))
-        .unwrap_or(NaiveDate::MIN);
+    let earliest = earliest_close(today);
     if date > today {
         Err(DateError::Future(today))
     } else if date < earliest {

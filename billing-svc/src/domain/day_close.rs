@@ -38,14 +38,18 @@ impl BillClose {
 }
 
 /// Closes `as_of` for `bill`, whose penalty is posted through `penalty_through`.
-/// A bill unpaid after `due_date + grace_days` is OVERDUE; from then on each day from
-/// the day after its due date posts round(unpaid principal × rate) — on principal only,
-/// never on interest, fees or penalty.
+/// A bill unpaid after `due_date + grace_days` is OVERDUE; from then on each day d from
+/// the day after its due date posts round(principal unpaid at the end of d × rate) —
+/// on principal only, never on interest, fees or penalty. `principal_paid` lists the
+/// bill's changes of paid principal by the business day they count from (a reversal's
+/// negative), so a repayment landing inside a window of days closed late lowers the
+/// penalty only from its own day on, as daily closes would have.
 pub fn close_bill(
     bill: &Bill,
     penalty_through: Option<NaiveDate>,
     grace_days: u32,
     penalty_daily_rate: Decimal,
+    principal_paid: &[(NaiveDate, Decimal)],
     as_of: NaiveDate,
 ) -> Result<BillClose, MoneyError> {
     let currency = bill.charged.principal.currency();
@@ -81,11 +85,22 @@ pub fn close_bill(
     close.reminders.push(Reminder::Overdue);
     close.becomes_overdue = bill.state == BillState::Open;
     let posted_through = penalty_through.unwrap_or(bill.due_date).max(bill.due_date);
-    let days = (as_of - posted_through).num_days();
-    if days > 0 {
-        let unpaid_principal = bill.charged.principal.checked_sub(bill.paid.principal)?;
-        let daily = Money::round_half_up(currency, unpaid_principal.amount() * penalty_daily_rate)?;
-        close.penalty_added = Money::round_half_up(currency, daily.amount() * Decimal::from(days))?;
+    if as_of > posted_through {
+        let mut changes = principal_paid.to_vec();
+        changes.sort_by_key(|(day, _)| *day);
+        let mut changes = changes.into_iter().peekable();
+        let mut paid = Decimal::ZERO;
+        let mut total = Decimal::ZERO;
+        let mut day = posted_through;
+        while day < as_of {
+            day = day.succ_opt().unwrap_or(as_of);
+            while let Some((_, delta)) = changes.next_if(|(on, _)| *on <= day) {
+                paid += delta;
+            }
+            let unpaid = (bill.charged.principal.amount() - paid).max(Decimal::ZERO);
+            total += Money::round_half_up(currency, unpaid * penalty_daily_rate)?.amount();
+        }
+        close.penalty_added = Money::round_half_up(currency, total)?;
         close.penalty_through = Some(as_of);
     }
     Ok(close)
@@ -128,11 +143,26 @@ mod tests {
     }
 
     fn close(bill: &Bill, through: Option<&str>, as_of: &str) -> BillClose {
+        close_paid(bill, through, &[], as_of)
+    }
+
+    /// `close` with the bill's paid principal changes (day, amount).
+    fn close_paid(
+        bill: &Bill,
+        through: Option<&str>,
+        paid: &[(&str, &str)],
+        as_of: &str,
+    ) -> BillClose {
+        let paid: Vec<(NaiveDate, Decimal)> = paid
+            .iter()
+            .map(|(day, amount)| (date(day), amount.parse().unwrap()))
+            .collect();
         close_bill(
             bill,
             through.map(date),
             3,
             "0.0005".parse().unwrap(),
+            &paid,
             date(as_of),
         )
         .unwrap()
@@ -200,12 +230,45 @@ mod tests {
         partly_paid.paid.principal = money("846.19");
         partly_paid.paid.interest = money("120.00");
         partly_paid.charged.penalty = money("1.88");
-        let next = close(&partly_paid, Some("2026-02-19"), "2026-02-21");
+        let next = close_paid(
+            &partly_paid,
+            Some("2026-02-19"),
+            &[("2026-02-19", "846.19")],
+            "2026-02-21",
+        );
         assert_eq!(
             next.penalty_added,
             money("0.10"),
             "2 × round(100.00 × 0.0005)"
         );
+    }
+
+    /// SPEC §5.8: a repayment inside a window closed late lowers the penalty only from
+    /// its own day on, so one catch-up close equals the daily closes.
+    #[test]
+    fn a_repayment_inside_a_catch_up_window_counts_from_its_day() {
+        let mut bill = bill(BillState::Overdue);
+        bill.paid.principal = money("846.19");
+        let paid = [("2026-02-23", "846.19")];
+        let caught_up = close_paid(&bill, Some("2026-02-19"), &paid, "2026-02-28");
+        // 02-20..02-22 on 946.19 (0.47 a day), 02-23..02-28 on 100.00 (0.05 a day).
+        assert_eq!(
+            caught_up.penalty_added,
+            money("1.71"),
+            "3 × 0.47 + 6 × 0.05"
+        );
+        let daily = (20..=28)
+            .map(|day| {
+                close_paid(
+                    &bill,
+                    Some(&format!("2026-02-{}", day - 1)),
+                    &paid,
+                    &format!("2026-02-{day}"),
+                )
+                .penalty_added
+            })
+            .fold(money("0"), |sum, penalty| sum.checked_add(penalty).unwrap());
+        assert_eq!(daily, caught_up.penalty_added);
     }
 
     #[test]

@@ -33,14 +33,24 @@ pub struct PayoffLine {
 }
 
 /// The payoff of a plan whose bills (in seq order) are `bills`, on `today`.
+///
+/// The current period is the one `today` falls in: after the previous due date (or the
+/// purchase), up to and including the next due date — the first bill due on or after
+/// today. Only that bill's interest (pro rata by days) or fee is owed, and only while
+/// it is still upcoming and unpaid: a current bill already paid (say, early) owes
+/// nothing more, a current bill due today is paid as it stands, and no later period's
+/// fee or interest is ever charged (SPEC §5.9).
 pub fn payoff_lines(
     terms: PayoffTerms,
     bills: &[Bill],
     today: NaiveDate,
 ) -> Result<Vec<PayoffLine>, MoneyError> {
+    let current_seq = bills
+        .iter()
+        .find(|bill| bill.due_date >= today)
+        .map(|bill| bill.seq);
     let mut lines = Vec::new();
     let mut period_start = terms.purchase_date;
-    let mut current_seen = false;
     for bill in bills {
         let status = bill.status(today);
         let outstanding = bill.outstanding()?;
@@ -52,8 +62,7 @@ pub fn payoff_lines(
                 settled_charge: None,
             }),
             BillStatus::Upcoming => {
-                let current = !current_seen;
-                current_seen = true;
+                let current = current_seq == Some(bill.seq);
                 let zero = Money::zero(bill.charged.principal.currency());
                 let interest = match terms.method {
                     InstallmentMethod::EqualInstallment | InstallmentMethod::EqualPrincipal
@@ -92,6 +101,12 @@ pub fn payoff_lines(
         period_start = bill.due_date;
     }
     Ok(lines)
+}
+
+/// Whether a payoff of `lines` closes any bill early (SETTLED_EARLY); when it pays
+/// only bills already due, the plan is simply SETTLED.
+pub fn settles_early(lines: &[PayoffLine]) -> bool {
+    lines.iter().any(|line| line.settled_charge.is_some())
 }
 
 /// The payoff as allocations (seq order; bills owing nothing left out) and its total.
@@ -250,6 +265,83 @@ mod tests {
         assert_eq!(
             payoff("mall-free", "5999.00"),
             ("5999.00".into(), "0.00".into(), "0.00".into(), 11)
+        );
+    }
+
+    /// Issue 13's example: mall-fee/3, 10074.28 bought 2026-11-29, bill 1 (due
+    /// 2026-12-29) paid in full the same day; the payoff the next day is the remaining
+    /// principal only — bill 2's period has not started.
+    #[test]
+    fn flat_fee_owes_no_later_fee_when_the_current_bill_is_paid() {
+        let catalog = Catalog::demo().unwrap();
+        let product = catalog.product("mall-fee").unwrap();
+        let bought = date("2026-11-29");
+        let schedule = Schedule::build(
+            product.method,
+            Money::parse("CNY", "10074.28").unwrap(),
+            3,
+            product.rate(3).unwrap(),
+            bought,
+        )
+        .unwrap();
+        let mut bills: Vec<Bill> = schedule
+            .lines()
+            .iter()
+            .map(|line| Bill {
+                bill_id: format!("b{}", line.seq),
+                plan_id: "p".into(),
+                account_id: "a".into(),
+                seq: line.seq,
+                due_date: line.due_date,
+                charged: Components {
+                    principal: line.principal,
+                    interest: line.interest,
+                    fee: line.fee,
+                    penalty: Money::zero(Currency::Cny),
+                },
+                paid: Components::zero(Currency::Cny),
+                state: BillState::Open,
+                paid_at_micros: None,
+                paid_on: None,
+            })
+            .collect();
+        bills[0].paid = bills[0].charged;
+        bills[0].state = BillState::Paid;
+        let terms = PayoffTerms {
+            method: product.method,
+            prepay_fee: product.prepay_fee,
+            purchase_date: bought,
+        };
+        let lines = payoff_lines(terms, &bills, date("2026-11-30")).unwrap();
+        let (_, total) = payoff_allocations(&lines, &bills).unwrap();
+        assert_eq!(total.to_string(), "6716.19", "no fee of bill 2 (74.55)");
+        assert!(settles_early(&lines));
+    }
+
+    /// On a due date the current period is the one ending today: its bill is paid as
+    /// it stands, no later fee is owed, and with no bill left upcoming nothing closes
+    /// early.
+    #[test]
+    fn a_payoff_on_the_last_due_date_settles_nothing_early() {
+        let (terms, fresh) = bills("mall-fee", "5999.00");
+        let mut paid = fresh.clone();
+        for bill in &mut paid[..11] {
+            bill.paid = bill.charged;
+            bill.state = BillState::Paid;
+        }
+        let lines = payoff_lines(terms, &paid, paid[11].due_date).unwrap();
+        assert_eq!(lines.len(), 1);
+        assert_eq!(lines[0].owed.total().unwrap().to_string(), "535.87");
+        assert!(!settles_early(&lines));
+        let on_bill_2_due = payoff_lines(terms, &fresh, date("2026-03-15")).unwrap();
+        let fees: Vec<String> = on_bill_2_due
+            .iter()
+            .map(|line| line.owed.fee.to_string())
+            .collect();
+        assert_eq!(
+            fees[..3],
+            ["35.99", "35.99", "0.00"],
+            "bills 1 and 2 are due; bill 3's period has not started"
         );
     }
 

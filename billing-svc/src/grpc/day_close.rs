@@ -9,7 +9,7 @@ use tonic::{Request, Status};
 
 use super::{BillingApi, convert::money_to_wire};
 use crate::{
-    domain::calendar::parse_date,
+    domain::calendar::{earliest_close, parse_date},
     jobs::close_day,
     storage::{EventKind, StoredEvent},
 };
@@ -31,15 +31,25 @@ impl BillingApi {
     ) -> Result<wire::RunDayCloseResponse, Status> {
         let today = self.today();
         let text = &request.get_ref().as_of;
+        let yesterday = today.pred_opt().unwrap_or(today);
         let as_of = if text.is_empty() {
-            today
+            yesterday
         } else {
             parse_date(text).map_err(|error| invalid_field("as_of", error.to_string()))?
         };
-        if as_of > today {
+        // Today is closed once it has ended (by the automatic close after midnight):
+        // a close now would post today's penalty before today's repayments land.
+        if as_of >= today {
             return Err(invalid_field(
                 "as_of",
-                format!("must not be in the future (today is {today})"),
+                format!("must be a day that has ended: yesterday ({yesterday}) or earlier"),
+            ));
+        }
+        let earliest = earliest_close(today);
+        if as_of < earliest {
+            return Err(invalid_field(
+                "as_of",
+                format!("must be on or after {earliest} (no plan may be older)"),
             ));
         }
         let summary = close_day(&self.store, &self.catalog, as_of).await?;

@@ -12,16 +12,10 @@ use std::sync::Arc;
 
 use billpay_contracts::billing::v1::{self as wire, billing_service_server::BillingService};
 use chrono::{FixedOffset, NaiveDate};
-use service_kit::{
-    auth::{Access, RpcRule},
-    clock::now_micros,
-};
+use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
-use crate::{
-    domain::{calendar::business_date, product::Catalog},
-    storage::Store,
-};
+use crate::{clock::BusinessClock, domain::product::Catalog, storage::Store};
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
     RpcRule {
@@ -59,20 +53,27 @@ pub struct BillingApi {
     store: Store,
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
+    clock: BusinessClock,
 }
 
 impl BillingApi {
-    pub fn new(store: Store, catalog: Arc<Catalog>, business_offset: FixedOffset) -> Self {
+    pub fn new(
+        store: Store,
+        catalog: Arc<Catalog>,
+        business_offset: FixedOffset,
+        clock: BusinessClock,
+    ) -> Self {
         Self {
             store,
             catalog,
             business_offset,
+            clock,
         }
     }
 
     /// Today in the business time zone.
     fn today(&self) -> NaiveDate {
-        business_date(now_micros(), self.business_offset)
+        self.clock.today(self.business_offset)
     }
 }
 

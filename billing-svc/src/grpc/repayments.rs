@@ -20,7 +20,7 @@ use crate::{
         account::AccountId,
         allocation::{BillAllocation, Target, TargetError, allocate, covered, owed},
         bill::Bill,
-        payoff::{PayoffTerms, payoff_allocations, payoff_lines},
+        payoff::{PayoffTerms, payoff_allocations, payoff_lines, settles_early},
     },
     storage::{ApplyDecision, ApplyOutcome, ReverseOutcome},
 };
@@ -140,7 +140,11 @@ impl BillingApi {
     ) -> Result<wire::ReverseRepaymentResponse, Status> {
         let payment_id = parse_id("payment_id", &request.get_ref().payment_id)?;
         tracing::Span::current().record("payment_id", payment_id);
-        let (reversed, replayed) = match self.store.reverse_repayment(payment_id).await? {
+        let (reversed, replayed) = match self
+            .store
+            .reverse_repayment(payment_id, self.today())
+            .await?
+        {
             ReverseOutcome::Reversed(reversed) => (reversed, false),
             ReverseOutcome::Replayed(reversed) => (reversed, true),
             ReverseOutcome::UnknownPayment => {
@@ -209,6 +213,9 @@ fn decide(
         let lines = payoff_lines(*terms, &plan_bills, today)?;
         let (allocations, total) = payoff_allocations(&lines, &plan_bills)?;
         if !total.is_zero() && amount.amount() >= total.amount() {
+            // With no bill left upcoming the payoff only pays due bills, and the plan
+            // is simply SETTLED once they are paid (SPEC §5.9).
+            let settles_plan_early = settles_early(&lines).then(|| plan_id.clone());
             return Ok(ApplyDecision {
                 allocations,
                 surplus: amount.checked_sub(total)?,
@@ -216,7 +223,7 @@ fn decide(
                     .into_iter()
                     .filter_map(|line| line.settled_charge.map(|charge| (line.bill_id, charge)))
                     .collect(),
-                settles_plan_early: Some(plan_id.clone()),
+                settles_plan_early,
             });
         }
     }

@@ -2,7 +2,7 @@
 //! lock: reminders, OVERDUE, penalties through the date, the credit balance paying
 //! due bills, and the account's standing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use chrono::{Days, NaiveDate};
 use rust_decimal::Decimal;
@@ -82,6 +82,25 @@ impl Store {
         .bind(account_id.as_str())
         .fetch_all(&mut *transaction)
         .await?;
+        let mut principal_paid: HashMap<String, Vec<(NaiveDate, Decimal)>> = HashMap::new();
+        for row in sqlx::query(
+            "SELECT log.bill_id, log.on_date, log.delta_minor FROM principal_paid_log log \
+             JOIN bills ON bills.bill_id = log.bill_id \
+             WHERE log.account_id = $1 AND bills.state IN ('OPEN', 'OVERDUE')",
+        )
+        .bind(account_id.as_str())
+        .fetch_all(&mut *transaction)
+        .await?
+        {
+            let on: String = row.try_get("on_date")?;
+            let on = parse_date(&on)
+                .map_err(|_| StorageError::Corrupt("principal_paid_log.on_date".into()))?;
+            let delta = Decimal::new(row.try_get::<i64, _>("delta_minor")?, 2);
+            principal_paid
+                .entry(row.try_get("bill_id")?)
+                .or_default()
+                .push((on, delta));
+        }
         let mut bills = Vec::with_capacity(rows.len());
         let mut result = AccountClose {
             bills_overdue: 0,
@@ -107,6 +126,9 @@ impl Store {
                 through,
                 terms.grace_days,
                 terms.penalty_daily_rate,
+                principal_paid
+                    .get(&bill.bill_id)
+                    .map_or(&[][..], Vec::as_slice),
                 as_of,
             )
             .map_err(money_error)?;
@@ -211,7 +233,19 @@ impl Store {
             } else {
                 bill.state
             };
-            set_paid(transaction, bill, &paid, state, Some((now, as_of)), now).await?;
+            // The close of as_of has posted as_of's penalty already: the principal
+            // this pays stops bearing penalty from the next day.
+            let counts_from = as_of.succ_opt().unwrap_or(as_of);
+            set_paid(
+                transaction,
+                bill,
+                &paid,
+                state,
+                Some((now, as_of)),
+                counts_from,
+                now,
+            )
+            .await?;
             principal = principal
                 .checked_add(allocation.parts.principal)
                 .map_err(money_error)?;

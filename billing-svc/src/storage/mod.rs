@@ -40,6 +40,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "day_close",
             sql: include_str!("../../migrations/sqlite/0004_day_close.sql"),
         },
+        Migration {
+            version: 5,
+            name: "principal_paid_log",
+            sql: include_str!("../../migrations/sqlite/0005_principal_paid_log.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -61,6 +66,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 4,
             name: "day_close",
             sql: include_str!("../../migrations/postgres/0004_day_close.sql"),
+        },
+        Migration {
+            version: 5,
+            name: "principal_paid_log",
+            sql: include_str!("../../migrations/postgres/0005_principal_paid_log.sql"),
         },
     ],
 };

@@ -179,6 +179,7 @@ impl Store {
                 &paid,
                 state,
                 Some((now, today)),
+                today,
                 now,
             )
             .await?;
@@ -323,10 +324,12 @@ impl Store {
     }
 
     /// Undoes exactly `payment_id`'s allocations: bills reopen, principal counts
-    /// against the credit limit again, its credit_balance share is taken back.
+    /// against the credit limit again (and bears penalty again from `today`), its
+    /// credit_balance share is taken back.
     pub async fn reverse_repayment(
         &self,
         payment_id: &str,
+        today: NaiveDate,
     ) -> Result<ReverseOutcome, StorageError> {
         let account_id: Option<String> =
             sqlx::query_scalar("SELECT account_id FROM repayments WHERE payment_id = $1")
@@ -385,7 +388,7 @@ impl Store {
             } else {
                 bill.state
             };
-            set_paid(&mut transaction, &bill, &paid, state, None, now).await?;
+            set_paid(&mut transaction, &bill, &paid, state, None, today, now).await?;
             principal = principal
                 .checked_add(allocation.parts.principal)
                 .map_err(money_error)?;
@@ -462,15 +465,29 @@ pub(super) fn add(a: &Components, b: &Components) -> Result<Components, MoneyErr
 
 /// Sets a bill's paid amounts, only if they are still what `bill` says (the account
 /// lock makes this certain; the condition makes it checked). `paid_now` stamps
-/// paid_at / paid_on when the bill becomes PAID; None clears them.
+/// paid_at / paid_on when the bill becomes PAID; None clears them. A change of paid
+/// principal is logged as of the business day `counts_from`, for the per-day penalty.
 pub(super) async fn set_paid(
     transaction: &mut Transaction<'static, Any>,
     bill: &Bill,
     paid: &Components,
     state: BillState,
     paid_now: Option<(i64, NaiveDate)>,
+    counts_from: NaiveDate,
     now: i64,
 ) -> Result<(), StorageError> {
+    let principal_delta = paid.principal.minor() - bill.paid.principal.minor();
+    if principal_delta != 0 {
+        sqlx::query(
+            "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(bill.bill_id.as_str())
+        .bind(bill.account_id.as_str())
+        .bind(counts_from.to_string())
+        .bind(principal_delta)
+        .execute(&mut **transaction)
+        .await?;
+    }
     let (paid_at, paid_on) = match (state, paid_now) {
         (BillState::Paid, Some((at, on))) => (Some(at), Some(on.to_string())),
         _ => (None, None),

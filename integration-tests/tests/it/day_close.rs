@@ -50,7 +50,7 @@ async fn plan_due(
     first_due_days_ago: i64,
 ) -> (String, Vec<Bill>) {
     let account_id = open_account(app, customer_ref, "50000.00").await;
-    let today = business_today();
+    let today = last_closable_day();
     let first_due = if first_due_days_ago >= 0 {
         today - Days::new(first_due_days_ago as u64)
     } else {
@@ -71,6 +71,11 @@ async fn plan_due(
         .await
         .unwrap();
     (account_id, plan.into_inner().plan.unwrap().bills)
+}
+
+/// The latest day a close accepts: yesterday (today is closed once it has ended).
+fn last_closable_day() -> NaiveDate {
+    business_today() - Days::new(1)
 }
 
 async fn close(app: &TestApp, as_of: NaiveDate) {
@@ -174,7 +179,7 @@ async fn closing_twice_or_catching_up_equals_daily_closes(backend: Backend, test
     // Bill 1 fell due 40 days ago and bill 2 ten days ago: both overdue by today.
     let (_, daily_bills) = plan_due(&daily, "c-daily", "cash-loan", "12000.00", 40).await;
     let (_, once_bills) = plan_due(&once, "c-once", "cash-loan", "12000.00", 40).await;
-    let today = business_today();
+    let today = last_closable_day();
     let mut day = due(&daily_bills[0]);
     while day <= today {
         close(&daily, day).await;
@@ -224,7 +229,7 @@ async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
     )
     .await;
     let (late_account, late_bills) = plan_due(&app, "c-late", "mall-fee", "5999.00", 10).await;
-    close(&app, business_today()).await;
+    close(&app, last_closable_day()).await;
 
     let settled = bills_of(&app, &on_time_bills[0].plan_id).await;
     assert_eq!(
@@ -253,7 +258,7 @@ async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
     let overdue = bills_of(&app, &late_bills[0].plan_id).await;
     assert_eq!(overdue[0].status(), BillStatus::Overdue);
     // Ten days, or fewer when a short month clamped the due date.
-    let days = (business_today() - due(&overdue[0])).num_days();
+    let days = (last_closable_day() - due(&overdue[0])).num_days();
     let penalty = amount(&overdue[0].penalty);
     assert_eq!(
         penalty,
@@ -283,7 +288,8 @@ async fn paying_within_grace_is_on_time_and_paying_late_pays_the_penalty_first(
     );
     let late = record(&late_account).await;
     assert_eq!(late.entries[0].standing(), RepaymentStanding::Late);
-    assert_eq!(i64::from(late.entries[0].days_past_due), days);
+    // Penalty days ran through yesterday's close; it was paid today, a day later.
+    assert_eq!(i64::from(late.entries[0].days_past_due), days + 1);
     assert_eq!(late.worst_bucket(), DelinquencyBucket::M1);
     app.stop().await;
 }
@@ -293,7 +299,7 @@ async fn a_delinquent_account_cannot_open_a_plan(backend: Backend, test: &str) {
         return;
     };
     let (account_id, _) = plan_due(&app, "c-delinquent", "mall-fee", "5999.00", 10).await;
-    close(&app, business_today()).await;
+    close(&app, last_closable_day()).await;
     let request = new_plan(&account_id, "o-more", "mall-free", 3, "300.00");
     let status = expect_code(
         app.billing()
@@ -341,7 +347,7 @@ async fn credit_balance_pays_the_next_due_bill_at_day_close(backend: Backend, te
         }
     };
     assert_eq!(credit(&app).await, "535.91");
-    close(&app, business_today()).await;
+    close(&app, last_closable_day()).await;
     let after = bills_of(&app, &bills[0].plan_id).await;
     assert_eq!(
         after[1].status(),
@@ -378,14 +384,14 @@ async fn watch_events_replays_then_resumes_without_gaps_or_repeats(backend: Back
     // A bill due in one to three days; pick a day that month-end clamping keeps.
     let days_ahead = (1..=3)
         .find(|k| {
-            let first_due = business_today() + Days::new(*k);
+            let first_due = last_closable_day() + Days::new(*k);
             (first_due - Months::new(1)) + Months::new(1) == first_due
         })
         .unwrap_or(1);
     let (soon_account, _) =
         plan_due(&app, "c-soon", "mall-fee", "5999.00", -(days_ahead as i64)).await;
     let (late_account, late_bills) = plan_due(&app, "c-overdue", "mall-fee", "5999.00", 10).await;
-    close(&app, business_today()).await;
+    close(&app, last_closable_day()).await;
     let overdue = bills_of(&app, &late_bills[0].plan_id).await;
     pay_bill(
         &app,
@@ -462,7 +468,16 @@ async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &s
     };
     let mut billing = app.billing().await;
     let tomorrow = (business_today() + Days::new(1)).to_string();
-    for bad in [tomorrow.as_str(), "2026-02-30", "yesterday"] {
+    let today = business_today().to_string();
+    let before_the_floor = (business_today() - Months::new(60) - Days::new(1)).to_string();
+    for bad in [
+        tomorrow.as_str(),
+        today.as_str(),
+        before_the_floor.as_str(),
+        "0000-01-01",
+        "2026-02-30",
+        "yesterday",
+    ] {
         let request = RunDayCloseRequest { as_of: bad.into() };
         let status = expect_code(
             billing
@@ -496,7 +511,7 @@ async fn the_automatic_close_catches_up_finished_days(backend: Backend, test: &s
     let Some(mut app) = TestApp::spawn(backend, test).await else {
         return;
     };
-    let (account_id, bills) = plan_due(&app, "c-auto", "cash-loan", "12000.00", 10).await;
+    let (account_id, bills) = plan_due(&app, "c-auto", "cash-loan", "12000.00", 9).await;
     // A billing-svc with the automatic close starts, finds no day closed, and closes
     // yesterday: bill 1, due ten days ago, is past grace by then.
     app.spawn_billing_with_auto_close().await;

@@ -259,3 +259,102 @@ async fn services_refuse_to_start_without_a_secret_outside_dev_mode() {
         "{error:#}"
     );
 }
+
+/// Issue 9 item 7: a SIGTERM during a long automatic catch-up (five years of missed
+/// days over thirty back-dated plans) exits 0 within the drain budget, leaving the days
+/// not reached unclosed; the next start resumes from the day after the last one closed,
+/// with no gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_long_catch_up_which_the_next_start_resumes() {
+    use chrono::{Days, Months};
+
+    /// SIGTERM waits this long at most for in-flight calls (service-kit's drain).
+    const DRAIN_BUDGET: Duration = Duration::from_secs(10);
+    let data_dir = tempfile::tempdir().unwrap();
+    let token = mint(
+        &JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+        "test",
+        Role::Service,
+        &["billing:read", "billing:write"],
+        None,
+        600,
+    );
+    let today = crate::support::business_today();
+    let floor = today - Months::new(60);
+
+    let first = UpProcess::start(data_dir.path()).await;
+    let mut billing = BillingServiceClient::new(connect(first.billing_addr).await);
+    for i in 0..30 {
+        let account_id = billing
+            .create_account(authorized(new_account(&format!("c-old-{i}")), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .account
+            .unwrap()
+            .account_id;
+        let mut plan = crate::support::new_plan(&account_id, "o-old", "mall-free", 12, "1200.00");
+        plan.purchase_date = (floor + Days::new(1)).to_string();
+        billing.create_plan(authorized(plan, &token)).await.unwrap();
+    }
+    let (status, _) = first.terminate().await;
+    assert_eq!(status.code(), Some(0));
+
+    // Pretend billing last closed a day five years ago: the next start catches up.
+    let db_url = format!("sqlite://{}", data_dir.path().join("billing.db").display());
+    let db = service_kit::db::Db::connect(&db_url, 1).await.unwrap();
+    sqlx::query("DELETE FROM day_closes")
+        .execute(db.pool())
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO day_closes (as_of, closed_at_micros) VALUES ($1, 0)")
+        .bind(floor.to_string())
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let closes = || async {
+        let (count, last): (i64, Option<String>) =
+            sqlx::query_as("SELECT COUNT(*), MAX(as_of) FROM day_closes")
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+        (count, last.unwrap().parse::<chrono::NaiveDate>().unwrap())
+    };
+
+    let second = UpProcess::start(data_dir.path()).await;
+    poll_until("the catch-up has closed some days", || async {
+        closes().await.0 > 5
+    })
+    .await;
+    let stopping = tokio::time::Instant::now();
+    let (status, output) = second.terminate().await;
+    let took = stopping.elapsed();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(took < DRAIN_BUDGET, "SIGTERM took {took:?} to exit");
+    let (count_at_stop, last_at_stop) = closes().await;
+    let yesterday = today - Days::new(1);
+    assert!(
+        last_at_stop < yesterday,
+        "stopped part-way ({last_at_stop}), not after closing every day"
+    );
+    assert_eq!(
+        count_at_stop,
+        (last_at_stop - floor).num_days() + 1,
+        "closed in order, without gaps"
+    );
+
+    let third = UpProcess::start(data_dir.path()).await;
+    poll_until("the catch-up resumed", || async {
+        closes().await.0 > count_at_stop + 5
+    })
+    .await;
+    let (status, _) = third.terminate().await;
+    assert_eq!(status.code(), Some(0));
+    let (count, last) = closes().await;
+    assert_eq!(
+        count,
+        (last - floor).num_days() + 1,
+        "resumed from the day after {last_at_stop}, without gaps or repeats"
+    );
+    db.pool().close().await;
+}

@@ -11,6 +11,7 @@ mod bad_input;
 mod day_close;
 mod events;
 mod lifecycle;
+mod model;
 mod payoff;
 mod plans;
 mod repayments;

@@ -9,7 +9,7 @@ use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
-use crate::{auth::AuthLayer, telemetry::RpcSpanLayer};
+use crate::{auth::AuthLayer, deadline::DeadlineLayer, telemetry::RpcSpanLayer};
 
 /// Limits that apply to every RPC of a server.
 #[derive(Debug, Clone, Copy)]
@@ -91,9 +91,14 @@ impl GrpcServer {
         let server = Server::builder()
             // Without it small replies wait on Nagle and delayed ACKs (~40 ms each).
             .tcp_nodelay(true)
-            .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
-            .layer(ServiceBuilder::new().layer(RpcSpanLayer).layer(auth))
+            // The per-RPC timeout: DEADLINE_EXCEEDED, where tonic's own says CANCELLED.
+            .layer(
+                ServiceBuilder::new()
+                    .layer(RpcSpanLayer)
+                    .layer(DeadlineLayer::new(limits.request_timeout))
+                    .layer(auth),
+            )
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
                 let _ = stop_receiver.await;

@@ -6,12 +6,7 @@
 
 pub mod flaky;
 
-use std::{
-    io::Write as _,
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use billpay_contracts::{
     billing::v1::billing_service_client::BillingServiceClient,
@@ -79,7 +74,7 @@ pub struct TestApp {
     billing_url: String,
     payment_url: String,
     billing_url_for_payment: String,
-    billing_apply_down: Option<Arc<AtomicBool>>,
+    billing_switches: Option<Arc<flaky::Switches>>,
     payment_task: Option<JoinHandle<Result<(), ServeError>>>,
     /// payment-svc's database, for counting rows behind the API's back.
     pub payment_db: Db,
@@ -147,7 +142,7 @@ impl TestApp {
             .unwrap();
         let billing_addr = billing.local_addr();
         let (stop, stopped) = watch::channel(());
-        let (billing_for_payment, billing_apply_down) = if flaky_billing {
+        let (billing_for_payment, billing_switches) = if flaky_billing {
             let (addr, switch) = flaky::start(billing_addr, stopped.clone()).await;
             (addr, Some(switch))
         } else {
@@ -181,7 +176,7 @@ impl TestApp {
             billing_url,
             payment_url,
             billing_url_for_payment,
-            billing_apply_down,
+            billing_switches,
             payment_task: Some(payment_task),
             payment_notify_addr,
             payment_db: Db::connect(&payment_url_for_counts, 2).await.unwrap(),
@@ -248,10 +243,31 @@ impl TestApp {
     /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
     /// stack spawned with `flaky_billing`.
     pub fn set_billing_apply_down(&self, down: bool) {
-        self.billing_apply_down
-            .as_ref()
-            .expect("spawned with flaky_billing")
+        self.billing_switches()
+            .apply_down
             .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes billing's ApplyRepayment refuse for good (FAILED_PRECONDITION), or stop
+    /// refusing; only for a stack spawned with `flaky_billing`.
+    pub fn set_billing_apply_refused(&self, refused: bool) {
+        self.billing_switches()
+            .apply_refused
+            .store(refused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes billing's ApplyRepayment wait `delay_ms` first; only for a stack spawned
+    /// with `flaky_billing`.
+    pub fn set_billing_apply_delay_ms(&self, delay_ms: u64) {
+        self.billing_switches()
+            .apply_delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn billing_switches(&self) -> &flaky::Switches {
+        self.billing_switches
+            .as_deref()
+            .expect("spawned with flaky_billing")
     }
 
     /// The simulator's ledger: (captured, refunded) in minor units, and its entries.

@@ -1,7 +1,8 @@
 //! Background work: the outbox dispatcher, which tells billing-svc about captured and
-//! refunded money until it acknowledges, and the reconciler, which asks providers
-//! about payments left PROCESSING. Both run in every replica; the database decides
-//! who handles what.
+//! refunded money until it acknowledges (or, refused for good or out of attempts,
+//! leaves a dead letter for an operator), and the reconciler, which asks providers
+//! about payments left PROCESSING and finishes refunds left unfinished. Both run in
+//! every replica; the database decides who handles what.
 
 use std::{sync::Arc, time::Duration};
 
@@ -14,6 +15,11 @@ use crate::flow::PaymentFlow;
 const OUTBOX_BATCH_MAX: u32 = 32;
 /// Payments one reconciler pass asks about at most.
 const RECONCILE_BATCH_MAX: u32 = 100;
+/// Deliveries of one outbox row before it becomes a dead letter: with the backoff
+/// below, about 25 minutes of trying (an outage longer than that needs an operator).
+pub const OUTBOX_ATTEMPTS_MAX: i64 = 60;
+/// Refunds one reconciler pass drives at most.
+const REFUND_BATCH_MAX: u32 = 32;
 /// How long a claimed outbox row is left to its claimant before others may retry it.
 const OUTBOX_LEASE: Duration = Duration::from_secs(15);
 /// Retry delays grow from this, doubling, up to the maximum: bounded backoff.
@@ -74,7 +80,23 @@ async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageEr
                 tracing::info!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
             }
             Err(error) => {
-                let delay = retry_delay(row.attempts + 1);
+                let attempts = row.attempts + 1;
+                if error.is_permanent() || attempts >= OUTBOX_ATTEMPTS_MAX {
+                    let dead_letters = flow
+                        .store()
+                        .outbox_dead(&row.payment_id, row.kind, &error.to_string())
+                        .await?;
+                    tracing::error!(
+                        payment_id = %row.payment_id,
+                        kind = row.kind.as_str(),
+                        %error,
+                        attempts,
+                        dead_letters,
+                        "outbox row is a dead letter: an operator must look (ListDeadLetters, RetryDeadLetter)"
+                    );
+                    continue;
+                }
+                let delay = retry_delay(attempts);
                 tracing::warn!(payment_id = %row.payment_id, %error, ?delay, "delivery failed; will retry");
                 let retry_at = now_micros() + micros(delay);
                 flow.store()
@@ -115,6 +137,16 @@ async fn reconcile_pass(
         .await?
     {
         flow.reconcile(&payment).await?;
+    }
+    for refund in flow
+        .store()
+        .unfinished_refunds(cutoff, REFUND_BATCH_MAX)
+        .await?
+    {
+        if flow.store().claim_refund(&refund).await? {
+            let refund = flow.drive_refund(refund, None).await?;
+            tracing::info!(refund_id = %refund.refund_id, status = refund.status.as_str(), "refund reconciled");
+        }
     }
     Ok(())
 }

@@ -12,6 +12,7 @@ mod day_close;
 mod lifecycle;
 mod payoff;
 mod plans;
+mod refunds;
 mod repayments;
 mod sim;
 mod support;

@@ -43,7 +43,7 @@ on_both_backends!(
 
 /// An account with a 5999.00 phone on mall-fee over 12 terms, bought three months
 /// ago: bills 1 to 3 are DUE. Returns the account and the bill ids in seq order.
-async fn account_with_bills(app: &TestApp, customer_ref: &str) -> (String, Vec<String>) {
+pub(crate) async fn account_with_bills(app: &TestApp, customer_ref: &str) -> (String, Vec<String>) {
     let account_id = open_account(app, customer_ref, "50000.00").await;
     let mut request = new_plan(&account_id, "phone", "mall-fee", 12, "5999.00");
     request.purchase_date = (business_today() - Months::new(3)).to_string();
@@ -61,7 +61,7 @@ async fn account_with_bills(app: &TestApp, customer_ref: &str) -> (String, Vec<S
     )
 }
 
-async fn get_payment(app: &TestApp, payment_id: &str) -> Payment {
+pub(crate) async fn get_payment(app: &TestApp, payment_id: &str) -> Payment {
     let mut payment = PaymentServiceClient::new(connect(app.payment_addr).await);
     let request = GetPaymentRequest {
         payment_id: payment_id.into(),
@@ -75,7 +75,7 @@ async fn get_payment(app: &TestApp, payment_id: &str) -> Payment {
         .unwrap()
 }
 
-async fn bill_status(app: &TestApp, bill_id: &str) -> BillStatus {
+pub(crate) async fn bill_status(app: &TestApp, bill_id: &str) -> BillStatus {
     let request = GetBillRequest {
         bill_id: bill_id.into(),
     };
@@ -87,7 +87,7 @@ async fn bill_status(app: &TestApp, bill_id: &str) -> BillStatus {
     bill.unwrap().into_inner().bill.unwrap().status()
 }
 
-async fn credit_balance(app: &TestApp, account_id: &str) -> String {
+pub(crate) async fn credit_balance(app: &TestApp, account_id: &str) -> String {
     let request = GetAccountRequest {
         account_id: account_id.into(),
     };
@@ -107,7 +107,7 @@ async fn credit_balance(app: &TestApp, account_id: &str) -> String {
 }
 
 /// Waits until the payment is SUCCEEDED and applied.
-async fn until_applied(app: &TestApp, payment_id: &str) {
+pub(crate) async fn until_applied(app: &TestApp, payment_id: &str) {
     poll_until("the payment is SUCCEEDED and applied", || async {
         let payment = get_payment(app, payment_id).await;
         payment.status() == PaymentStatus::Succeeded && payment.applied
@@ -116,7 +116,7 @@ async fn until_applied(app: &TestApp, payment_id: &str) {
 }
 
 /// R1: captured − refunded at the provider = what billing holds as applied.
-async fn assert_conservation(app: &TestApp) {
+pub(crate) async fn assert_conservation(app: &TestApp) {
     let (captured, refunded, _) = app.ledger().await;
     let applied: i64 = sqlx::query_scalar(
         "SELECT CAST(COALESCE(SUM(amount_minor), 0) AS BIGINT) FROM repayments WHERE state = 'APPLIED'",

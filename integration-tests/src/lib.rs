@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod flaky;
+pub mod processes;
 
 use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -47,6 +48,13 @@ pub struct StackOptions {
     /// Ask providers about PROCESSING payments only after this long, instead of the
     /// fast default (1 s), for tests that look at a payment while it is PROCESSING.
     pub reconcile_after_ms: Option<u64>,
+    /// billing-svc and payment-svc run as child processes (see [`processes`]), which
+    /// [`TestApp::kill_billing`] and [`TestApp::kill_payment`] kill with SIGKILL.
+    pub processes: bool,
+    /// Fail points armed in the first billing-svc child (comma-separated).
+    pub billing_failpoints: &'static str,
+    /// Fail points armed in the first payment-svc child (comma-separated).
+    pub payment_failpoints: &'static str,
 }
 
 impl TestApp {
@@ -88,7 +96,18 @@ pub struct TestApp {
     stop: watch::Sender<()>,
     postgres_databases: Vec<String>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
+    children: Children,
     _data_dir: tempfile::TempDir,
+}
+
+/// The services' child processes and the flags each restarts with (their first
+/// ports), when the stack runs them as processes.
+#[derive(Default)]
+struct Children {
+    billing: Option<processes::ServiceProcess>,
+    billing_args: Vec<String>,
+    payment: Option<processes::ServiceProcess>,
+    payment_args: Vec<String>,
 }
 
 impl TestApp {
@@ -137,11 +156,25 @@ impl TestApp {
         }
         let sim = ProviderSim::build(&sim_config).await.unwrap();
         let sim_addr = sim.local_addr();
+        let (stop, stopped) = watch::channel(());
+        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
+        if options.processes {
+            return Some(
+                Self::spawn_processes(
+                    backend,
+                    options,
+                    (billing_url, payment_url),
+                    (sim_addr, sim_task),
+                    (stop, stopped),
+                    (data_dir, postgres_databases),
+                )
+                .await,
+            );
+        }
         let billing = billing_svc::app::Application::build(&billing_config(billing_url.clone()))
             .await
             .unwrap();
         let billing_addr = billing.local_addr();
-        let (stop, stopped) = watch::channel(());
         let (billing_for_payment, billing_switches) = if flaky_billing {
             let (addr, switch) = flaky::start(billing_addr, stopped.clone()).await;
             (addr, Some(switch))
@@ -167,7 +200,6 @@ impl TestApp {
             billing.run_until_stopped(wait_for(stopped.clone())),
         )];
         let payment_task = tokio::spawn(payment.run_until_stopped(wait_for(stopped.clone())));
-        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
         Some(Self {
             backend,
             billing_addr,
@@ -187,8 +219,135 @@ impl TestApp {
             stop,
             postgres_databases,
             tasks,
+            children: Children::default(),
             _data_dir: data_dir,
         })
+    }
+
+    /// The stack with billing-svc and payment-svc as child processes.
+    async fn spawn_processes(
+        backend: Backend,
+        options: StackOptions,
+        (billing_url, payment_url): (String, String),
+        (sim_addr, sim_task): (SocketAddr, JoinHandle<anyhow::Result<()>>),
+        (stop, stopped): (watch::Sender<()>, watch::Receiver<()>),
+        (data_dir, postgres_databases): (tempfile::TempDir, Vec<String>),
+    ) -> Self {
+        assert!(!options.flaky_billing, "no flaky billing with processes");
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let billing = processes::ServiceProcess::start(
+            "billing",
+            &processes::billing_args(&billing_url, any_port),
+            options.billing_failpoints,
+        )
+        .await;
+        let billing_addr = billing.grpc_addr;
+        let billing_url_for_payment = format!("http://{billing_addr}");
+        let payment = processes::ServiceProcess::start(
+            "payment",
+            &processes::payment_args(
+                &payment_url,
+                any_port,
+                any_port,
+                &billing_url_for_payment,
+                sim_addr,
+            ),
+            options.payment_failpoints,
+        )
+        .await;
+        let (payment_addr, payment_notify_addr) = (payment.grpc_addr, payment.notify_addr.unwrap());
+        let children = Children {
+            billing: Some(billing),
+            billing_args: processes::billing_args(&billing_url, billing_addr),
+            payment: Some(payment),
+            payment_args: processes::payment_args(
+                &payment_url,
+                payment_addr,
+                payment_notify_addr,
+                &billing_url_for_payment,
+                sim_addr,
+            ),
+        };
+        Self {
+            backend,
+            billing_addr,
+            payment_addr,
+            billing_db: Db::connect(&billing_url, 2).await.unwrap(),
+            payment_db: Db::connect(&payment_url, 2).await.unwrap(),
+            billing_url,
+            payment_url,
+            billing_url_for_payment,
+            billing_switches: None,
+            payment_task: None,
+            payment_notify_addr,
+            sim_addr,
+            sim_task: Some(sim_task),
+            stopped,
+            key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+            stop,
+            postgres_databases,
+            tasks: Vec::new(),
+            children,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Waits until the billing-svc child stands at fail point `name`.
+    pub async fn billing_reached(&self, name: &str) {
+        let child = self
+            .children
+            .billing
+            .as_ref()
+            .expect("billing runs as a child");
+        child.wait_for_failpoint(name).await;
+    }
+
+    /// Waits until the payment-svc child stands at fail point `name`.
+    pub async fn payment_reached(&self, name: &str) {
+        let child = self
+            .children
+            .payment
+            .as_ref()
+            .expect("payment runs as a child");
+        child.wait_for_failpoint(name).await;
+    }
+
+    /// SIGKILLs the billing-svc child.
+    pub async fn kill_billing(&mut self) {
+        let child = self
+            .children
+            .billing
+            .take()
+            .expect("billing runs as a child");
+        child.kill9().await;
+    }
+
+    /// SIGKILLs the payment-svc child.
+    pub async fn kill_payment(&mut self) {
+        let child = self
+            .children
+            .payment
+            .take()
+            .expect("payment runs as a child");
+        child.kill9().await;
+    }
+
+    /// Starts billing-svc again, on its first port and database, no fail point armed.
+    pub async fn restart_billing(&mut self) {
+        assert!(self.children.billing.is_none(), "kill it first");
+        let child =
+            processes::ServiceProcess::start("billing", &self.children.billing_args, "").await;
+        assert_eq!(child.grpc_addr, self.billing_addr);
+        self.children.billing = Some(child);
+    }
+
+    /// Starts payment-svc again, on its first ports and database, no fail point armed.
+    pub async fn restart_payment(&mut self) {
+        assert!(self.children.payment.is_none(), "kill it first");
+        let child =
+            processes::ServiceProcess::start("payment", &self.children.payment_args, "").await;
+        assert_eq!(child.grpc_addr, self.payment_addr);
+        self.children.payment = Some(child);
     }
 
     /// Starts another billing-svc on the same database, as a second replica behind a
@@ -216,28 +375,6 @@ impl TestApp {
             replica.run_until_stopped(wait_for(self.stopped.clone())),
         ));
         addr
-    }
-
-    /// Kills payment-svc where it stands (its task is aborted: nothing after the
-    /// current await point runs, as with kill -9), then starts a new one on the same
-    /// database and returns its address.
-    pub async fn kill_and_restart_payment(&mut self) -> SocketAddr {
-        if let Some(task) = self.payment_task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        let config = fast_payment_config(
-            self.payment_url.clone(),
-            self.billing_url_for_payment.clone(),
-            self.sim_addr,
-        );
-        let restarted = payment_svc::app::Application::build(&config).await.unwrap();
-        self.payment_addr = restarted.local_addr();
-        self.payment_notify_addr = restarted.notify_addr();
-        self.payment_task = Some(tokio::spawn(
-            restarted.run_until_stopped(wait_for(self.stopped.clone())),
-        ));
-        self.payment_addr
     }
 
     /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
@@ -337,6 +474,12 @@ impl TestApp {
     /// Stops both services and waits for them to drain; fails if either failed.
     /// PostgreSQL test databases are dropped afterwards.
     pub async fn stop(self) {
+        for child in [self.children.billing, self.children.payment]
+            .into_iter()
+            .flatten()
+        {
+            child.kill9().await;
+        }
         let _ = self.stop.send(());
         for task in self.tasks {
             task.await.unwrap().unwrap();

@@ -146,6 +146,7 @@ impl PaymentFlow {
             .for_method(payment.method)
             .charge(&request)
             .await;
+        failpoint("payment-after-provider-answered");
         tracing::info!(
             payment_id = %payment.payment_id,
             method = payment.method.as_str(),
@@ -210,6 +211,7 @@ impl PaymentFlow {
                 self.billing.reverse(payment_id, request_id).await?;
             }
         }
+        failpoint("payment-before-outbox-acknowledged");
         self.store.outbox_delivered(payment_id, kind).await?;
         Ok(())
     }

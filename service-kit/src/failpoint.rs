@@ -33,7 +33,11 @@ pub struct FailpointsOutsideDev;
 
 /// Refuses fail points outside dev mode.
 pub fn check_allowed(dev: bool) -> Result<(), FailpointsOutsideDev> {
-    if !dev && std::env::var_os(FAILPOINTS_VAR).is_some() {
+    refuse_outside_dev(dev, std::env::var_os(FAILPOINTS_VAR).is_some())
+}
+
+fn refuse_outside_dev(dev: bool, armed: bool) -> Result<(), FailpointsOutsideDev> {
+    if armed && !dev {
         return Err(FailpointsOutsideDev);
     }
     Ok(())
@@ -49,5 +53,22 @@ pub fn failpoint(name: &str) {
         loop {
             std::thread::park();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fail_points_are_refused_outside_dev_mode() {
+        assert!(refuse_outside_dev(false, true).is_err());
+        assert!(refuse_outside_dev(true, true).is_ok());
+        assert!(refuse_outside_dev(false, false).is_ok());
+    }
+
+    #[test]
+    fn an_unarmed_fail_point_does_nothing() {
+        failpoint("no-such-point");
     }
 }

@@ -8,6 +8,7 @@
 mod accounts;
 mod auth;
 mod bad_input;
+mod crash;
 mod day_close;
 mod lifecycle;
 mod payoff;

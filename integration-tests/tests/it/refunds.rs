@@ -29,6 +29,7 @@ on_both_backends!(
     a_refund_after_a_payoff_moves_no_money,
     a_refund_of_credit_a_close_spent_moves_no_money,
     a_refund_whose_reply_is_lost_is_finished_without_the_client,
+    a_refund_the_provider_refuses_after_billing_reversed_is_applied_again,
     a_permanent_apply_refusal_waits_in_the_dead_letters_for_an_admin,
     a_slow_billing_past_the_deadline_still_answers_the_payment,
 );
@@ -385,5 +386,83 @@ async fn a_slow_billing_past_the_deadline_still_answers_the_payment(backend: Bac
     assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
     assert_eq!(app.ledger().await.2.len(), 1, "one charge");
     assert_conservation(&app).await;
+    app.stop().await;
+}
+
+async fn a_refund_the_provider_refuses_after_billing_reversed_is_applied_again(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-provider-refuses").await;
+    let request = repayment(
+        "k-1",
+        &account_id,
+        bills_target(&[&bills[0]]),
+        "535.91",
+        PaymentMethod::BankCard,
+        "tok_4242",
+    );
+    let paid = pay(&app, request).await.unwrap();
+    assert!(paid.applied);
+    // Someone refunds the whole charge at the provider behind payment-svc's back, so
+    // the provider refuses payment-svc's refund after billing has reversed.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "payment_id": paid.payment_id,
+        "refund_id": "rf_elsewhere",
+        "amount_minor": 53_591,
+    }))
+    .unwrap();
+    let signature = payment_svc::providers::signature::sign(
+        payment_svc::sim::DEV_BANK_CARD_SECRET.as_bytes(),
+        &body,
+    );
+    let elsewhere = reqwest::Client::new()
+        .post(format!("http://{}/bank-card/refunds", app.sim_addr))
+        .header(
+            payment_svc::providers::signature::SIGNATURE_HEADER,
+            signature,
+        )
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert!(elsewhere.status().is_success());
+
+    let status = expect_code(
+        refund(&app, &paid.payment_id, "r-1").await,
+        Code::FailedPrecondition,
+    );
+    assert_eq!(
+        reason(&status).as_deref(),
+        Some("NOT_REFUNDABLE"),
+        "{status:?}"
+    );
+    let states: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT payment_id, state, amount_minor FROM repayments ORDER BY payment_id",
+    )
+    .fetch_all(app.billing_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        [
+            (paid.payment_id.clone(), "REVERSED".to_owned(), 53_591),
+            (
+                format!("{}-reinstated", paid.payment_id),
+                "APPLIED".to_owned(),
+                53_591
+            ),
+        ],
+        "billing holds the money again, once"
+    );
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+    assert_eq!(
+        get_payment(&app, &paid.payment_id).await.status(),
+        PaymentStatus::Succeeded
+    );
     app.stop().await;
 }

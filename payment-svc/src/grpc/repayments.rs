@@ -7,6 +7,7 @@ use service_kit::{
     auth::Caller,
     deadline::Deadline,
     errors::{FieldViolations, invalid_field, refusal},
+    failpoint::failpoint,
     telemetry::RequestId,
     wire::{decode_page_token, encode_page_token, money_field, page_size},
 };
@@ -177,6 +178,7 @@ impl PaymentApi {
             InsertOutcome::Existing(existing) => return self.replay(existing, &fingerprint),
         };
         tracing::Span::current().record("payment_id", payment.payment_id.as_str());
+        failpoint("payment-after-processing-stored");
         // From here money may move: whatever happens, the answer is the payment in
         // the state it reached, never an error. The charge and the inline apply run
         // on their own task, so a caller's deadline cuts the wait, not the work.

@@ -141,6 +141,37 @@ impl ServiceProcess {
     }
 }
 
+/// Runs `service` with `args` and `failpoints` armed until it exits by itself (it is
+/// expected to refuse to start); returns its exit status and what it wrote on stderr.
+pub async fn run_to_end(
+    service: &str,
+    args: &[String],
+    failpoints: &str,
+) -> (std::process::ExitStatus, String) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "crash::service_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_SERVICE_VAR, service)
+        .env(CHILD_ARGS_VAR, args.join(&ARG_SEPARATOR.to_string()))
+        .env(FAILPOINTS_VAR, failpoints)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = timeout(CHILD_DEADLINE, output)
+        .await
+        .unwrap_or_else(|_| panic!("{service} exited in time"))
+        .unwrap();
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 async fn collect_failpoints(
     mut stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
     reached: Arc<Mutex<Vec<String>>>,

@@ -8,7 +8,7 @@ use billpay_contracts::{
     billing::v1::{BillStatus, RunDayCloseRequest},
     payment::v1::{PaymentMethod, PaymentStatus, RefundPaymentRequest},
 };
-use integration_tests::{Backend, StackOptions, TestApp, authorized};
+use integration_tests::{Backend, StackOptions, TestApp, authorized, processes};
 
 use crate::{
     on_both_backends,
@@ -32,6 +32,27 @@ on_both_backends!(
 #[ignore = "runs as a child process of the crash tests"]
 async fn service_child() {
     integration_tests::processes::run_child().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_outside_dev_mode_refuses_fail_points() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", data_dir.path().join("billing.db").display());
+    let mut args = processes::billing_args(&url, "127.0.0.1:0".parse().unwrap());
+    args.retain(|arg| arg != "--dev");
+    args.extend([
+        "--jwt-secret".to_owned(),
+        "a-production-secret-of-at-least-32-bytes".to_owned(),
+    ]);
+    let (status, stderr) =
+        processes::run_to_end("billing", &args, "billing-apply-after-commit").await;
+    assert!(!status.success());
+    assert!(stderr.contains("BILLPAY_FAILPOINTS"), "{stderr}");
+    // The same flags without fail points start: the refusal was theirs.
+    processes::ServiceProcess::start("billing", &args, "")
+        .await
+        .kill9()
+        .await;
 }
 
 async fn spawn(

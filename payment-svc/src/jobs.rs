@@ -9,7 +9,7 @@ use std::{sync::Arc, time::Duration};
 use service_kit::clock::now_micros;
 use tokio::sync::watch;
 
-use crate::flow::PaymentFlow;
+use crate::flow::{DeliveryError, PaymentFlow};
 
 /// Rows one dispatcher pass handles at most.
 const OUTBOX_BATCH_MAX: u32 = 32;
@@ -43,6 +43,12 @@ pub fn retry_delay(attempts: i64) -> Duration {
     RETRY_DELAY_MIN
         .saturating_mul(2_u32.saturating_pow(doublings))
         .min(RETRY_DELAY_MAX)
+}
+
+/// Whether a failed delivery ends as a dead letter: billing refused the request for
+/// good, or this was the last attempt.
+fn is_dead_letter(error: &DeliveryError, attempts: i64) -> bool {
+    error.is_permanent() || attempts >= OUTBOX_ATTEMPTS_MAX
 }
 
 fn micros(duration: Duration) -> i64 {
@@ -81,7 +87,7 @@ async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageEr
             }
             Err(error) => {
                 let attempts = row.attempts + 1;
-                if error.is_permanent() || attempts >= OUTBOX_ATTEMPTS_MAX {
+                if is_dead_letter(&error, attempts) {
                     let dead_letters = flow
                         .store()
                         .outbox_dead(&row.payment_id, row.kind, &error.to_string())
@@ -162,5 +168,33 @@ mod tests {
             .map(|n| retry_delay(*n).as_millis())
             .collect();
         assert_eq!(delays, [100, 200, 400, 25_600, 30_000, 30_000]);
+    }
+
+    #[test]
+    fn refusals_for_good_and_the_last_attempt_make_dead_letters() {
+        use tonic::Status;
+        let cases = [
+            (Status::failed_precondition("NOT_REVERSIBLE"), 1, true),
+            (Status::already_exists("IDEMPOTENCY_KEY_REUSED"), 1, true),
+            (Status::invalid_argument("bad"), 1, true),
+            (Status::unavailable("down"), 1, false),
+            (Status::deadline_exceeded("slow"), 1, false),
+            (Status::not_found("no account yet"), 1, false),
+            (Status::unavailable("down"), OUTBOX_ATTEMPTS_MAX - 1, false),
+            (Status::unavailable("down"), OUTBOX_ATTEMPTS_MAX, true),
+        ];
+        for (status, attempts, dead) in cases {
+            let error = DeliveryError::Billing(status.clone());
+            assert_eq!(
+                is_dead_letter(&error, attempts),
+                dead,
+                "{status:?} {attempts}"
+            );
+        }
+        let total: Duration = (1..OUTBOX_ATTEMPTS_MAX).map(retry_delay).sum();
+        assert!(
+            total > Duration::from_secs(20 * 60),
+            "{total:?} of retries first"
+        );
     }
 }

@@ -5,8 +5,11 @@
 use std::time::{Duration, Instant};
 
 use billpay_contracts::{
-    billing::v1::{BillStatus, GetBillRequest, QuoteRepaymentRequest, RunDayCloseRequest},
-    common::v1::{PlanPayoff, RepaymentTarget, repayment_target::Kind},
+    billing::v1::{
+        ApplyRepaymentRequest, BillStatus, GetBillRequest, QuoteRepaymentRequest,
+        ReverseRepaymentRequest, RunDayCloseRequest,
+    },
+    common::v1::{Money, PlanPayoff, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
         ListDeadLettersRequest, OutboxKind, PaymentMethod, PaymentStatus, RefundPaymentRequest,
         RefundPaymentResponse, RefundStatus, RetryDeadLetterRequest,
@@ -32,6 +35,7 @@ on_both_backends!(
     a_refund_the_provider_refuses_after_billing_reversed_is_applied_again,
     a_permanent_apply_refusal_waits_in_the_dead_letters_for_an_admin,
     a_slow_billing_past_the_deadline_still_answers_the_payment,
+    more_reversals_at_once_than_pool_connections_all_finish,
 );
 
 async fn refund(
@@ -464,5 +468,54 @@ async fn a_refund_the_provider_refuses_after_billing_reversed_is_applied_again(
         get_payment(&app, &paid.payment_id).await.status(),
         PaymentStatus::Succeeded
     );
+    app.stop().await;
+}
+
+/// Item 4 of issue 9: a reversal holds its transaction's connection only, so more
+/// concurrent reversals than pool connections (16) finish instead of waiting on each
+/// other until the pool's acquire timeout.
+async fn more_reversals_at_once_than_pool_connections_all_finish(backend: Backend, test: &str) {
+    const REVERSALS: usize = 24;
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, _) = account_with_bills(&app, "c-many-reversals").await;
+    let token = app.service_token(&["billing:apply"]);
+    let mut billing = app.billing().await;
+    for n in 0..REVERSALS {
+        let request = ApplyRepaymentRequest {
+            payment_id: format!("pay_many_{n}"),
+            account_id: account_id.clone(),
+            amount: Some(Money::new("CNY", "10.00")),
+            target: Some(RepaymentTarget {
+                kind: Some(Kind::Amount(Money::new("CNY", "10.00"))),
+            }),
+        };
+        billing
+            .apply_repayment(authorized(request, &token))
+            .await
+            .unwrap();
+    }
+    let started = Instant::now();
+    let calls: Vec<_> = (0..REVERSALS)
+        .map(|n| {
+            let (mut billing, token) = (billing.clone(), token.clone());
+            tokio::spawn(async move {
+                let request = ReverseRepaymentRequest {
+                    payment_id: format!("pay_many_{n}"),
+                };
+                billing.reverse_repayment(authorized(request, &token)).await
+            })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "reversals waited for connections: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(billing_applied(&app).await, 0, "all reversed");
     app.stop().await;
 }

@@ -36,6 +36,7 @@ on_both_backends!(
     a_permanent_apply_refusal_waits_in_the_dead_letters_for_an_admin,
     a_slow_billing_past_the_deadline_still_answers_the_payment,
     more_reversals_at_once_than_pool_connections_all_finish,
+    too_short_a_deadline_is_refused_before_anything_is_stored,
 );
 
 async fn refund(
@@ -517,5 +518,36 @@ async fn more_reversals_at_once_than_pool_connections_all_finish(backend: Backen
         started.elapsed()
     );
     assert_eq!(billing_applied(&app).await, 0, "all reversed");
+    app.stop().await;
+}
+
+async fn too_short_a_deadline_is_refused_before_anything_is_stored(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-short-deadline").await;
+    let mut request = authorized(
+        repayment(
+            "k-1",
+            &account_id,
+            bills_target(&[&bills[0]]),
+            "535.91",
+            PaymentMethod::BankCard,
+            "tok_4242",
+        ),
+        &app.payment_token(),
+    );
+    // Less than the charge needs: refused while nothing has moved.
+    request.set_timeout(Duration::from_millis(300));
+    let status = PaymentServiceClient::new(connect(app.payment_addr).await)
+        .create_repayment(request)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Unavailable),
+        "{status:?}"
+    );
+    assert_eq!(app.payment_rows("payments").await, 0, "nothing stored");
+    assert!(app.ledger().await.2.is_empty(), "nothing charged");
     app.stop().await;
 }

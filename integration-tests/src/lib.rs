@@ -25,6 +25,18 @@ use tonic::transport::Channel;
 /// The environment variable naming the PostgreSQL server tests may create databases on.
 pub const POSTGRES_URL_VAR: &str = "BILLPAY_TEST_POSTGRES_URL";
 
+/// Set to `1` (as `.ci/run` does) to make a PostgreSQL case without
+/// `BILLPAY_TEST_POSTGRES_URL` fail instead of skipping; `CI=true` does the same.
+pub const REQUIRE_POSTGRES_VAR: &str = "BILLPAY_REQUIRE_POSTGRES";
+
+/// Whether a PostgreSQL case must run: in CI, or when asked to explicitly.
+pub fn postgres_required() -> bool {
+    let set = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|actual| actual.trim().eq_ignore_ascii_case(value))
+    };
+    set(REQUIRE_POSTGRES_VAR, "1") || set("CI", "true")
+}
+
 /// Which database the stack runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -133,6 +145,12 @@ impl TestApp {
             ),
             Backend::Postgres => {
                 let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
+                    assert!(
+                        !postgres_required(),
+                        "{test}: {POSTGRES_URL_VAR} is not set, and PostgreSQL is required \
+                         here ({REQUIRE_POSTGRES_VAR}=1 or CI=true): a skipped case must \
+                         not count as a pass"
+                    );
                     say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
                     return None;
                 };
@@ -420,6 +438,16 @@ impl TestApp {
             body["refunded_minor"].as_i64().unwrap(),
             body["entries"].as_array().cloned().unwrap_or_default(),
         )
+    }
+
+    /// billing-svc's database URL, for starting more replicas on it.
+    pub fn billing_database_url(&self) -> &str {
+        &self.billing_url
+    }
+
+    /// payment-svc's database URL, for starting more replicas on it.
+    pub fn payment_database_url(&self) -> &str {
+        &self.payment_url
     }
 
     /// Rows in a payment-svc table.

@@ -74,6 +74,7 @@ async fn close_day_unless(
         };
         let closed = store.close_account_day(&account_id, as_of, terms).await?;
         summary.accounts_closed += 1;
+        service_kit::failpoint::failpoint("day-close-after-an-account");
         summary.bills_overdue += closed.bills_overdue;
         summary.penalties_posted = sum(summary.penalties_posted, closed.penalties_posted)?;
         summary.credit_balance_applied = sum(

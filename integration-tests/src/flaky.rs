@@ -1,7 +1,8 @@
 //! A billing-svc stand-in for payment-svc that forwards every call to the real
-//! billing-svc, except ApplyRepayment while "down": then it answers UNAVAILABLE, as a
-//! crashed billing-svc would. Lets a test take billing down between the quote and
-//! the apply of one repayment.
+//! billing-svc, except ApplyRepayment while "down" (it answers UNAVAILABLE, as a
+//! crashed billing-svc would), "refused" (FAILED_PRECONDITION, as a billing that
+//! refuses the request for good), or "slow" (it waits that long first). Lets a test
+//! change billing between the quote and the apply of one repayment.
 
 use std::{
     convert::Infallible,
@@ -10,9 +11,10 @@ use std::{
     pin::Pin,
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio_stream::wrappers::TcpListenerStream;
@@ -22,7 +24,15 @@ use tower::{Service, ServiceExt as _};
 #[derive(Clone)]
 pub struct FlakyBilling {
     channel: Channel,
-    apply_down: Arc<AtomicBool>,
+    switches: Arc<Switches>,
+}
+
+/// How ApplyRepayment misbehaves; all off at first.
+#[derive(Debug, Default)]
+pub struct Switches {
+    pub apply_down: AtomicBool,
+    pub apply_refused: AtomicBool,
+    pub apply_delay_ms: AtomicU64,
 }
 
 impl NamedService for FlakyBilling {
@@ -39,13 +49,26 @@ impl Service<http::Request<Body>> for FlakyBilling {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let down = self.apply_down.load(Ordering::SeqCst)
-            && request.uri().path().ends_with("/ApplyRepayment");
+        let apply = request.uri().path().ends_with("/ApplyRepayment");
+        let switches = &self.switches;
+        let down = apply && switches.apply_down.load(Ordering::SeqCst);
+        let refused = apply && switches.apply_refused.load(Ordering::SeqCst);
+        let delay = if apply {
+            switches.apply_delay_ms.load(Ordering::SeqCst)
+        } else {
+            0
+        };
         let channel = self.channel.clone();
         Box::pin(async move {
             if down {
                 return Ok(Status::unavailable("billing-svc is down (test)").into_http());
             }
+            if refused {
+                return Ok(
+                    Status::failed_precondition("billing-svc refuses this (test)").into_http(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(delay)).await;
             match channel.oneshot(request).await {
                 Ok(response) => Ok(response),
                 Err(error) => Ok(Status::unavailable(error.to_string()).into_http()),
@@ -55,20 +78,20 @@ impl Service<http::Request<Body>> for FlakyBilling {
 }
 
 /// Starts the stand-in in front of billing at `billing_addr`; returns its address and
-/// the switch that takes ApplyRepayment down.
+/// the switches that change ApplyRepayment.
 pub async fn start(
     billing_addr: SocketAddr,
     stopped: tokio::sync::watch::Receiver<()>,
-) -> (SocketAddr, Arc<AtomicBool>) {
+) -> (SocketAddr, Arc<Switches>) {
     let channel = Channel::from_shared(format!("http://{billing_addr}"))
         .unwrap()
         .connect_lazy();
-    let apply_down = Arc::new(AtomicBool::new(false));
+    let switches = Arc::new(Switches::default());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = FlakyBilling {
         channel,
-        apply_down: Arc::clone(&apply_down),
+        switches: Arc::clone(&switches),
     };
     tokio::spawn(async move {
         let mut stopped = stopped;
@@ -79,5 +102,5 @@ pub async fn start(
             })
             .await
     });
-    (addr, apply_down)
+    (addr, switches)
 }

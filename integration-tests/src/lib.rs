@@ -5,13 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod flaky;
+pub mod processes;
 
-use std::{
-    io::Write as _,
-    net::SocketAddr,
-    sync::{Arc, atomic::AtomicBool},
-    time::Duration,
-};
+use std::{io::Write as _, net::SocketAddr, sync::Arc, time::Duration};
 
 use billpay_contracts::{
     billing::v1::billing_service_client::BillingServiceClient,
@@ -28,6 +24,18 @@ use tonic::transport::Channel;
 
 /// The environment variable naming the PostgreSQL server tests may create databases on.
 pub const POSTGRES_URL_VAR: &str = "BILLPAY_TEST_POSTGRES_URL";
+
+/// Set to `1` (as `.ci/run` does) to make a PostgreSQL case without
+/// `BILLPAY_TEST_POSTGRES_URL` fail instead of skipping; `CI=true` does the same.
+pub const REQUIRE_POSTGRES_VAR: &str = "BILLPAY_REQUIRE_POSTGRES";
+
+/// Whether a PostgreSQL case must run: in CI, or when asked to explicitly.
+pub fn postgres_required() -> bool {
+    let set = |name: &str, value: &str| {
+        std::env::var(name).is_ok_and(|actual| actual.trim().eq_ignore_ascii_case(value))
+    };
+    set(REQUIRE_POSTGRES_VAR, "1") || set("CI", "true")
+}
 
 /// Which database the stack runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +63,13 @@ pub struct StackOptions {
     /// billing-svc's business "today" stands on this date (moved with
     /// [`TestApp::set_today`]) instead of following the wall clock.
     pub today: Option<chrono::NaiveDate>,
+    /// billing-svc and payment-svc run as child processes (see [`processes`]), which
+    /// [`TestApp::kill_billing`] and [`TestApp::kill_payment`] kill with SIGKILL.
+    pub processes: bool,
+    /// Fail points armed in the first billing-svc child (comma-separated).
+    pub billing_failpoints: &'static str,
+    /// Fail points armed in the first payment-svc child (comma-separated).
+    pub payment_failpoints: &'static str,
 }
 
 impl TestApp {
@@ -83,7 +98,7 @@ pub struct TestApp {
     billing_url: String,
     payment_url: String,
     billing_url_for_payment: String,
-    billing_apply_down: Option<Arc<AtomicBool>>,
+    billing_switches: Option<Arc<flaky::Switches>>,
     payment_task: Option<JoinHandle<Result<(), ServeError>>>,
     /// payment-svc's database, for counting rows behind the API's back.
     pub payment_db: Db,
@@ -99,7 +114,18 @@ pub struct TestApp {
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
     /// billing-svc's clock: the wall clock unless spawned with `today`.
     clock: billing_svc::clock::BusinessClock,
+    children: Children,
     _data_dir: tempfile::TempDir,
+}
+
+/// The services' child processes and the flags each restarts with (their first
+/// ports), when the stack runs them as processes.
+#[derive(Default)]
+struct Children {
+    billing: Option<processes::ServiceProcess>,
+    billing_args: Vec<String>,
+    payment: Option<processes::ServiceProcess>,
+    payment_args: Vec<String>,
 }
 
 impl TestApp {
@@ -125,6 +151,12 @@ impl TestApp {
             ),
             Backend::Postgres => {
                 let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
+                    assert!(
+                        !postgres_required(),
+                        "{test}: {POSTGRES_URL_VAR} is not set, and PostgreSQL is required \
+                         here ({REQUIRE_POSTGRES_VAR}=1 or CI=true): a skipped case must \
+                         not count as a pass"
+                    );
                     say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
                     return None;
                 };
@@ -148,6 +180,21 @@ impl TestApp {
         }
         let sim = ProviderSim::build(&sim_config).await.unwrap();
         let sim_addr = sim.local_addr();
+        let (stop, stopped) = watch::channel(());
+        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
+        if options.processes {
+            return Some(
+                Self::spawn_processes(
+                    backend,
+                    options,
+                    (billing_url, payment_url),
+                    (sim_addr, sim_task),
+                    (stop, stopped),
+                    (data_dir, postgres_databases),
+                )
+                .await,
+            );
+        }
         let clock = options
             .today
             .map(billing_svc::clock::BusinessClock::fixed)
@@ -156,8 +203,7 @@ impl TestApp {
         config.clock = clock.clone();
         let billing = billing_svc::app::Application::build(&config).await.unwrap();
         let billing_addr = billing.local_addr();
-        let (stop, stopped) = watch::channel(());
-        let (billing_for_payment, billing_apply_down) = if flaky_billing {
+        let (billing_for_payment, billing_switches) = if flaky_billing {
             let (addr, switch) = flaky::start(billing_addr, stopped.clone()).await;
             (addr, Some(switch))
         } else {
@@ -182,7 +228,6 @@ impl TestApp {
             billing.run_until_stopped(wait_for(stopped.clone())),
         )];
         let payment_task = tokio::spawn(payment.run_until_stopped(wait_for(stopped.clone())));
-        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
         Some(Self {
             backend,
             billing_addr,
@@ -191,7 +236,7 @@ impl TestApp {
             billing_url,
             payment_url,
             billing_url_for_payment,
-            billing_apply_down,
+            billing_switches,
             payment_task: Some(payment_task),
             payment_notify_addr,
             payment_db: Db::connect(&payment_url_for_counts, 2).await.unwrap(),
@@ -203,8 +248,138 @@ impl TestApp {
             postgres_databases,
             tasks,
             clock,
+            children: Children::default(),
             _data_dir: data_dir,
         })
+    }
+
+    /// The stack with billing-svc and payment-svc as child processes.
+    async fn spawn_processes(
+        backend: Backend,
+        options: StackOptions,
+        (billing_url, payment_url): (String, String),
+        (sim_addr, sim_task): (SocketAddr, JoinHandle<anyhow::Result<()>>),
+        (stop, stopped): (watch::Sender<()>, watch::Receiver<()>),
+        (data_dir, postgres_databases): (tempfile::TempDir, Vec<String>),
+    ) -> Self {
+        assert!(!options.flaky_billing, "no flaky billing with processes");
+        assert!(options.today.is_none(), "no fixed today with processes");
+        let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let billing = processes::ServiceProcess::start(
+            "billing",
+            &processes::billing_args(&billing_url, any_port),
+            options.billing_failpoints,
+        )
+        .await;
+        let billing_addr = billing.grpc_addr;
+        let billing_url_for_payment = format!("http://{billing_addr}");
+        let payment = processes::ServiceProcess::start(
+            "payment",
+            &processes::payment_args(
+                &payment_url,
+                any_port,
+                any_port,
+                &billing_url_for_payment,
+                sim_addr,
+            ),
+            options.payment_failpoints,
+        )
+        .await;
+        let (payment_addr, payment_notify_addr) = (payment.grpc_addr, payment.notify_addr.unwrap());
+        let children = Children {
+            billing: Some(billing),
+            billing_args: processes::billing_args(&billing_url, billing_addr),
+            payment: Some(payment),
+            payment_args: processes::payment_args(
+                &payment_url,
+                payment_addr,
+                payment_notify_addr,
+                &billing_url_for_payment,
+                sim_addr,
+            ),
+        };
+        Self {
+            backend,
+            billing_addr,
+            payment_addr,
+            billing_db: Db::connect(&billing_url, 2).await.unwrap(),
+            payment_db: Db::connect(&payment_url, 2).await.unwrap(),
+            billing_url,
+            payment_url,
+            billing_url_for_payment,
+            billing_switches: None,
+            payment_task: None,
+            payment_notify_addr,
+            sim_addr,
+            sim_task: Some(sim_task),
+            stopped,
+            key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+            stop,
+            postgres_databases,
+            tasks: Vec::new(),
+            // Children follow the wall clock: a fixed "today" cannot reach them.
+            clock: billing_svc::clock::BusinessClock::default(),
+            children,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Waits until the billing-svc child stands at fail point `name`.
+    pub async fn billing_reached(&self, name: &str) {
+        let child = self
+            .children
+            .billing
+            .as_ref()
+            .expect("billing runs as a child");
+        child.wait_for_failpoint(name).await;
+    }
+
+    /// Waits until the payment-svc child stands at fail point `name`.
+    pub async fn payment_reached(&self, name: &str) {
+        let child = self
+            .children
+            .payment
+            .as_ref()
+            .expect("payment runs as a child");
+        child.wait_for_failpoint(name).await;
+    }
+
+    /// SIGKILLs the billing-svc child.
+    pub async fn kill_billing(&mut self) {
+        let child = self
+            .children
+            .billing
+            .take()
+            .expect("billing runs as a child");
+        child.kill9().await;
+    }
+
+    /// SIGKILLs the payment-svc child.
+    pub async fn kill_payment(&mut self) {
+        let child = self
+            .children
+            .payment
+            .take()
+            .expect("payment runs as a child");
+        child.kill9().await;
+    }
+
+    /// Starts billing-svc again, on its first port and database, no fail point armed.
+    pub async fn restart_billing(&mut self) {
+        assert!(self.children.billing.is_none(), "kill it first");
+        let child =
+            processes::ServiceProcess::start("billing", &self.children.billing_args, "").await;
+        assert_eq!(child.grpc_addr, self.billing_addr);
+        self.children.billing = Some(child);
+    }
+
+    /// Starts payment-svc again, on its first ports and database, no fail point armed.
+    pub async fn restart_payment(&mut self) {
+        assert!(self.children.payment.is_none(), "kill it first");
+        let child =
+            processes::ServiceProcess::start("payment", &self.children.payment_args, "").await;
+        assert_eq!(child.grpc_addr, self.payment_addr);
+        self.children.payment = Some(child);
     }
 
     /// Moves billing-svc's business date; only for a stack spawned with `today`.
@@ -240,35 +415,34 @@ impl TestApp {
         addr
     }
 
-    /// Kills payment-svc where it stands (its task is aborted: nothing after the
-    /// current await point runs, as with kill -9), then starts a new one on the same
-    /// database and returns its address.
-    pub async fn kill_and_restart_payment(&mut self) -> SocketAddr {
-        if let Some(task) = self.payment_task.take() {
-            task.abort();
-            let _ = task.await;
-        }
-        let config = fast_payment_config(
-            self.payment_url.clone(),
-            self.billing_url_for_payment.clone(),
-            self.sim_addr,
-        );
-        let restarted = payment_svc::app::Application::build(&config).await.unwrap();
-        self.payment_addr = restarted.local_addr();
-        self.payment_notify_addr = restarted.notify_addr();
-        self.payment_task = Some(tokio::spawn(
-            restarted.run_until_stopped(wait_for(self.stopped.clone())),
-        ));
-        self.payment_addr
-    }
-
     /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
     /// stack spawned with `flaky_billing`.
     pub fn set_billing_apply_down(&self, down: bool) {
-        self.billing_apply_down
-            .as_ref()
-            .expect("spawned with flaky_billing")
+        self.billing_switches()
+            .apply_down
             .store(down, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes billing's ApplyRepayment refuse for good (FAILED_PRECONDITION), or stop
+    /// refusing; only for a stack spawned with `flaky_billing`.
+    pub fn set_billing_apply_refused(&self, refused: bool) {
+        self.billing_switches()
+            .apply_refused
+            .store(refused, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Makes billing's ApplyRepayment wait `delay_ms` first; only for a stack spawned
+    /// with `flaky_billing`.
+    pub fn set_billing_apply_delay_ms(&self, delay_ms: u64) {
+        self.billing_switches()
+            .apply_delay_ms
+            .store(delay_ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn billing_switches(&self) -> &flaky::Switches {
+        self.billing_switches
+            .as_deref()
+            .expect("spawned with flaky_billing")
     }
 
     /// The simulator's ledger: (captured, refunded) in minor units, and its entries.
@@ -284,6 +458,16 @@ impl TestApp {
             body["refunded_minor"].as_i64().unwrap(),
             body["entries"].as_array().cloned().unwrap_or_default(),
         )
+    }
+
+    /// billing-svc's database URL, for starting more replicas on it.
+    pub fn billing_database_url(&self) -> &str {
+        &self.billing_url
+    }
+
+    /// payment-svc's database URL, for starting more replicas on it.
+    pub fn payment_database_url(&self) -> &str {
+        &self.payment_url
     }
 
     /// Rows in a payment-svc table.
@@ -338,6 +522,12 @@ impl TestApp {
     /// Stops both services and waits for them to drain; fails if either failed.
     /// PostgreSQL test databases are dropped afterwards.
     pub async fn stop(self) {
+        for child in [self.children.billing, self.children.payment]
+            .into_iter()
+            .flatten()
+        {
+            child.kill9().await;
+        }
         let _ = self.stop.send(());
         for task in self.tasks {
             task.await.unwrap().unwrap();

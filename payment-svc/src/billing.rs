@@ -14,6 +14,8 @@ use service_kit::{
     auth::{JwtKey, Role, mint},
     telemetry::REQUEST_ID_HEADER,
 };
+use std::time::Duration;
+
 use tonic::{Request, Status, transport::Channel};
 
 /// Tokens minted per call live this long: long enough for one call and its retries.
@@ -64,16 +66,16 @@ impl BillingClient {
         account_id: &str,
         target: RepaymentTarget,
         request_id: Option<&str>,
+        budget: Duration,
     ) -> Result<QuoteRepaymentResponse, Status> {
         let message = QuoteRepaymentRequest {
             account_id: account_id.to_owned(),
             target: Some(target),
         };
-        let response = self
-            .client
-            .clone()
-            .quote_repayment(self.request(message, request_id))
-            .await?;
+        let mut request = self.request(message, request_id);
+        // Sent as grpc-timeout: billing stops when the caller no longer waits.
+        request.set_timeout(budget);
+        let response = self.client.clone().quote_repayment(request).await?;
         Ok(response.into_inner())
     }
 

@@ -5,6 +5,7 @@
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use billpay_contracts::{billing::v1::ApplyRepaymentRequest, common::v1::RepaymentTarget};
 use prost::Message as _;
+use service_kit::failpoint::failpoint;
 use tonic::Status;
 
 use crate::{
@@ -14,8 +15,35 @@ use crate::{
         ChargeOutcome, ChargeRequest, NotificationError, NotifiedStatus, Provider, Providers,
         QueryOutcome, RefundOutcome,
     },
-    storage::{OutboxKind, Payment, StorageError, Store},
+    storage::{OutboxKind, Payment, Refund, RefundFailure, RefundStatus, StorageError, Store},
 };
+
+/// The id under which billing applies again the money of a payment whose refund the
+/// provider refused after billing had reversed it.
+pub fn reinstated_id(payment_id: &str) -> String {
+    format!("{payment_id}-reinstated")
+}
+
+/// A refusal that no retry can change (the request itself is wrong for billing):
+/// such an outbox row is a dead letter, such a reversal fails the refund.
+pub fn is_permanent_refusal(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::FailedPrecondition
+            | tonic::Code::AlreadyExists
+            | tonic::Code::InvalidArgument
+            | tonic::Code::OutOfRange
+    )
+}
+
+/// The ErrorInfo reason billing gave, or the code's name.
+pub fn refusal_reason(status: &Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_else(|| format!("{:?}", status.code()))
+}
 
 /// Why telling billing-svc failed; the outbox tries again.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +54,18 @@ pub enum DeliveryError {
     Storage(#[from] StorageError),
     #[error("stored payment {0} is missing or its target unreadable")]
     BadPayment(String),
+}
+
+impl DeliveryError {
+    /// Whether retrying cannot help: billing refused the request itself, or the
+    /// stored payment cannot make one.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Billing(status) => is_permanent_refusal(status),
+            Self::BadPayment(_) => true,
+            Self::Storage(_) => false,
+        }
+    }
 }
 
 /// What became of a provider's notification.
@@ -106,6 +146,7 @@ impl PaymentFlow {
             .for_method(payment.method)
             .charge(&request)
             .await;
+        failpoint("payment-after-provider-answered");
         tracing::debug!(
             payment_id = %payment.payment_id,
             method = payment.method.as_str(),
@@ -170,6 +211,7 @@ impl PaymentFlow {
                 self.billing.reverse(payment_id, request_id).await?;
             }
         }
+        failpoint("payment-before-outbox-acknowledged");
         self.store.outbox_delivered(payment_id, kind).await?;
         Ok(())
     }
@@ -232,24 +274,152 @@ impl PaymentFlow {
         Ok(result)
     }
 
-    /// Refunds a SUCCEEDED payment in full under `refund_id` (the provider's
-    /// idempotency key) and, once the provider confirms, records REFUNDED with a
-    /// REVERSE outbox row.
-    pub async fn refund(
+    /// Drives `refund` as far as it goes now: billing first (it reverses the payment
+    /// or refuses, and then nothing moves), then the provider (idempotent on the
+    /// refund id), and, should the provider refuse after billing reversed, billing
+    /// again to take the money back. Each step is recorded before the next, so the
+    /// reconciler finishes a refund whose answer was lost or whose process died.
+    /// Returns the refund as it now stands.
+    pub async fn drive_refund(
         &self,
-        payment: &Payment,
-        refund_id: &str,
-    ) -> Result<RefundOutcome, StorageError> {
-        let outcome = self
-            .providers
-            .for_method(payment.method)
-            .refund(&payment.payment_id, refund_id, payment.amount)
-            .await;
-        tracing::info!(payment_id = %payment.payment_id, refund_id, outcome = ?outcome, "refund answered");
-        if outcome == RefundOutcome::Refunded {
-            self.store.record_refund(&payment.payment_id).await?;
+        refund: Refund,
+        request_id: Option<&str>,
+    ) -> Result<Refund, StorageError> {
+        let mut refund = refund;
+        // Each pass moves the refund one step or stops; four steps reach a final state.
+        for _ in 0..4 {
+            if refund.status.is_final() {
+                break;
+            }
+            let Some(payment) = self.store.payment(&refund.payment_id).await? else {
+                return Err(StorageError::Corrupt(
+                    "a refund's payment is missing".into(),
+                ));
+            };
+            if !self.refund_step(&refund, &payment, request_id).await? {
+                break;
+            }
+            refund = self
+                .store
+                .refund_of_payment(&refund.payment_id)
+                .await?
+                .ok_or_else(|| StorageError::Corrupt("a refund vanished".into()))?;
         }
-        Ok(outcome)
+        Ok(refund)
+    }
+
+    /// One step of a refund; false when it must wait (an answer is missing).
+    async fn refund_step(
+        &self,
+        refund: &Refund,
+        payment: &Payment,
+        request_id: Option<&str>,
+    ) -> Result<bool, StorageError> {
+        match refund.status {
+            RefundStatus::Requested => {
+                match self.billing.reverse(&payment.payment_id, request_id).await {
+                    Ok(_) => {
+                        failpoint("refund-after-billing-reversed");
+                        self.store
+                            .refund_step(
+                                &refund.refund_id,
+                                RefundStatus::Requested,
+                                RefundStatus::Sent,
+                                None,
+                            )
+                            .await?;
+                        Ok(true)
+                    }
+                    Err(status) if is_permanent_refusal(&status) => {
+                        tracing::warn!(refund_id = %refund.refund_id, %status, "billing refused the reversal: nothing refunded");
+                        let failure = RefundFailure {
+                            code: &refusal_reason(&status),
+                            message: status.message(),
+                        };
+                        self.store
+                            .refund_step(
+                                &refund.refund_id,
+                                RefundStatus::Requested,
+                                RefundStatus::Failed,
+                                Some(failure),
+                            )
+                            .await?;
+                        Ok(true)
+                    }
+                    Err(status) => {
+                        tracing::warn!(refund_id = %refund.refund_id, %status, "billing not reached for the reversal; will retry");
+                        Ok(false)
+                    }
+                }
+            }
+            RefundStatus::Sent => {
+                let outcome = self
+                    .providers
+                    .for_method(payment.method)
+                    .refund(&payment.payment_id, &refund.refund_id, payment.amount)
+                    .await;
+                tracing::info!(payment_id = %payment.payment_id, refund_id = %refund.refund_id, outcome = ?outcome, "refund answered");
+                match outcome {
+                    RefundOutcome::Refunded => {
+                        failpoint("refund-after-provider-refunded");
+                        self.store.record_refunded(refund).await?;
+                        Ok(true)
+                    }
+                    RefundOutcome::Refused { reason } => {
+                        let failure = RefundFailure {
+                            code: "PROVIDER_REFUSED",
+                            message: &reason,
+                        };
+                        self.store
+                            .refund_step(
+                                &refund.refund_id,
+                                RefundStatus::Sent,
+                                RefundStatus::Reinstating,
+                                Some(failure),
+                            )
+                            .await?;
+                        Ok(true)
+                    }
+                    RefundOutcome::Unknown { .. } => Ok(false),
+                }
+            }
+            RefundStatus::Reinstating => {
+                // Billing reversed the payment but the provider kept the money:
+                // billing applies it again, idempotently, under a derived id.
+                let Some(target) = decode_target(&payment.target) else {
+                    return Err(StorageError::Corrupt(
+                        "a payment's target is unreadable".into(),
+                    ));
+                };
+                let request = ApplyRepaymentRequest {
+                    payment_id: reinstated_id(&payment.payment_id),
+                    account_id: payment.account_id.clone(),
+                    amount: Some(billpay_contracts::common::v1::Money::new(
+                        payment.amount.currency().code(),
+                        payment.amount.to_string(),
+                    )),
+                    target: Some(target),
+                };
+                match self.billing.apply(request, request_id).await {
+                    Ok(_) => {
+                        self.store
+                            .refund_step(
+                                &refund.refund_id,
+                                RefundStatus::Reinstating,
+                                RefundStatus::Failed,
+                                None,
+                            )
+                            .await?;
+                        Ok(true)
+                    }
+                    Err(status) => {
+                        tracing::warn!(refund_id = %refund.refund_id, %status, "billing has not re-applied a refused refund; will retry");
+                        Ok(false)
+                    }
+                }
+            }
+            RefundStatus::Refunded | RefundStatus::Failed => Ok(false),
+        }
     }
 
     /// Asks the provider about a payment left PROCESSING and records an explicit

@@ -1,19 +1,25 @@
 //! Background work: the outbox dispatcher, which tells billing-svc about captured and
-//! refunded money until it acknowledges, and the reconciler, which asks providers
-//! about payments left PROCESSING. Both run in every replica; the database decides
-//! who handles what.
+//! refunded money until it acknowledges (or, refused for good or out of attempts,
+//! leaves a dead letter for an operator), and the reconciler, which asks providers
+//! about payments left PROCESSING and finishes refunds left unfinished. Both run in
+//! every replica; the database decides who handles what.
 
 use std::{sync::Arc, time::Duration};
 
 use service_kit::clock::now_micros;
 use tokio::sync::watch;
 
-use crate::flow::PaymentFlow;
+use crate::flow::{DeliveryError, PaymentFlow};
 
 /// Rows one dispatcher pass handles at most.
 const OUTBOX_BATCH_MAX: u32 = 32;
 /// Payments one reconciler pass asks about at most.
 const RECONCILE_BATCH_MAX: u32 = 100;
+/// Deliveries of one outbox row before it becomes a dead letter: with the backoff
+/// below, about 25 minutes of trying (an outage longer than that needs an operator).
+pub const OUTBOX_ATTEMPTS_MAX: i64 = 60;
+/// Refunds one reconciler pass drives at most.
+const REFUND_BATCH_MAX: u32 = 32;
 /// How long a claimed outbox row is left to its claimant before others may retry it.
 const OUTBOX_LEASE: Duration = Duration::from_secs(15);
 /// Retry delays grow from this, doubling, up to the maximum: bounded backoff.
@@ -37,6 +43,12 @@ pub fn retry_delay(attempts: i64) -> Duration {
     RETRY_DELAY_MIN
         .saturating_mul(2_u32.saturating_pow(doublings))
         .min(RETRY_DELAY_MAX)
+}
+
+/// Whether a failed delivery ends as a dead letter: billing refused the request for
+/// good, or this was the last attempt.
+fn is_dead_letter(error: &DeliveryError, attempts: i64) -> bool {
+    error.is_permanent() || attempts >= OUTBOX_ATTEMPTS_MAX
 }
 
 fn micros(duration: Duration) -> i64 {
@@ -74,7 +86,23 @@ async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageEr
                 tracing::debug!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
             }
             Err(error) => {
-                let delay = retry_delay(row.attempts + 1);
+                let attempts = row.attempts + 1;
+                if is_dead_letter(&error, attempts) {
+                    let dead_letters = flow
+                        .store()
+                        .outbox_dead(&row.payment_id, row.kind, &error.to_string())
+                        .await?;
+                    tracing::error!(
+                        payment_id = %row.payment_id,
+                        kind = row.kind.as_str(),
+                        %error,
+                        attempts,
+                        dead_letters,
+                        "outbox row is a dead letter: an operator must look (ListDeadLetters, RetryDeadLetter)"
+                    );
+                    continue;
+                }
+                let delay = retry_delay(attempts);
                 tracing::warn!(payment_id = %row.payment_id, %error, ?delay, "delivery failed; will retry");
                 let retry_at = now_micros() + micros(delay);
                 flow.store()
@@ -116,6 +144,16 @@ async fn reconcile_pass(
     {
         flow.reconcile(&payment).await?;
     }
+    for refund in flow
+        .store()
+        .unfinished_refunds(cutoff, REFUND_BATCH_MAX)
+        .await?
+    {
+        if flow.store().claim_refund(&refund).await? {
+            let refund = flow.drive_refund(refund, None).await?;
+            tracing::info!(refund_id = %refund.refund_id, status = refund.status.as_str(), "refund reconciled");
+        }
+    }
     Ok(())
 }
 
@@ -130,5 +168,33 @@ mod tests {
             .map(|n| retry_delay(*n).as_millis())
             .collect();
         assert_eq!(delays, [100, 200, 400, 25_600, 30_000, 30_000]);
+    }
+
+    #[test]
+    fn refusals_for_good_and_the_last_attempt_make_dead_letters() {
+        use tonic::Status;
+        let cases = [
+            (Status::failed_precondition("NOT_REVERSIBLE"), 1, true),
+            (Status::already_exists("IDEMPOTENCY_KEY_REUSED"), 1, true),
+            (Status::invalid_argument("bad"), 1, true),
+            (Status::unavailable("down"), 1, false),
+            (Status::deadline_exceeded("slow"), 1, false),
+            (Status::not_found("no account yet"), 1, false),
+            (Status::unavailable("down"), OUTBOX_ATTEMPTS_MAX - 1, false),
+            (Status::unavailable("down"), OUTBOX_ATTEMPTS_MAX, true),
+        ];
+        for (status, attempts, dead) in cases {
+            let error = DeliveryError::Billing(status.clone());
+            assert_eq!(
+                is_dead_letter(&error, attempts),
+                dead,
+                "{status:?} {attempts}"
+            );
+        }
+        let total: Duration = (1..OUTBOX_ATTEMPTS_MAX).map(retry_delay).sum();
+        assert!(
+            total > Duration::from_secs(20 * 60),
+            "{total:?} of retries first"
+        );
     }
 }

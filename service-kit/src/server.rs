@@ -9,7 +9,7 @@ use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
-use crate::{auth::AuthLayer, telemetry::RpcSpanLayer};
+use crate::{auth::AuthLayer, deadline::DeadlineLayer, telemetry::RpcSpanLayer};
 
 /// Limits that apply to every RPC of a server.
 #[derive(Debug, Clone, Copy)]
@@ -104,9 +104,14 @@ impl GrpcServer {
 
         let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
         let server = Server::builder()
-            .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
-            .layer(ServiceBuilder::new().layer(RpcSpanLayer).layer(auth))
+            // The per-RPC timeout: DEADLINE_EXCEEDED, where tonic's own says CANCELLED.
+            .layer(
+                ServiceBuilder::new()
+                    .layer(RpcSpanLayer)
+                    .layer(DeadlineLayer::new(limits.request_timeout))
+                    .layer(auth),
+            )
             .add_routes(routes.routes())
             .serve_with_incoming_shutdown(nodelay_incoming(self.listener), async {
                 let _ = stop_receiver.await;

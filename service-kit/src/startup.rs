@@ -32,6 +32,7 @@ impl Foundation {
         migrations: &Migrations,
         listen_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
+        crate::failpoint::check_allowed(common.dev)?;
         let limits = common.limits()?;
         let key = common.jwt_key()?;
         let db = Db::connect(database_url, common.db_max_connections)

@@ -108,7 +108,10 @@ impl BillingApi {
             })
             .await?;
         let (applied, replayed) = match outcome {
-            ApplyOutcome::Applied(applied) => (applied, false),
+            ApplyOutcome::Applied(applied) => {
+                service_kit::failpoint::failpoint("billing-apply-after-commit");
+                (applied, false)
+            }
             ApplyOutcome::Replayed(applied) => (applied, true),
             ApplyOutcome::PaymentIdReused => {
                 return Err(refusal(

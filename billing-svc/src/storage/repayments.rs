@@ -292,37 +292,49 @@ impl Store {
         payment_id: &str,
         currency: Currency,
     ) -> Result<Vec<BillAllocation>, StorageError> {
-        let rows = sqlx::query(
+        allocations_of(self.db.pool(), payment_id, currency).await
+    }
+}
+
+/// `payment_id`'s allocations, read through `executor`: the pool, or the open
+/// transaction of a reversal, which must not wait for a second connection.
+async fn allocations_of<'e>(
+    executor: impl sqlx::Executor<'e, Database = Any>,
+    payment_id: &str,
+    currency: Currency,
+) -> Result<Vec<BillAllocation>, StorageError> {
+    let rows = sqlx::query(
             "SELECT a.bill_id, b.plan_id, b.seq, b.due_date, a.principal_minor, a.interest_minor, a.fee_minor, \
                a.penalty_minor \
              FROM allocations a JOIN bills b ON b.bill_id = a.bill_id \
              WHERE a.payment_id = $1 ORDER BY b.due_date, b.plan_id, b.seq",
         )
         .bind(payment_id)
-        .fetch_all(self.db.pool())
+        .fetch_all(executor)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let money = |column: &str| -> Result<Money, StorageError> {
-                    Money::from_minor(currency, row.try_get(column)?).map_err(money_error)
-                };
-                Ok(BillAllocation {
-                    bill_id: row.try_get("bill_id")?,
-                    plan_id: row.try_get("plan_id")?,
-                    seq: u32::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
-                    due_date: crate::domain::calendar::parse_date(row.try_get("due_date")?)
-                        .map_err(|_| StorageError::Corrupt("bills.due_date".into()))?,
-                    parts: Components {
-                        principal: money("principal_minor")?,
-                        interest: money("interest_minor")?,
-                        fee: money("fee_minor")?,
-                        penalty: money("penalty_minor")?,
-                    },
-                })
+    rows.iter()
+        .map(|row| {
+            let money = |column: &str| -> Result<Money, StorageError> {
+                Money::from_minor(currency, row.try_get(column)?).map_err(money_error)
+            };
+            Ok(BillAllocation {
+                bill_id: row.try_get("bill_id")?,
+                plan_id: row.try_get("plan_id")?,
+                seq: u32::try_from(row.try_get::<i64, _>("seq")?).unwrap_or(0),
+                due_date: crate::domain::calendar::parse_date(row.try_get("due_date")?)
+                    .map_err(|_| StorageError::Corrupt("bills.due_date".into()))?,
+                parts: Components {
+                    principal: money("principal_minor")?,
+                    interest: money("interest_minor")?,
+                    fee: money("fee_minor")?,
+                    penalty: money("penalty_minor")?,
+                },
             })
-            .collect()
-    }
+        })
+        .collect()
+}
 
+impl Store {
     /// Undoes exactly `payment_id`'s allocations: bills reopen, principal counts
     /// against the credit limit again (and bears penalty again from `today`), its
     /// credit_balance share is taken back.
@@ -364,7 +376,7 @@ impl Store {
             transaction.rollback().await?;
             return Ok(ReverseOutcome::Replayed(reversed));
         }
-        let allocations = self.allocations_of(payment_id, currency).await?;
+        let allocations = allocations_of(&mut *transaction, payment_id, currency).await?;
         let mut principal = Money::zero(currency);
         let mut plans = BTreeSet::new();
         for allocation in &allocations {

@@ -1,6 +1,7 @@
 //! The one integration test binary: every test runs the real services over gRPC,
 //! once on SQLite and once on PostgreSQL (skipped, saying so, without
-//! `BILLPAY_TEST_POSTGRES_URL`).
+//! `BILLPAY_TEST_POSTGRES_URL` — failed instead under `CI=true` or
+//! `BILLPAY_REQUIRE_POSTGRES=1`).
 
 // Test code: a panic is a failed assertion.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -8,12 +9,15 @@
 mod accounts;
 mod auth;
 mod bad_input;
+mod chaos;
+mod crash;
 mod day_close;
 mod events;
 mod lifecycle;
 mod model;
 mod payoff;
 mod plans;
+mod refunds;
 mod repayments;
 mod sim;
 mod support;

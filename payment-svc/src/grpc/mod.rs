@@ -2,6 +2,7 @@
 //! billing client and the target it forwards).
 
 mod convert;
+mod dead_letters;
 mod repayments;
 
 use std::sync::Arc;
@@ -40,6 +41,17 @@ pub const RPC_RULES: &[RpcRule] = &[
     rule(
         "/payment.v1.PaymentService/RefundPayment",
         "payment:refund",
+        Access::ServiceOnly,
+    ),
+    // Read for operators and services; the handler refuses customers.
+    rule(
+        "/payment.v1.PaymentService/ListDeadLetters",
+        "payment:read",
+        Access::Read,
+    ),
+    rule(
+        "/payment.v1.PaymentService/RetryDeadLetter",
+        "payment:admin",
         Access::ServiceOnly,
     ),
 ];
@@ -86,6 +98,24 @@ impl PaymentService for PaymentApi {
         request: Request<wire::RefundPaymentRequest>,
     ) -> Result<Response<wire::RefundPaymentResponse>, Status> {
         self.handle_refund_payment(request).await.map(Response::new)
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<wire::ListDeadLettersRequest>,
+    ) -> Result<Response<wire::ListDeadLettersResponse>, Status> {
+        self.handle_list_dead_letters(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn retry_dead_letter(
+        &self,
+        request: Request<wire::RetryDeadLetterRequest>,
+    ) -> Result<Response<wire::RetryDeadLetterResponse>, Status> {
+        self.handle_retry_dead_letter(request)
+            .await
+            .map(Response::new)
     }
 }
 

@@ -5,11 +5,17 @@ use prost::Message as _;
 use service_kit::{
     audit::admit_account,
     auth::Caller,
+    deadline::Deadline,
     errors::{FieldViolations, invalid_field, refusal},
+    failpoint::failpoint,
     telemetry::RequestId,
     wire::{decode_page_token, encode_page_token, money_field, page_size},
 };
+use std::time::Duration;
+
+use tokio::time::Instant;
 use tonic::{Code, Request, Status};
+use tracing::Instrument as _;
 
 use super::{
     PaymentApi,
@@ -18,9 +24,15 @@ use super::{
 use crate::{
     domain::payment::{Instrument, PaymentStatus, parse_idempotency_key, request_fingerprint},
     flow::encode_target,
-    providers::RefundOutcome,
-    storage::{InsertOutcome, NewPayment, OutboxKind, Payment},
+    storage::{InsertOutcome, NewPayment, OutboxKind, Payment, Refund, RefundStatus, StorageError},
 };
+
+/// Kept back from the call's deadline to read the payment and answer.
+const ANSWER_RESERVE: Duration = Duration::from_millis(150);
+/// Below this much time left, a repayment is refused before anything is stored.
+const CHARGE_TIME_MIN: Duration = Duration::from_millis(400);
+/// The budget of a call that arrives without a deadline (outside the server's layer).
+const CALL_TIME_DEFAULT: Duration = Duration::from_secs(10);
 
 /// The longest account or payment id accepted.
 const ID_BYTES_MAX: usize = 64;
@@ -49,6 +61,11 @@ impl PaymentApi {
             .extensions()
             .get::<RequestId>()
             .map(|id| id.0.clone());
+        let deadline = request
+            .extensions()
+            .get::<Deadline>()
+            .copied()
+            .unwrap_or_else(|| Deadline(Instant::now() + CALL_TIME_DEFAULT));
         let message = request.into_inner();
         let mut violations = FieldViolations::new();
         let key = violations.check(
@@ -103,11 +120,17 @@ impl PaymentApi {
             return self.replay(existing, &fingerprint);
         }
 
-        // Check the amount before any money moves (the customer confirmed it).
+        // Check the amount before any money moves (the customer confirmed it), with
+        // a third of the time left, so the charge keeps the rest.
         let quoted = self
             .flow
             .billing()
-            .quote(&message.account_id, target.clone(), request_id.as_deref())
+            .quote(
+                &message.account_id,
+                target.clone(),
+                request_id.as_deref(),
+                deadline.remaining() / 3,
+            )
             .await
             .map_err(billing_refusal)
             .and_then(|quote| {
@@ -133,6 +156,11 @@ impl PaymentApi {
             };
         }
 
+        if deadline.remaining() < CHARGE_TIME_MIN {
+            return Err(Status::deadline_exceeded(
+                "too little of the call's deadline is left to pay; nothing was charged",
+            ));
+        }
         let stored_target = encode_target(&target);
         let new = NewPayment {
             caller: &caller.subject,
@@ -150,9 +178,33 @@ impl PaymentApi {
             InsertOutcome::Existing(existing) => return self.replay(existing, &fingerprint),
         };
         tracing::Span::current().record("payment_id", payment.payment_id.as_str());
-        self.flow.charge(&payment, &instrument).await?;
-        self.apply_now_if_succeeded(&payment.payment_id, request_id.as_deref())
-            .await;
+        failpoint("payment-after-processing-stored");
+        // From here money may move: whatever happens, the answer is the payment in
+        // the state it reached, never an error. The charge and the inline apply run
+        // on their own task, so a caller's deadline cuts the wait, not the work.
+        let work = tokio::spawn({
+            let (api, payment) = (self.clone(), payment.clone());
+            async move {
+                api.flow.charge(&payment, &instrument).await?;
+                api.apply_now_if_succeeded(&payment.payment_id, request_id.as_deref())
+                    .await;
+                Ok::<_, StorageError>(())
+            }
+            .instrument(tracing::Span::current())
+        });
+        let answer_by = deadline.0.checked_sub(ANSWER_RESERVE).unwrap_or(deadline.0);
+        match tokio::time::timeout_at(answer_by, work).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!(%error, "recording the charge failed; the reconciler resolves it");
+            }
+            Ok(Err(error)) => tracing::error!(%error, "the charge task failed"),
+            Err(_) => {
+                tracing::warn!(
+                    "the deadline is near: answering the payment as it stands; the work goes on"
+                );
+            }
+        }
         let payment = self.reload(&payment.payment_id).await?;
         Ok(wire::CreateRepaymentResponse {
             payment: Some(payment_to_wire(&payment)),
@@ -303,9 +355,20 @@ impl PaymentApi {
                 ),
             ));
         }
-        let refund = self
-            .flow
-            .store()
+        let store = self.flow.store();
+        if payment.status == PaymentStatus::Succeeded
+            && !payment.applied
+            && store
+                .refund_of_payment(&payment.payment_id)
+                .await?
+                .is_none()
+        {
+            // Billing reverses only what it applied; the outbox applies it shortly.
+            return Err(service_kit::errors::unavailable(
+                "billing-svc has not applied this payment yet; retry shortly",
+            ));
+        }
+        let refund = store
             .insert_refund(
                 &payment.payment_id,
                 &payment.account_id,
@@ -320,35 +383,40 @@ impl PaymentApi {
         {
             return Err(key_reused());
         }
-        if payment.status == PaymentStatus::Succeeded {
-            match self.flow.refund(&payment, &refund.refund_id).await? {
-                RefundOutcome::Refunded => {}
-                RefundOutcome::Refused { reason } => {
-                    return Err(refusal(Code::FailedPrecondition, "NOT_REFUNDABLE", reason));
-                }
-                RefundOutcome::Unknown { reason } => {
-                    tracing::warn!(reason, "refund unanswered");
-                    return Err(Status::unavailable(
-                        "the provider did not answer; retry with the same idempotency_key",
-                    ));
-                }
-            }
-        }
-        if let Err(error) = self
+        let refund = self
             .flow
-            .deliver(
-                &payment.payment_id,
-                OutboxKind::Reverse,
-                request_id.as_deref(),
-            )
-            .await
-        {
-            tracing::warn!(%error, "billing not told of the refund yet; the outbox will deliver");
-        }
+            .drive_refund(refund, request_id.as_deref())
+            .await?;
+        let refund_status = match refund.status {
+            RefundStatus::Requested => wire::RefundStatus::Requested,
+            RefundStatus::Sent => wire::RefundStatus::Sent,
+            RefundStatus::Refunded => wire::RefundStatus::Refunded,
+            RefundStatus::Reinstating | RefundStatus::Failed => {
+                return Err(refund_refusal(&refund));
+            }
+        };
         let payment = self.reload(&payment.payment_id).await?;
         Ok(wire::RefundPaymentResponse {
             payment: Some(payment_to_wire(&payment)),
+            refund_status: refund_status as i32,
         })
+    }
+}
+
+/// A refund that moved no money, as the caller hears it: billing's refusal
+/// (NOT_REVERSIBLE) passed on, or the provider's (NOT_REFUNDABLE).
+fn refund_refusal(refund: &Refund) -> Status {
+    let message = refund
+        .failure_message
+        .clone()
+        .unwrap_or_else(|| "the refund was refused".to_owned());
+    match refund.failure_code.as_deref() {
+        Some("PROVIDER_REFUSED") | None => refusal(
+            Code::FailedPrecondition,
+            "NOT_REFUNDABLE",
+            format!("the provider refused the refund; the payment stands: {message}"),
+        ),
+        Some(reason) => refusal(Code::FailedPrecondition, reason, message),
     }
 }
 

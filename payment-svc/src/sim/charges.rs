@@ -176,7 +176,7 @@ fn new_provider_ref(provider: Provider) -> String {
 }
 
 /// Waits out the lost-reply delay, unless the simulator stops first.
-async fn hold_reply(state: &SimState) -> Result<(), RequestError> {
+pub(super) async fn hold_reply(state: &SimState) -> Result<(), RequestError> {
     let mut stop = state.stop.clone();
     tokio::select! {
         () = tokio::time::sleep(state.lost_reply_delay) => Ok(()),

@@ -12,6 +12,8 @@ use service_kit::clock::now_micros;
 use tracing::field::Empty;
 
 use super::{
+    behaviour::Behaviour,
+    charges::hold_reply,
     ledger::{Refund, RefundOutcome},
     routes::{RequestError, SimState, authenticate, check_amount, check_id, parse_body},
     wire::{RefundReply, RefundRequest},
@@ -43,6 +45,16 @@ pub async fn refund(
     match state.ledger.record_refund(&refund, now_micros()).await? {
         RefundOutcome::Refunded => {
             tracing::info!(amount_minor = refund.amount_minor, "refund recorded");
+            // A charge whose reply was lost (0119) loses its refund's first reply
+            // too; a repeat of the refund id answers at once.
+            let charge = state
+                .ledger
+                .find_charge(provider, &refund.payment_id)
+                .await?;
+            if charge.is_some_and(|charge| Behaviour::of(&charge.instrument_last4).holds_reply()) {
+                tracing::info!("holding the refund's reply back (lost reply)");
+                hold_reply(&state).await?;
+            }
         }
         RefundOutcome::Replayed => tracing::info!("repeated refund: nothing more refunded"),
         RefundOutcome::NoSuccessfulCharge => {

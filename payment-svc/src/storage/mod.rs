@@ -7,9 +7,9 @@ mod refunds;
 
 use service_kit::db::{Db, Migration, Migrations};
 
-pub use outbox::{OutboxKind, OutboxRow};
+pub use outbox::{DeadLetter, OutboxKind, OutboxRow};
 pub use payments::{InsertOutcome, NewPayment, Payment};
-pub use refunds::Refund;
+pub use refunds::{Refund, RefundFailure, RefundStatus};
 
 /// payment-svc's schema, per dialect, in version order.
 pub const MIGRATIONS: Migrations = Migrations {
@@ -24,6 +24,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "payments",
             sql: include_str!("../../migrations/sqlite/0002_payments.sql"),
         },
+        Migration {
+            version: 3,
+            name: "refund_states_dead_letters",
+            sql: include_str!("../../migrations/sqlite/0003_refund_states_dead_letters.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -35,6 +40,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 2,
             name: "payments",
             sql: include_str!("../../migrations/postgres/0002_payments.sql"),
+        },
+        Migration {
+            version: 3,
+            name: "refund_states_dead_letters",
+            sql: include_str!("../../migrations/postgres/0003_refund_states_dead_letters.sql"),
         },
     ],
 };

@@ -23,7 +23,7 @@ impl OutboxKind {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    pub fn parse(text: &str) -> Option<Self> {
         match text {
             "APPLY" => Some(Self::Apply),
             "REVERSE" => Some(Self::Reverse),
@@ -72,7 +72,7 @@ impl Store {
     pub async fn due_outbox(&self, limit: u32) -> Result<Vec<OutboxRow>, StorageError> {
         let rows = sqlx::query(
             "SELECT payment_id, kind, attempts, next_attempt_at_micros FROM outbox \
-             WHERE delivered_at_micros IS NULL AND next_attempt_at_micros <= $1 \
+             WHERE delivered_at_micros IS NULL AND dead_at_micros IS NULL AND next_attempt_at_micros <= $1 \
              ORDER BY created_at_micros, kind LIMIT $2",
         )
         .bind(now_micros())
@@ -101,7 +101,8 @@ impl Store {
     ) -> Result<bool, StorageError> {
         let claimed = sqlx::query(
             "UPDATE outbox SET next_attempt_at_micros = $1, attempts = attempts + 1 \
-             WHERE payment_id = $2 AND kind = $3 AND delivered_at_micros IS NULL AND next_attempt_at_micros = $4",
+             WHERE payment_id = $2 AND kind = $3 AND delivered_at_micros IS NULL AND dead_at_micros IS NULL \
+               AND next_attempt_at_micros = $4",
         )
         .bind(lease_until_micros)
         .bind(row.payment_id.as_str())
@@ -121,12 +122,15 @@ impl Store {
     ) -> Result<(), StorageError> {
         let now = now_micros();
         let mut transaction = self.db.begin_write().await?;
-        sqlx::query("UPDATE outbox SET delivered_at_micros = $1, last_error = NULL WHERE payment_id = $2 AND kind = $3")
-            .bind(now)
-            .bind(payment_id)
-            .bind(kind.as_str())
-            .execute(&mut *transaction)
-            .await?;
+        sqlx::query(
+            "UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
+             WHERE payment_id = $2 AND kind = $3",
+        )
+        .bind(now)
+        .bind(payment_id)
+        .bind(kind.as_str())
+        .execute(&mut *transaction)
+        .await?;
         if kind == OutboxKind::Apply {
             sqlx::query("UPDATE payments SET applied = 1 WHERE payment_id = $1")
                 .bind(payment_id)
@@ -157,4 +161,111 @@ impl Store {
         .await?;
         Ok(())
     }
+
+    /// Billing refused for good, or the attempts ran out: the row is a dead letter,
+    /// no longer retried until an admin asks. Returns how many dead letters there are.
+    pub async fn outbox_dead(
+        &self,
+        payment_id: &str,
+        kind: OutboxKind,
+        error: &str,
+    ) -> Result<i64, StorageError> {
+        sqlx::query(
+            "UPDATE outbox SET dead_at_micros = $1, last_error = $2 \
+             WHERE payment_id = $3 AND kind = $4 AND delivered_at_micros IS NULL",
+        )
+        .bind(now_micros())
+        .bind(error)
+        .bind(payment_id)
+        .bind(kind.as_str())
+        .execute(self.db.writer())
+        .await?;
+        self.dead_letter_count().await
+    }
+
+    pub async fn dead_letter_count(&self) -> Result<i64, StorageError> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM outbox WHERE dead_at_micros IS NOT NULL AND delivered_at_micros IS NULL",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(count)
+    }
+
+    /// Up to `limit` dead letters in (payment_id, kind) order, after `after`.
+    pub async fn dead_letters_page(
+        &self,
+        after: Option<(&str, OutboxKind)>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StorageError> {
+        let (after_payment, after_kind) = after.map_or(("", ""), |(id, kind)| (id, kind.as_str()));
+        let rows = sqlx::query(
+            "SELECT payment_id, account_id, kind, attempts, last_error, dead_at_micros FROM outbox \
+             WHERE dead_at_micros IS NOT NULL AND delivered_at_micros IS NULL \
+               AND (payment_id > $1 OR (payment_id = $2 AND kind > $3)) \
+             ORDER BY payment_id, kind LIMIT $4",
+        )
+        .bind(after_payment)
+        .bind(after_payment)
+        .bind(after_kind)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(dead_letter_from_row).collect()
+    }
+
+    /// Puts a dead letter back in the outbox, due now, with its attempts reset; None
+    /// if there is no such dead letter.
+    pub async fn retry_dead_letter(
+        &self,
+        payment_id: &str,
+        kind: OutboxKind,
+    ) -> Result<Option<DeadLetter>, StorageError> {
+        let row = sqlx::query(
+            "SELECT payment_id, account_id, kind, attempts, last_error, dead_at_micros FROM outbox \
+             WHERE payment_id = $1 AND kind = $2 AND dead_at_micros IS NOT NULL AND delivered_at_micros IS NULL",
+        )
+        .bind(payment_id)
+        .bind(kind.as_str())
+        .fetch_optional(self.db.pool())
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let letter = dead_letter_from_row(&row)?;
+        let revived = sqlx::query(
+            "UPDATE outbox SET dead_at_micros = NULL, attempts = 0, next_attempt_at_micros = $1 \
+             WHERE payment_id = $2 AND kind = $3 AND dead_at_micros IS NOT NULL AND delivered_at_micros IS NULL",
+        )
+        .bind(now_micros())
+        .bind(payment_id)
+        .bind(kind.as_str())
+        .execute(self.db.writer())
+        .await?
+        .rows_affected();
+        Ok((revived == 1).then_some(letter))
+    }
+}
+
+/// An outbox row no longer retried on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    pub payment_id: String,
+    pub account_id: String,
+    pub kind: OutboxKind,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub dead_at_micros: i64,
+}
+
+fn dead_letter_from_row(row: &sqlx::any::AnyRow) -> Result<DeadLetter, StorageError> {
+    Ok(DeadLetter {
+        payment_id: row.try_get("payment_id")?,
+        account_id: row.try_get("account_id")?,
+        kind: OutboxKind::parse(row.try_get("kind")?)
+            .ok_or_else(|| StorageError::Corrupt("outbox.kind".into()))?,
+        attempts: row.try_get("attempts")?,
+        last_error: row.try_get("last_error")?,
+        dead_at_micros: row.try_get("dead_at_micros")?,
+    })
 }

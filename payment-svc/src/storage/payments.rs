@@ -183,17 +183,6 @@ impl Store {
         Ok(())
     }
 
-    /// SUCCEEDED → REFUNDED with a REVERSE outbox row, in one transaction.
-    pub async fn record_refund(&self, payment_id: &str) -> Result<bool, StorageError> {
-        let step = Transition {
-            from: PaymentStatus::Succeeded,
-            to: PaymentStatus::Refunded,
-            provider_ref: None,
-            outbox: OutboxKind::Reverse,
-        };
-        self.transition_with_outbox(payment_id, step).await
-    }
-
     /// Moves a payment `step.from` → `step.to` and writes the outbox row billing must
     /// hear about, in one transaction. False (and nothing written) if the payment was
     /// no longer in `step.from`: a duplicate or stale answer.

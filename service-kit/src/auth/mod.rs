@@ -28,6 +28,7 @@ pub const ALL_SCOPES: &[&str] = &[
     "payment:read",
     "payment:write",
     "payment:refund",
+    "payment:admin",
 ];
 
 /// Mints a token for `subject` valid for `ttl_seconds` from now: what `billpay token`,

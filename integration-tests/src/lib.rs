@@ -245,6 +245,12 @@ impl TestApp {
         self.payment_addr
     }
 
+    /// The directory holding the stack's SQLite files (`billing.db`, `payment.db`,
+    /// `provider-sim.db`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
+    }
+
     /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
     /// stack spawned with `flaky_billing`.
     pub fn set_billing_apply_down(&self, down: bool) {

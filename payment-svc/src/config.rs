@@ -5,6 +5,7 @@ use std::{net::SocketAddr, time::Duration};
 use service_kit::config::CommonArgs;
 
 use crate::{
+    domain::payment::{DEV_FINGERPRINT_KEY, FINGERPRINT_KEY_BYTES_MIN, FingerprintKey},
     jobs::JobTimings,
     providers::ProviderSettings,
     sim::{DEV_ALIPAY_SECRET, DEV_BANK_CARD_SECRET, DEV_WECHAT_PAY_SECRET},
@@ -77,6 +78,11 @@ pub struct Config {
     pub alipay_secret: Option<String>,
     #[arg(long, env = "BILLPAY_WECHAT_PAY_SECRET", hide_env_values = true)]
     pub wechat_pay_secret: Option<String>,
+    /// The HMAC key request fingerprints are keyed with (at least 32 bytes); required
+    /// outside dev mode. Keep it out of the database's backups: with it, a stolen
+    /// fingerprint can be brute-forced back to the instrument.
+    #[arg(long, env = "BILLPAY_FINGERPRINT_KEY", hide_env_values = true)]
+    pub fingerprint_key: Option<String>,
     /// How long one provider request may take.
     #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT_MS", default_value_t = 3_000)]
     pub provider_timeout_ms: u64,
@@ -101,6 +107,8 @@ pub enum PaymentConfigError {
     ReconcileTooSoon,
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("BILLPAY_FINGERPRINT_KEY must be at least {FINGERPRINT_KEY_BYTES_MIN} bytes")]
+    ShortFingerprintKey,
 }
 
 impl Config {
@@ -124,6 +132,7 @@ impl Config {
             bank_card_secret: None,
             alipay_secret: None,
             wechat_pay_secret: None,
+            fingerprint_key: None,
             provider_timeout_ms: 3_000,
             reconcile_after_ms: 30_000,
             reconcile_interval_ms: 5_000,
@@ -166,6 +175,21 @@ impl Config {
                 wechat_pay_dev,
             )?,
         ])
+    }
+
+    /// The fingerprint key: the configured one, or the dev key in dev mode only.
+    pub fn fingerprint_key(&self) -> Result<FingerprintKey, PaymentConfigError> {
+        let secret = match (
+            self.fingerprint_key.as_deref().filter(|s| !s.is_empty()),
+            self.common.dev,
+        ) {
+            (Some(secret), _) => secret,
+            (None, true) => DEV_FINGERPRINT_KEY,
+            (None, false) => {
+                return Err(PaymentConfigError::MissingSecret("BILLPAY_FINGERPRINT_KEY"));
+            }
+        };
+        FingerprintKey::new(secret.as_bytes()).map_err(|_| PaymentConfigError::ShortFingerprintKey)
     }
 
     pub fn provider_timeout(&self) -> Result<Duration, PaymentConfigError> {

@@ -13,6 +13,7 @@ mod lifecycle;
 mod payoff;
 mod plans;
 mod repayments;
+mod security;
 mod sim;
 mod support;
 

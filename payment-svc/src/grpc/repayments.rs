@@ -92,6 +92,7 @@ impl PaymentApi {
         tracing::Span::current().record("account_id", message.account_id.as_str());
 
         let fingerprint = request_fingerprint(
+            &self.fingerprint_key,
             &message.account_id,
             &target.encode_to_vec(),
             expected,

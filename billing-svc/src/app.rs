@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use chrono::FixedOffset;
 
 use billpay_contracts::billing::v1::billing_service_server::{BillingServiceServer, SERVICE_NAME};
-use service_kit::{server::ServeError, startup::Foundation};
+use service_kit::{auth::APPLY_SCOPE, server::ServeError, startup::Foundation};
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -44,7 +44,10 @@ impl Application {
             None => Catalog::demo(),
         }
         .context("billing-svc: the product catalog is not valid")?;
-        let foundation = Foundation::build(
+        if config.payment_svc_subject.trim().is_empty() {
+            anyhow::bail!("billing-svc: BILLING_PAYMENT_SVC_SUBJECT must not be empty");
+        }
+        let mut foundation = Foundation::build(
             "billing-svc",
             &config.common,
             &config.database_url,
@@ -52,6 +55,7 @@ impl Application {
             config.listen_addr,
         )
         .await?;
+        foundation.grant_only_to(APPLY_SCOPE, &config.payment_svc_subject);
         Ok(Self {
             foundation,
             catalog: Arc::new(catalog),

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use chrono::{FixedOffset, Offset as _};
 
-use service_kit::config::CommonArgs;
+use service_kit::{auth::PAYMENT_SVC_SUBJECT, config::CommonArgs};
 
 /// billing-svc's settings.
 #[derive(Debug, Clone, clap::Parser)]
@@ -38,6 +38,10 @@ pub struct Config {
     /// Close each business day automatically after midnight (catching up missed days).
     #[arg(long, env = "BILLING_AUTO_DAY_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_day_close: bool,
+    /// The token subject of payment-svc: the only caller ApplyRepayment and
+    /// ReverseRepayment (scope billing:apply) are open to.
+    #[arg(long, env = "BILLING_PAYMENT_SVC_SUBJECT", default_value = PAYMENT_SVC_SUBJECT)]
+    pub payment_svc_subject: String,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -51,6 +55,7 @@ impl Config {
             products_file: None,
             business_utc_offset: shanghai(),
             auto_day_close: true,
+            payment_svc_subject: PAYMENT_SVC_SUBJECT.to_owned(),
             common: CommonArgs::dev(),
         }
     }

@@ -16,7 +16,7 @@ use billpay_contracts::{
         payment_service_client::PaymentServiceClient,
     },
 };
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
 use tonic::transport::Channel;
 
 /// How long the demo waits for an asynchronous wallet to confirm.
@@ -65,7 +65,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut clients = Clients {
         billing: BillingServiceClient::new(connect(args.billing_addr).await?),
         payment: PaymentServiceClient::new(connect(args.payment_addr).await?),
-        token: mint(&key, "billpay-demo", Role::Service, ALL_SCOPES, None, 600),
+        token: mint(
+            &key,
+            "billpay-demo",
+            Role::Service,
+            DEFAULT_SERVICE_SCOPES,
+            None,
+            600,
+        ),
     };
 
     let suffix = uuid::Uuid::now_v7().simple().to_string();

@@ -1,7 +1,7 @@
 //! `billpay token`: mints a bearer token signed with the configured secret.
 
 use anyhow::{Context as _, bail};
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{ALL_SCOPES, DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
 
 /// Arguments of `billpay token`.
 #[derive(Debug, Clone, clap::Args)]
@@ -10,7 +10,7 @@ pub struct TokenArgs {
     #[arg(long, value_parser = parse_role)]
     pub role: Role,
     /// A scope for a service token (repeatable). A service token without --scope gets
-    /// every scope.
+    /// every scope but billing:apply, which billing honours from payment-svc alone.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// The account a customer token is limited to (required for customers).
@@ -55,7 +55,7 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<String> {
         );
     }
     let scopes: Vec<&str> = match args.role {
-        Role::Service if args.scopes.is_empty() => ALL_SCOPES.to_vec(),
+        Role::Service if args.scopes.is_empty() => DEFAULT_SERVICE_SCOPES.to_vec(),
         Role::Service => args.scopes.iter().map(String::as_str).collect(),
         Role::Operator | Role::Customer if !args.scopes.is_empty() => {
             bail!("--scope applies to service tokens only")

@@ -9,7 +9,7 @@ use billpay_contracts::{
     common::v1::Money,
 };
 use payment_svc::sim::{ProviderSim, SimConfig};
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
 use tokio::sync::watch;
 
 /// Dev tokens printed by `up` last this long.
@@ -146,7 +146,7 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         key,
         "dev-service",
         Role::Service,
-        ALL_SCOPES,
+        DEFAULT_SERVICE_SCOPES,
         None,
         DEV_TOKEN_TTL_SECONDS,
     );

@@ -19,7 +19,7 @@ use billpay_contracts::{
 };
 use payment_svc::sim::{ProviderSim, SimConfig};
 use service_kit::{
-    auth::{DEV_JWT_SECRET, JwtKey, Role, mint},
+    auth::{APPLY_SCOPE, DEV_JWT_SECRET, JwtKey, PAYMENT_SVC_SUBJECT, Role, mint},
     db::Db,
     server::ServeError,
 };
@@ -296,9 +296,21 @@ impl TestApp {
         PaymentServiceClient::new(connect(self.payment_addr).await)
     }
 
-    /// A service token holding `scopes`.
+    /// A service token holding `scopes`. Billing honours `billing:apply` from
+    /// payment-svc alone, so a token asking for it speaks as payment-svc (as the
+    /// tests that apply or reverse by hand stand in for payment-svc).
     pub fn service_token(&self, scopes: &[&str]) -> String {
-        mint(&self.key, "test-service", Role::Service, scopes, None, 600)
+        let subject = if scopes.contains(&APPLY_SCOPE) {
+            PAYMENT_SVC_SUBJECT
+        } else {
+            "test-service"
+        };
+        self.service_token_as(subject, scopes)
+    }
+
+    /// A service token for `subject` holding `scopes`: some other service.
+    pub fn service_token_as(&self, subject: &str, scopes: &[&str]) -> String {
+        mint(&self.key, subject, Role::Service, scopes, None, 600)
     }
 
     pub fn operator_token(&self, subject: &str) -> String {

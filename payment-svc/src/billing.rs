@@ -11,14 +11,14 @@ use billpay_contracts::{
     common::v1::RepaymentTarget,
 };
 use service_kit::{
-    auth::{JwtKey, Role, mint},
+    auth::{APPLY_SCOPE, JwtKey, PAYMENT_SVC_SUBJECT, Role, mint},
     telemetry::REQUEST_ID_HEADER,
 };
 use tonic::{Request, Status, transport::Channel};
 
 /// Tokens minted per call live this long: long enough for one call and its retries.
 const TOKEN_TTL_SECONDS: i64 = 300;
-const SCOPES: &[&str] = &["billing:read", "billing:apply"];
+const SCOPES: &[&str] = &["billing:read", APPLY_SCOPE];
 
 #[derive(Debug, Clone)]
 pub struct BillingClient {
@@ -44,7 +44,7 @@ impl BillingClient {
         let mut request = Request::new(message);
         let token = mint(
             &self.key,
-            "payment-svc",
+            PAYMENT_SVC_SUBJECT,
             Role::Service,
             SCOPES,
             None,

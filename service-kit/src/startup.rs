@@ -20,6 +20,7 @@ pub struct Foundation {
     pub key: JwtKey,
     server: GrpcServer,
     limits: ServerLimits,
+    owned_scopes: Vec<(&'static str, String)>,
 }
 
 impl Foundation {
@@ -48,7 +49,13 @@ impl Foundation {
             key,
             server,
             limits,
+            owned_scopes: Vec::new(),
         })
+    }
+
+    /// Honours `scope` only in the tokens of `subject` (see [`AuthLayer::grant_only_to`]).
+    pub fn grant_only_to(&mut self, scope: &'static str, subject: &str) {
+        self.owned_scopes.push((scope, subject.to_owned()));
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -63,7 +70,12 @@ impl Foundation {
         rules: &'static [RpcRule],
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let auth = AuthLayer::new(self.key, rules);
+        let auth = self
+            .owned_scopes
+            .into_iter()
+            .fold(AuthLayer::new(self.key, rules), |auth, (scope, subject)| {
+                auth.grant_only_to(scope, subject)
+            });
         self.server
             .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
             .await

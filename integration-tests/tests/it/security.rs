@@ -1,6 +1,10 @@
 //! Issue 10: what a stolen database gives away, and who may move money in billing.
 
-use billpay_contracts::payment::v1::{PaymentMethod, PaymentStatus};
+use billpay_contracts::{
+    billing::v1::{ApplyRepaymentRequest, ListBillsRequest, ReverseRepaymentRequest},
+    common::v1::Money,
+    payment::v1::{PaymentMethod, PaymentStatus},
+};
 use chrono::Months;
 use integration_tests::{Backend, TestApp, authorized};
 use payment_svc::domain::payment::{
@@ -8,12 +12,19 @@ use payment_svc::domain::payment::{
     request_fingerprint,
 };
 use prost::Message as _;
-use service_kit::money::{Currency, Money as DomainMoney};
+use service_kit::{
+    auth::{
+        ALL_SCOPES, APPLY_SCOPE, DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey,
+        PAYMENT_SVC_SUBJECT, Role,
+    },
+    money::{Currency, Money as DomainMoney},
+};
 use sha2::{Digest as _, Sha256};
+use tonic::Code;
 
 use crate::{
     on_both_backends,
-    support::{bills_target, business_today, new_plan, open_account, pay, repayment},
+    support::{bills_target, business_today, expect_code, new_plan, open_account, pay, repayment},
 };
 
 on_both_backends!(a_stolen_payment_row_does_not_give_back_the_card);
@@ -196,4 +207,148 @@ async fn database_files_are_owner_only() {
         );
     }
     app.stop().await;
+}
+
+on_both_backends!(only_payment_svc_may_apply_or_reverse);
+
+/// Money in billing moves only on payment-svc's word: every other token, whatever
+/// scopes it holds, is refused ApplyRepayment and ReverseRepayment, writing nothing.
+async fn only_payment_svc_may_apply_or_reverse(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-apply").await;
+    // A real captured card payment, applied by payment-svc.
+    let captured = pay(
+        &app,
+        repayment(
+            "k-real",
+            &account_id,
+            bills_target(&[&bills[0]]),
+            "535.91",
+            PaymentMethod::BankCard,
+            "tok_4242",
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(captured.applied);
+
+    let default_service = billpay::token::run(&billpay::token::TokenArgs {
+        role: Role::Service,
+        scopes: Vec::new(),
+        account: None,
+        subject: "dev".into(),
+        ttl_secs: 600,
+        jwt_secret: None,
+    })
+    .unwrap();
+    let claims = JwtKey::new(DEV_JWT_SECRET.as_bytes())
+        .unwrap()
+        .verify(&default_service, service_kit::clock::now_unix_seconds())
+        .unwrap();
+    assert!(
+        !claims.scopes.iter().any(|scope| scope == APPLY_SCOPE),
+        "the default service token holds {:?}",
+        claims.scopes
+    );
+    assert_eq!(claims.scopes.len(), ALL_SCOPES.len() - 1);
+
+    let refused = [
+        (
+            "the default `billpay token --role service`",
+            default_service,
+        ),
+        (
+            "reporting-svc holding every scope",
+            app.service_token_as("reporting-svc", ALL_SCOPES),
+        ),
+        (
+            "reporting-svc holding billing:apply",
+            app.service_token_as("reporting-svc", &[APPLY_SCOPE]),
+        ),
+        (
+            "payment-svc's name without billing:apply",
+            app.service_token_as(PAYMENT_SVC_SUBJECT, DEFAULT_SERVICE_SCOPES),
+        ),
+        ("an operator", app.operator_token("op-zhang")),
+        ("the account's customer", app.customer_token(&account_id)),
+    ];
+    let tables = ["repayments", "allocations", "events", "operator_audit"];
+    let mut before = Vec::new();
+    for table in tables {
+        before.push(app.billing_rows(table).await);
+    }
+    let bills_before = bill_states(&app, &account_id).await;
+    for (who, token) in &refused {
+        let apply = ApplyRepaymentRequest {
+            payment_id: "pay_never_captured".into(),
+            account_id: account_id.clone(),
+            amount: Some(Money::new("CNY", "9000.00")),
+            target: Some(bills_target(&[&bills[1]])),
+        };
+        let status = expect_code(
+            app.billing()
+                .await
+                .apply_repayment(authorized(apply, token))
+                .await,
+            Code::PermissionDenied,
+        );
+        assert!(!status.message().is_empty(), "{who}");
+        let reverse = ReverseRepaymentRequest {
+            payment_id: captured.payment_id.clone(),
+        };
+        expect_code(
+            app.billing()
+                .await
+                .reverse_repayment(authorized(reverse, token))
+                .await,
+            Code::PermissionDenied,
+        );
+    }
+    let mut after = Vec::new();
+    for table in tables {
+        after.push(app.billing_rows(table).await);
+    }
+    assert_eq!(before, after, "nothing written for {tables:?}");
+    assert_eq!(bill_states(&app, &account_id).await, bills_before);
+
+    // payment-svc's own identity still may (here, a replay of what it applied).
+    let replay = ApplyRepaymentRequest {
+        payment_id: captured.payment_id.clone(),
+        account_id: account_id.clone(),
+        amount: Some(Money::new("CNY", "535.91")),
+        target: Some(bills_target(&[&bills[0]])),
+    };
+    let replayed = app
+        .billing()
+        .await
+        .apply_repayment(authorized(
+            replay,
+            &app.service_token_as(PAYMENT_SVC_SUBJECT, &[APPLY_SCOPE]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(replayed.replayed);
+    app.stop().await;
+}
+
+/// Each bill of the account with its status, in due order.
+async fn bill_states(app: &TestApp, account_id: &str) -> Vec<(String, i32)> {
+    let request = ListBillsRequest {
+        account_id: account_id.into(),
+        page_size: 100,
+        ..Default::default()
+    };
+    app.billing()
+        .await
+        .list_bills(authorized(request, &app.service_token(&["billing:read"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .bills
+        .into_iter()
+        .map(|bill| (bill.bill_id, bill.status))
+        .collect()
 }

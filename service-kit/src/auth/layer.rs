@@ -20,12 +20,25 @@ const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflec
 pub struct AuthLayer {
     key: JwtKey,
     rules: &'static [RpcRule],
+    /// Scopes honoured only in the token of one subject: (scope, subject).
+    owned_scopes: Vec<(&'static str, String)>,
 }
 
 impl AuthLayer {
     /// `rules` lists every RPC of the service; a path it does not list is refused.
     pub fn new(key: JwtKey, rules: &'static [RpcRule]) -> Self {
-        Self { key, rules }
+        Self {
+            key,
+            rules,
+            owned_scopes: Vec::new(),
+        }
+    }
+
+    /// Honours `scope` only in service tokens whose subject is `subject`: any other
+    /// token calling an RPC that needs it is PERMISSION_DENIED, whatever it claims.
+    pub fn grant_only_to(mut self, scope: &'static str, subject: impl Into<String>) -> Self {
+        self.owned_scopes.push((scope, subject.into()));
+        self
     }
 
     /// The caller for `path` and `authorization`, or the status that refuses them.
@@ -60,6 +73,15 @@ impl AuthLayer {
             return Err(Status::permission_denied(format!(
                 "role {:?} with scopes {:?} may not call {path} (needs scope {})",
                 claims.role, claims.scopes, rule.scope
+            )));
+        }
+        if let Some((scope, owner)) = self
+            .owned_scopes
+            .iter()
+            .find(|(scope, owner)| *scope == rule.scope && *owner != claims.sub)
+        {
+            return Err(Status::permission_denied(format!(
+                "{scope} is granted to {owner} alone; {path} is not open to other callers"
             )));
         }
         Ok(Some(Caller {
@@ -151,6 +173,11 @@ mod tests {
             scope: "x:pay",
             access: Access::CustomerWrite,
         },
+        RpcRule {
+            path: "/x.v1.S/Apply",
+            scope: "x:apply",
+            access: Access::ServiceOnly,
+        },
     ];
 
     fn layer() -> AuthLayer {
@@ -158,11 +185,16 @@ mod tests {
             JwtKey::new(b"0123456789abcdef0123456789abcdef").unwrap(),
             RULES,
         )
+        .grant_only_to("x:apply", "payer")
     }
 
     fn bearer(role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
+        bearer_as("t", role, scopes, account_id)
+    }
+
+    fn bearer_as(subject: &str, role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
         let claims = Claims {
-            sub: "t".into(),
+            sub: subject.into(),
             role,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             account_id: account_id.map(str::to_owned),
@@ -179,6 +211,8 @@ mod tests {
         let operator = bearer(Role::Operator, &[], None);
         let customer = bearer(Role::Customer, &[], Some("acc_1"));
         let customer_without_account = bearer(Role::Customer, &[], None);
+        let payer = bearer_as("payer", Role::Service, &["x:apply"], None);
+        let other_payer = bearer(Role::Service, &["x:apply", "x:read", "x:write"], None);
         // (path, authorization metadata, the refusal expected or None)
         type Case<'a> = (&'a str, Option<&'a [u8]>, Option<tonic::Code>);
         let cases: &[Case] = &[
@@ -203,6 +237,10 @@ mod tests {
             ("/x.v1.S/Pay", Some(&operator), Some(Denied)),
             ("/x.v1.S/Read", Some(&customer), None),
             ("/x.v1.S/Pay", Some(&customer), None),
+            ("/x.v1.S/Apply", Some(&payer), None),
+            ("/x.v1.S/Apply", Some(&other_payer), Some(Denied)),
+            ("/x.v1.S/Apply", Some(&customer), Some(Denied)),
+            ("/x.v1.S/Read", Some(&other_payer), None),
             ("/x.v1.S/Write", Some(&customer), Some(Denied)),
             (
                 "/x.v1.S/Read",

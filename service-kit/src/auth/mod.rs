@@ -18,6 +18,25 @@ pub use layer::{AuthLayer, AuthService};
 /// Public on purpose: outside dev mode the services refuse to start without their own.
 pub const DEV_JWT_SECRET: &str = "billpay-dev-secret-not-for-production-use";
 
+/// The scope that marks money applied to bills. No default token carries it: billing
+/// grants it to payment-svc's identity alone (see [`AuthLayer::grant_only_to`]).
+pub const APPLY_SCOPE: &str = "billing:apply";
+
+/// The identity payment-svc mints its tokens to billing under.
+pub const PAYMENT_SVC_SUBJECT: &str = "payment-svc";
+
+/// The scopes a service token gets when none are asked for: every scope but
+/// [`APPLY_SCOPE`].
+pub const DEFAULT_SERVICE_SCOPES: &[&str] = &[
+    "billing:read",
+    "billing:write",
+    "billing:admin",
+    "billing:events",
+    "payment:read",
+    "payment:write",
+    "payment:refund",
+];
+
 /// Every scope a service token can hold (SPEC §7).
 pub const ALL_SCOPES: &[&str] = &[
     "billing:read",

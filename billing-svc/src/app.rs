@@ -6,7 +6,11 @@ use anyhow::Context as _;
 use chrono::FixedOffset;
 
 use billpay_contracts::billing::v1::billing_service_server::{BillingServiceServer, SERVICE_NAME};
-use service_kit::{auth::APPLY_SCOPE, server::ServeError, startup::Foundation};
+use service_kit::{
+    auth::{APPLY_SCOPE, OwnedScope},
+    server::ServeError,
+    startup::Foundation,
+};
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -44,8 +48,12 @@ impl Application {
             None => Catalog::demo(),
         }
         .context("billing-svc: the product catalog is not valid")?;
-        if config.payment_svc_subject.trim().is_empty() {
-            anyhow::bail!("billing-svc: BILLING_PAYMENT_SVC_SUBJECT must not be empty");
+        if config.payment_svc_subject.trim().is_empty()
+            || config.payment_svc_issuer.trim().is_empty()
+        {
+            anyhow::bail!(
+                "billing-svc: BILLING_PAYMENT_SVC_SUBJECT and BILLING_PAYMENT_SVC_ISSUER must not be empty"
+            );
         }
         let mut foundation = Foundation::build(
             "billing-svc",
@@ -55,7 +63,11 @@ impl Application {
             config.listen_addr,
         )
         .await?;
-        foundation.grant_only_to(APPLY_SCOPE, &config.payment_svc_subject);
+        foundation.grant_only_to(OwnedScope {
+            scope: APPLY_SCOPE,
+            issuer: config.payment_svc_issuer.clone(),
+            subject: config.payment_svc_subject.clone(),
+        });
         Ok(Self {
             foundation,
             catalog: Arc::new(catalog),

@@ -38,10 +38,13 @@ pub struct Config {
     /// Close each business day automatically after midnight (catching up missed days).
     #[arg(long, env = "BILLING_AUTO_DAY_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_day_close: bool,
-    /// The token subject of payment-svc: the only caller ApplyRepayment and
-    /// ReverseRepayment (scope billing:apply) are open to.
+    /// The token subject of payment-svc: with its issuer, the only caller
+    /// ApplyRepayment and ReverseRepayment (scope billing:apply) are open to.
     #[arg(long, env = "BILLING_PAYMENT_SVC_SUBJECT", default_value = PAYMENT_SVC_SUBJECT)]
     pub payment_svc_subject: String,
+    /// The issuer (`iss`, and its key in the keys file) of payment-svc's tokens.
+    #[arg(long, env = "BILLING_PAYMENT_SVC_ISSUER", default_value = PAYMENT_SVC_SUBJECT)]
+    pub payment_svc_issuer: String,
     #[command(flatten)]
     pub common: CommonArgs,
 }
@@ -56,6 +59,7 @@ impl Config {
             business_utc_offset: shanghai(),
             auto_day_close: true,
             payment_svc_subject: PAYMENT_SVC_SUBJECT.to_owned(),
+            payment_svc_issuer: PAYMENT_SVC_SUBJECT.to_owned(),
             common: CommonArgs::dev(),
         }
     }

@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use billpay_contracts::billing::v1::{
     Event, EventKind, WatchEventsRequest, billing_service_client::BillingServiceClient,
 };
-use service_kit::auth::{JwtKey, Role, mint};
+use service_kit::auth::{Role, TokenSigner, mint};
 use tokio::sync::watch;
 
 /// Wait before reconnecting after the stream ends.
@@ -16,7 +16,7 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// Follows billing's events until `stopped` changes.
 pub async fn run(
     billing_addr: SocketAddr,
-    key: JwtKey,
+    key: TokenSigner,
     cursor_file: PathBuf,
     mut stopped: watch::Receiver<()>,
 ) {
@@ -39,7 +39,7 @@ pub async fn run(
 
 async fn follow(
     billing_addr: SocketAddr,
-    key: &JwtKey,
+    key: &TokenSigner,
     cursor_file: &PathBuf,
     cursor: &mut i64,
 ) -> anyhow::Result<()> {

@@ -9,10 +9,14 @@ use billpay_contracts::{
     common::v1::Money,
 };
 use payment_svc::sim::{ProviderSim, SimConfig};
-use service_kit::auth::{DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{
+    DEFAULT_SERVICE_SCOPES, Role, TokenSigner,
+    keys::{DevKeys, load_signer},
+    max_lifetime_seconds, mint,
+};
 use tokio::sync::watch;
 
-/// Dev tokens printed by `up` last this long.
+/// Dev tokens printed by `up` last this long (or their role's maximum, if shorter).
 const DEV_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
 /// The account `up` opens so there is something to look at.
 const DEMO_CUSTOMER_REF: &str = "demo-customer";
@@ -43,16 +47,20 @@ pub struct UpArgs {
 /// Runs both services until `shutdown`, then drains both and returns.
 pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sqlite_url = |file: &str| format!("sqlite://{}", args.data_dir.join(file).display());
+    // Dev token keys, made on the first `up`: the services trust only their public
+    // halves; payment-svc gets its own signing key, `up` and `billpay token` the dev
+    // issuer's.
+    let keys = DevKeys::ensure(&args.data_dir).context("cannot make the dev token keys")?;
+    let key = load_signer(&keys.dev_signing_key).context("the dev signing key")?;
     let sim = ProviderSim::build(&SimConfig::dev(
         args.sim_addr,
         sqlite_url("provider-sim.db"),
     ))
     .await?;
-    let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
-        args.billing_addr,
-        sqlite_url("billing.db"),
-    ))
-    .await?;
+    let mut billing_config =
+        billing_svc::config::Config::dev(args.billing_addr, sqlite_url("billing.db"));
+    billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    let billing = billing_svc::app::Application::build(&billing_config).await?;
     let billing_addr = billing.local_addr();
     let mut payment_config = payment_svc::config::Config::dev(
         args.payment_addr,
@@ -61,6 +69,8 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         &format!("http://{}", sim.local_addr()),
     );
     payment_config.notify_listen_addr = args.notify_addr;
+    payment_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    payment_config.jwt_signing_key_file = Some(keys.payment_signing_key.clone());
     let payment = payment_svc::app::Application::build(&payment_config).await?;
     let payment_addr = payment.local_addr();
     let notify_addr = payment.notify_addr();
@@ -75,7 +85,6 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     let stopped_notifier = stopped.clone();
     let mut payment_task = tokio::spawn(payment.run_until_stopped(until_stopped(stopped)));
 
-    let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
     let demo_account_id = open_demo_account(billing_addr, &key).await?;
     let notifier = tokio::spawn(crate::notifier::run(
         billing_addr,
@@ -106,7 +115,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
 }
 
 /// Opens (or finds, on a restart) the demo account through the public API.
-async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Result<String> {
+async fn open_demo_account(billing_addr: SocketAddr, key: &TokenSigner) -> anyhow::Result<String> {
     let token = mint(
         key,
         "billpay-up",
@@ -140,7 +149,8 @@ async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Re
     Ok(account.account_id)
 }
 
-fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_account_id: &str) {
+fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &TokenSigner, demo_account_id: &str) {
+    let ttl = |role| DEV_TOKEN_TTL_SECONDS.min(max_lifetime_seconds(role));
     let [billing, payment, notify, sim] = addrs;
     let service = mint(
         key,
@@ -148,7 +158,7 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         Role::Service,
         DEFAULT_SERVICE_SCOPES,
         None,
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Service),
     );
     let operator = mint(
         key,
@@ -156,7 +166,7 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         Role::Operator,
         &[],
         None,
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Operator),
     );
     let customer = mint(
         key,
@@ -164,7 +174,7 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         Role::Customer,
         &[],
         Some(demo_account_id),
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Customer),
     );
     let auth = |token: &str| format!("-H 'authorization: Bearer {token}'");
     println!(
@@ -175,8 +185,8 @@ billpay is up (dev mode, data in {data}).
   provider-sim {sim} (its ledger: curl http://{sim}/ledger)
   demo account {demo_account_id}
 
-Dev tokens (valid 24 h, signed with the dev secret):
-  service (all scopes)  {service}
+Dev tokens (signed with the dev issuer key in {keys}; service 24 h, operator 8 h, customer 24 h):
+  service (all scopes but billing:apply)  {service}
   operator              {operator}
   customer ({demo_account_id})  {customer}
 
@@ -201,6 +211,7 @@ Customer notifications (an SMS simulator following WatchEvents) appear in the lo
 
 Ctrl-C (or SIGTERM) stops it cleanly.",
         data = args.data_dir.display(),
+        keys = service_kit::auth::keys::DevKeys::in_dir(&args.data_dir).dev_signing_key.display(),
         service_auth = auth(&service),
         operator_auth = auth(&operator),
         customer_auth = auth(&customer),

@@ -41,6 +41,7 @@ impl Application {
         let [bank_card, alipay, wechat_pay] = config.providers()?;
         let timings = config.job_timings()?;
         let fingerprint_key = config.fingerprint_key()?;
+        let billing_signer = config.billing_token_signer()?;
         let providers =
             Providers::new(&bank_card, &alipay, &wechat_pay, config.provider_timeout()?)
                 .context("payment-svc: cannot build the provider clients")?;
@@ -52,7 +53,7 @@ impl Application {
             config.listen_addr,
         )
         .await?;
-        let billing = BillingClient::new(&config.billing_url, foundation.key.clone())
+        let billing = BillingClient::new(&config.billing_url, billing_signer)
             .with_context(|| format!("payment-svc: bad billing URL {}", config.billing_url))?;
         let notify = NotifyListener::bind(config.notify_listen_addr)
             .await

@@ -1,8 +1,11 @@
 //! payment-svc's configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use service_kit::config::CommonArgs;
+use service_kit::{
+    auth::{DEV_JWT_SECRET, PAYMENT_SVC_SUBJECT, TokenSigner, keys::load_signer},
+    config::CommonArgs,
+};
 
 use crate::{
     domain::payment::{DEV_FINGERPRINT_KEY, FINGERPRINT_KEY_BYTES_MIN, FingerprintKey},
@@ -83,6 +86,11 @@ pub struct Config {
     /// fingerprint can be brute-forced back to the instrument.
     #[arg(long, env = "BILLPAY_FINGERPRINT_KEY", hide_env_values = true)]
     pub fingerprint_key: Option<String>,
+    /// payment-svc's own signing key file (issuer payment-svc), for the tokens it sends
+    /// billing; required with BILLPAY_JWT_KEYS_FILE. It can mint nothing else that
+    /// either service accepts.
+    #[arg(long, env = "PAYMENT_JWT_SIGNING_KEY_FILE")]
+    pub jwt_signing_key_file: Option<PathBuf>,
     /// How long one provider request may take.
     #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT_MS", default_value_t = 3_000)]
     pub provider_timeout_ms: u64,
@@ -107,6 +115,8 @@ pub enum PaymentConfigError {
     ReconcileTooSoon,
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("{0}")]
+    SigningKey(String),
     #[error("BILLPAY_FINGERPRINT_KEY must be at least {FINGERPRINT_KEY_BYTES_MIN} bytes")]
     ShortFingerprintKey,
 }
@@ -133,6 +143,7 @@ impl Config {
             alipay_secret: None,
             wechat_pay_secret: None,
             fingerprint_key: None,
+            jwt_signing_key_file: None,
             provider_timeout_ms: 3_000,
             reconcile_after_ms: 30_000,
             reconcile_interval_ms: 5_000,
@@ -190,6 +201,38 @@ impl Config {
             }
         };
         FingerprintKey::new(secret.as_bytes()).map_err(|_| PaymentConfigError::ShortFingerprintKey)
+    }
+
+    /// The key payment-svc signs its tokens to billing with: its signing key file;
+    /// in dev mode without a keys file, the HS256 dev secret under issuer payment-svc.
+    pub fn billing_token_signer(&self) -> Result<TokenSigner, PaymentConfigError> {
+        let keys_file = self
+            .common
+            .jwt_keys_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let signing_file = self
+            .jwt_signing_key_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        match (signing_file, keys_file, self.common.dev) {
+            (Some(path), _, _) => {
+                load_signer(path).map_err(|error| PaymentConfigError::SigningKey(error.to_string()))
+            }
+            (None, None, true) => {
+                let secret = self
+                    .common
+                    .jwt_secret
+                    .as_deref()
+                    .filter(|secret| !secret.is_empty())
+                    .unwrap_or(DEV_JWT_SECRET);
+                TokenSigner::hs256(PAYMENT_SVC_SUBJECT, secret.as_bytes())
+                    .map_err(|error| PaymentConfigError::SigningKey(error.to_string()))
+            }
+            _ => Err(PaymentConfigError::MissingSecret(
+                "PAYMENT_JWT_SIGNING_KEY_FILE (payment-svc's key for its tokens to billing)",
+            )),
+        }
     }
 
     pub fn provider_timeout(&self) -> Result<Duration, PaymentConfigError> {

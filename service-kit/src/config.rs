@@ -1,20 +1,29 @@
 //! Settings every service shares, from flags with environment fallbacks, validated
 //! at start-up so a bad value fails there with one clear line.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use crate::{
-    auth::{DEV_JWT_SECRET, JwtKey, SECRET_BYTES_MIN},
+    auth::{
+        DEV_JWT_SECRET, SECRET_BYTES_MIN, TokenVerifier,
+        keys::{KeyFileError, load_trusted},
+    },
     server::ServerLimits,
 };
 
 /// Flags shared by billing-svc and payment-svc (flattened into each one's own).
 #[derive(Debug, Clone, clap::Args)]
 pub struct CommonArgs {
-    /// HS256 secret for bearer tokens, at least 32 bytes. Required outside dev mode.
+    /// The token issuers' public keys (TOML, by kid; see service_kit::auth::keys).
+    /// Required outside dev mode.
+    #[arg(long, env = "BILLPAY_JWT_KEYS_FILE")]
+    pub jwt_keys_file: Option<PathBuf>,
+    /// Dev mode only, without a keys file: the HS256 secret tokens are checked with
+    /// (at least 32 bytes; the documented dev secret when unset).
     #[arg(long, env = "BILLPAY_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Dev mode: fall back to the documented dev secret when no secret is set.
+    /// Dev mode: dev defaults for unset secrets, and HS256 tokens when no keys file
+    /// is set.
     #[arg(long, env = "BILLPAY_DEV")]
     pub dev: bool,
     /// Log JSON lines instead of text.
@@ -41,11 +50,17 @@ pub struct CommonArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "BILLPAY_JWT_SECRET (--jwt-secret) is not set; set a secret of at least {SECRET_BYTES_MIN} bytes, or pass --dev for local use"
+        "BILLPAY_JWT_KEYS_FILE (--jwt-keys-file) is not set; name the token issuers' public keys file, or pass --dev for local use"
     )]
-    MissingSecret,
+    MissingKeys,
+    #[error(
+        "BILLPAY_JWT_SECRET (HS256) is accepted in dev mode only; set BILLPAY_JWT_KEYS_FILE instead"
+    )]
+    SecretOutsideDev,
     #[error("BILLPAY_JWT_SECRET (--jwt-secret) must be at least {SECRET_BYTES_MIN} bytes")]
     ShortSecret,
+    #[error(transparent)]
+    Keys(#[from] KeyFileError),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
 }
@@ -54,6 +69,7 @@ impl CommonArgs {
     /// Settings for dev mode (`billpay up`, tests): the dev secret and default limits.
     pub fn dev() -> Self {
         Self {
+            jwt_keys_file: None,
             jwt_secret: None,
             dev: true,
             json_logs: false,
@@ -64,19 +80,28 @@ impl CommonArgs {
         }
     }
 
-    /// The token key: the configured secret, or the dev secret in dev mode only.
-    pub fn jwt_key(&self) -> Result<JwtKey, ConfigError> {
+    /// The token verifier for `audience`: the keys file's public keys; without one,
+    /// in dev mode only, HS256 with the configured or the dev secret.
+    pub fn verifier(&self, audience: &str) -> Result<TokenVerifier, ConfigError> {
         // An empty value (as `VAR=` or compose's `${VAR:-}` gives) means "not set".
-        let configured = self
+        let secret = self
             .jwt_secret
             .as_deref()
             .filter(|secret| !secret.is_empty());
-        let secret = match (configured, self.dev) {
-            (Some(secret), _) => secret,
-            (None, true) => DEV_JWT_SECRET,
-            (None, false) => return Err(ConfigError::MissingSecret),
-        };
-        JwtKey::new(secret.as_bytes()).map_err(|_| ConfigError::ShortSecret)
+        let keys_file = self
+            .jwt_keys_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        match (keys_file, self.dev) {
+            (Some(path), _) => Ok(TokenVerifier::new(audience, load_trusted(path)?)),
+            (None, true) => {
+                let secret = secret.unwrap_or(DEV_JWT_SECRET);
+                TokenVerifier::hs256_dev(audience, secret.as_bytes())
+                    .map_err(|_| ConfigError::ShortSecret)
+            }
+            (None, false) if secret.is_some() => Err(ConfigError::SecretOutsideDev),
+            (None, false) => Err(ConfigError::MissingKeys),
+        }
     }
 
     /// The server limits, refusing zeros that would stop every call.
@@ -107,21 +132,39 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_secret_is_required_outside_dev_mode() {
+    fn keys_are_required_outside_dev_mode_and_hs256_is_dev_only() {
         let production = CommonArgs {
             dev: false,
             ..CommonArgs::dev()
         };
         assert!(matches!(
-            production.jwt_key(),
-            Err(ConfigError::MissingSecret)
+            production.verifier("billing"),
+            Err(ConfigError::MissingKeys)
+        ));
+        let with_secret = CommonArgs {
+            jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
+            ..production.clone()
+        };
+        assert!(matches!(
+            with_secret.verifier("billing"),
+            Err(ConfigError::SecretOutsideDev)
         ));
         let short = CommonArgs {
             jwt_secret: Some("short".into()),
-            ..production.clone()
+            ..CommonArgs::dev()
         };
-        assert!(matches!(short.jwt_key(), Err(ConfigError::ShortSecret)));
-        assert!(CommonArgs::dev().jwt_key().is_ok());
+        assert!(matches!(
+            short.verifier("billing"),
+            Err(ConfigError::ShortSecret)
+        ));
+        assert!(CommonArgs::dev().verifier("billing").is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let keys = crate::auth::keys::DevKeys::ensure(dir.path()).unwrap();
+        let configured = CommonArgs {
+            jwt_keys_file: Some(keys.keys_file),
+            ..production
+        };
+        assert!(configured.verifier("billing").is_ok());
     }
 
     #[test]

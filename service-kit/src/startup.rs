@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tonic::service::RoutesBuilder;
 
 use crate::{
-    auth::{AuthLayer, JwtKey, RpcRule},
+    auth::{AuthLayer, OwnedScope, RpcRule, TokenVerifier},
     config::CommonArgs,
     db::{Db, Migrations},
     server::{GrpcServer, ServeError, ServerLimits},
@@ -17,10 +17,10 @@ use crate::{
 #[derive(Debug)]
 pub struct Foundation {
     pub db: Db,
-    pub key: JwtKey,
+    pub verifier: TokenVerifier,
     server: GrpcServer,
     limits: ServerLimits,
-    owned_scopes: Vec<(&'static str, String)>,
+    owned_scopes: Vec<OwnedScope>,
 }
 
 impl Foundation {
@@ -34,7 +34,9 @@ impl Foundation {
         listen_addr: SocketAddr,
     ) -> anyhow::Result<Self> {
         let limits = common.limits()?;
-        let key = common.jwt_key()?;
+        // Each service accepts the tokens for its own audience: "billing-svc" → "billing".
+        let audience = service.strip_suffix("-svc").unwrap_or(service);
+        let verifier = common.verifier(audience)?;
         let db = Db::connect(database_url, common.db_max_connections)
             .await
             .with_context(|| format!("{service}: cannot open database {}", redact(database_url)))?;
@@ -46,16 +48,16 @@ impl Foundation {
             .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?;
         Ok(Self {
             db,
-            key,
+            verifier,
             server,
             limits,
             owned_scopes: Vec::new(),
         })
     }
 
-    /// Honours `scope` only in the tokens of `subject` (see [`AuthLayer::grant_only_to`]).
-    pub fn grant_only_to(&mut self, scope: &'static str, subject: &str) {
-        self.owned_scopes.push((scope, subject.to_owned()));
+    /// Honours a scope only in its owner's tokens (see [`AuthLayer::grant_only_to`]).
+    pub fn grant_only_to(&mut self, owned: OwnedScope) {
+        self.owned_scopes.push(owned);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -70,12 +72,10 @@ impl Foundation {
         rules: &'static [RpcRule],
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let auth = self
-            .owned_scopes
-            .into_iter()
-            .fold(AuthLayer::new(self.key, rules), |auth, (scope, subject)| {
-                auth.grant_only_to(scope, subject)
-            });
+        let auth = self.owned_scopes.into_iter().fold(
+            AuthLayer::new(self.verifier, rules),
+            AuthLayer::grant_only_to,
+        );
         self.server
             .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
             .await

@@ -1,12 +1,15 @@
 //! Issue 10: what a stolen database gives away, and who may move money in billing.
 
 use billpay_contracts::{
-    billing::v1::{ApplyRepaymentRequest, ListBillsRequest, ReverseRepaymentRequest},
+    billing::v1::{
+        ApplyRepaymentRequest, ListBillsRequest, ListProductsRequest, ReverseRepaymentRequest,
+        billing_service_client::BillingServiceClient,
+    },
     common::v1::Money,
-    payment::v1::{PaymentMethod, PaymentStatus},
+    payment::v1::{GetPaymentRequest, PaymentMethod, PaymentStatus},
 };
 use chrono::Months;
-use integration_tests::{Backend, TestApp, authorized};
+use integration_tests::{Backend, TestApp, authorized, connect};
 use payment_svc::domain::payment::{
     DEV_FINGERPRINT_KEY, FingerprintKey, Instrument, PaymentMethod as DomainMethod,
     request_fingerprint,
@@ -14,8 +17,10 @@ use payment_svc::domain::payment::{
 use prost::Message as _;
 use service_kit::{
     auth::{
-        ALL_SCOPES, APPLY_SCOPE, DEFAULT_SERVICE_SCOPES, DEV_JWT_SECRET, JwtKey,
-        PAYMENT_SVC_SUBJECT, Role,
+        ALL_SCOPES, APPLY_SCOPE, Audience, BILLING_AUDIENCE, Claims, DEFAULT_SERVICE_SCOPES,
+        DEV_JWT_SECRET, PAYMENT_AUDIENCE, PAYMENT_SVC_SUBJECT, Role, TokenSigner, TokenVerifier,
+        keys::{DEV_ISSUER, generate_ed25519, load_trusted},
+        mint,
     },
     money::{Currency, Money as DomainMoney},
 };
@@ -240,11 +245,12 @@ async fn only_payment_svc_may_apply_or_reverse(backend: Backend, test: &str) {
         account: None,
         subject: "dev".into(),
         ttl_secs: 600,
+        signing_key_file: Some(app.keys.dev_signing_key.clone()),
+        data_dir: app.data_dir().to_owned(),
         jwt_secret: None,
     })
     .unwrap();
-    let claims = JwtKey::new(DEV_JWT_SECRET.as_bytes())
-        .unwrap()
+    let claims = TokenVerifier::new(BILLING_AUDIENCE, load_trusted(&app.keys.keys_file).unwrap())
         .verify(&default_service, service_kit::clock::now_unix_seconds())
         .unwrap();
     assert!(
@@ -266,6 +272,17 @@ async fn only_payment_svc_may_apply_or_reverse(backend: Backend, test: &str) {
         (
             "reporting-svc holding billing:apply",
             app.service_token_as("reporting-svc", &[APPLY_SCOPE]),
+        ),
+        (
+            "payment-svc's name and billing:apply, signed by the dev issuer",
+            mint(
+                app.dev_signer(),
+                PAYMENT_SVC_SUBJECT,
+                Role::Service,
+                &[APPLY_SCOPE],
+                None,
+                600,
+            ),
         ),
         (
             "payment-svc's name without billing:apply",
@@ -323,10 +340,7 @@ async fn only_payment_svc_may_apply_or_reverse(backend: Backend, test: &str) {
     let replayed = app
         .billing()
         .await
-        .apply_repayment(authorized(
-            replay,
-            &app.service_token_as(PAYMENT_SVC_SUBJECT, &[APPLY_SCOPE]),
-        ))
+        .apply_repayment(authorized(replay, &app.service_token(&[APPLY_SCOPE])))
         .await
         .unwrap()
         .into_inner();
@@ -351,4 +365,184 @@ async fn bill_states(app: &TestApp, account_id: &str) -> Vec<(String, i32)> {
         .into_iter()
         .map(|bill| (bill.bill_id, bill.status))
         .collect()
+}
+
+/// A token of the dev issuer for billing, `change`d, signed with `signer`.
+fn token_with(signer: &TokenSigner, change: impl FnOnce(&mut Claims)) -> String {
+    let now = service_kit::clock::now_unix_seconds();
+    let mut claims = Claims {
+        iss: signer.issuer().to_owned(),
+        sub: "reporting-svc".into(),
+        aud: Audience::One(BILLING_AUDIENCE.into()),
+        role: Role::Service,
+        scopes: vec!["billing:read".into()],
+        account_id: None,
+        exp: now + 600,
+        iat: now,
+        nbf: Some(now),
+    };
+    change(&mut claims);
+    signer.sign(&claims)
+}
+
+async fn list_products(addr: std::net::SocketAddr, token: &str) -> Result<(), tonic::Status> {
+    BillingServiceClient::new(connect(addr).await)
+        .list_products(authorized(ListProductsRequest {}, token))
+        .await
+        .map(|_| ())
+}
+
+/// Every way a token can be wrong is UNAUTHENTICATED, saying which way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_are_refused_each_with_its_reason() {
+    let app = TestApp::spawn(Backend::Sqlite, "security::bad_tokens")
+        .await
+        .unwrap();
+    let dev = app.dev_signer();
+    let now = service_kit::clock::now_unix_seconds();
+    let (pkcs8, _) = generate_ed25519().unwrap();
+    let unknown_kid = TokenSigner::ed25519(DEV_ISSUER, "billpay-dev-unknown", &pkcs8).unwrap();
+    let hs256 = TokenSigner::hs256(DEV_ISSUER, DEV_JWT_SECRET.as_bytes()).unwrap();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "wrong aud",
+            token_with(dev, |c| c.aud = Audience::One(PAYMENT_AUDIENCE.into())),
+            "audience (aud) does not include \"billing\"",
+        ),
+        (
+            "wrong iss",
+            token_with(dev, |c| c.iss = "payment-svc".into()),
+            "issuer (iss) \"payment-svc\" is not \"billpay-dev\"",
+        ),
+        (
+            "unknown kid",
+            token_with(&unknown_kid, |_| {}),
+            "key id (kid) \"billpay-dev-unknown\" is not a key this service trusts",
+        ),
+        (
+            "future nbf",
+            token_with(dev, |c| c.nbf = Some(now + 86_400)),
+            "not valid yet (nbf",
+        ),
+        (
+            "lifetime over the maximum",
+            token_with(dev, |c| c.exp = 1 << 62),
+            "a Service token may live at most 86400 s",
+        ),
+        (
+            "operator lifetime over the maximum",
+            token_with(dev, |c| {
+                c.role = Role::Operator;
+                c.scopes.clear();
+                c.exp = now + 9 * 3600;
+            }),
+            "a Operator token may live at most 28800 s",
+        ),
+        (
+            "empty sub",
+            token_with(dev, |c| c.sub = String::new()),
+            "subject (sub) is empty",
+        ),
+        (
+            "HS256 with the public dev secret",
+            token_with(&hs256, |_| {}),
+            "HS256 tokens are not accepted",
+        ),
+        (
+            "payment-svc's key speaking for someone else",
+            token_with(app.payment_signer(), |c| c.sub = "admin".into()),
+            "may not issue a Service token for subject \"admin\"",
+        ),
+    ];
+    for (name, token, reason) in &cases {
+        let status = expect_code(
+            list_products(app.billing_addr, token).await,
+            Code::Unauthenticated,
+        );
+        assert!(
+            status.message().contains(reason),
+            "{name}: {:?} does not say {reason:?}",
+            status.message()
+        );
+    }
+    // And payment-svc takes only tokens for "payment": a billing token is refused.
+    let for_billing = mint(dev, "svc", Role::Service, &["billing:read"], None, 600);
+    let status = expect_code(
+        app.payment()
+            .await
+            .get_payment(authorized(
+                GetPaymentRequest {
+                    payment_id: "pay_1".into(),
+                },
+                &for_billing,
+            ))
+            .await,
+        Code::Unauthenticated,
+    );
+    assert!(status.message().contains("\"payment\""), "{status:?}");
+    // The control: the same token, unchanged, is accepted.
+    list_products(app.billing_addr, &token_with(dev, |_| {}))
+        .await
+        .unwrap();
+    app.stop().await;
+}
+
+/// Rotating the dev issuer's key: a replica trusting old and new keys serves both
+/// while the issuer moves over; one trusting only the new key refuses the old as
+/// rotated out. No call made with the issuer's current key fails along the way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotates_without_losing_calls() {
+    let mut app = TestApp::spawn(Backend::Sqlite, "security::a_key_rotates")
+        .await
+        .unwrap();
+    let old = app.dev_signer().clone();
+    let old_kid = old.kid().unwrap().to_owned();
+    let (pkcs8, public) = generate_ed25519().unwrap();
+    let new = TokenSigner::ed25519(DEV_ISSUER, "billpay-dev-2", &pkcs8).unwrap();
+    let new_entry = format!(
+        "\n[[key]]\nkid = \"billpay-dev-2\"\nissuer = \"{DEV_ISSUER}\"\npublic_key = \"{}\"\n",
+        base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, &public)
+    );
+    let current = std::fs::read_to_string(&app.keys.keys_file).unwrap();
+    // Step 1: trust both keys (restart billing with the longer file).
+    let both_file = app.data_dir().join("keys/both.toml");
+    std::fs::write(&both_file, format!("{current}{new_entry}")).unwrap();
+    let both = app.spawn_billing_trusting(both_file).await;
+    // Step 3: trust only the new key (and payment-svc's, untouched).
+    let payment_entry = current
+        .split("\n[[key]]")
+        .find(|entry| entry.contains("issuer = \"payment-svc\""))
+        .unwrap();
+    let new_only_file = app.data_dir().join("keys/new-only.toml");
+    std::fs::write(
+        &new_only_file,
+        format!("\n[[key]]{payment_entry}{new_entry}"),
+    )
+    .unwrap();
+
+    let token = |signer: &TokenSigner| token_with(signer, |_| {});
+    // Before: the old billing takes the old key. During: the issuer switches to the
+    // new key while calls go to the replica trusting both, and the old one still
+    // serves old tokens in flight.
+    for round in 0..20 {
+        let signer = if round < 10 { &old } else { &new };
+        list_products(both, &token(signer)).await.unwrap();
+        if round < 10 {
+            list_products(app.billing_addr, &token(signer))
+                .await
+                .unwrap();
+        }
+    }
+    // After: the old key is rotated out.
+    let new_only = app.spawn_billing_trusting(new_only_file).await;
+    list_products(new_only, &token(&new)).await.unwrap();
+    let status = expect_code(
+        list_products(new_only, &token(&old)).await,
+        Code::Unauthenticated,
+    );
+    assert!(
+        status.message().contains(&old_kid) && status.message().contains("rotated out"),
+        "{status:?}"
+    );
+    app.stop().await;
 }

@@ -9,7 +9,7 @@ use std::{
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{Caller, JwtKey, RpcRule, admits};
+use super::{Caller, RpcRule, TokenVerifier, admits};
 use crate::clock::now_unix_seconds;
 
 /// Paths anyone may call: load balancers and grpcurl need them before any token.
@@ -18,26 +18,35 @@ const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflec
 /// Verifies `authorization: Bearer <JWT>` and the caller's right to the RPC.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    key: JwtKey,
+    verifier: TokenVerifier,
     rules: &'static [RpcRule],
-    /// Scopes honoured only in the token of one subject: (scope, subject).
-    owned_scopes: Vec<(&'static str, String)>,
+    /// Scopes honoured only in the tokens of one issuer and subject.
+    owned_scopes: Vec<OwnedScope>,
+}
+
+/// A scope honoured only in the tokens `issuer` signs for `subject`.
+#[derive(Debug, Clone)]
+pub struct OwnedScope {
+    pub scope: &'static str,
+    pub issuer: String,
+    pub subject: String,
 }
 
 impl AuthLayer {
     /// `rules` lists every RPC of the service; a path it does not list is refused.
-    pub fn new(key: JwtKey, rules: &'static [RpcRule]) -> Self {
+    pub fn new(verifier: TokenVerifier, rules: &'static [RpcRule]) -> Self {
         Self {
-            key,
+            verifier,
             rules,
             owned_scopes: Vec::new(),
         }
     }
 
-    /// Honours `scope` only in service tokens whose subject is `subject`: any other
-    /// token calling an RPC that needs it is PERMISSION_DENIED, whatever it claims.
-    pub fn grant_only_to(mut self, scope: &'static str, subject: impl Into<String>) -> Self {
-        self.owned_scopes.push((scope, subject.into()));
+    /// Honours `owned.scope` only in tokens its issuer signed for its subject: any
+    /// other token calling an RPC that needs it is PERMISSION_DENIED, whatever it
+    /// claims.
+    pub fn grant_only_to(mut self, owned: OwnedScope) -> Self {
+        self.owned_scopes.push(owned);
         self
     }
 
@@ -61,7 +70,7 @@ impl AuthLayer {
                 Status::unauthenticated("missing 'authorization: Bearer <token>' metadata")
             })?;
         let claims = self
-            .key
+            .verifier
             .verify(token.trim(), now_unix_seconds())
             .map_err(|error| Status::unauthenticated(error.to_string()))?;
         let rule = self
@@ -75,13 +84,12 @@ impl AuthLayer {
                 claims.role, claims.scopes, rule.scope
             )));
         }
-        if let Some((scope, owner)) = self
-            .owned_scopes
-            .iter()
-            .find(|(scope, owner)| *scope == rule.scope && *owner != claims.sub)
-        {
+        if let Some(owned) = self.owned_scopes.iter().find(|owned| {
+            owned.scope == rule.scope && (owned.issuer != claims.iss || owned.subject != claims.sub)
+        }) {
             return Err(Status::permission_denied(format!(
-                "{scope} is granted to {owner} alone; {path} is not open to other callers"
+                "{} is granted to {} (as issued by {}) alone; {path} is not open to other callers",
+                owned.scope, owned.subject, owned.issuer
             )));
         }
         Ok(Some(Caller {
@@ -155,7 +163,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Access, Claims, Role};
+    use crate::auth::{Access, Claims, Role, TokenSigner};
 
     const RULES: &[RpcRule] = &[
         RpcRule {
@@ -180,12 +188,16 @@ mod tests {
         },
     ];
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn layer() -> AuthLayer {
-        AuthLayer::new(
-            JwtKey::new(b"0123456789abcdef0123456789abcdef").unwrap(),
-            RULES,
+        AuthLayer::new(TokenVerifier::hs256_dev("x", SECRET).unwrap(), RULES).grant_only_to(
+            OwnedScope {
+                scope: "x:apply",
+                issuer: "payer".into(),
+                subject: "payer".into(),
+            },
         )
-        .grant_only_to("x:apply", "payer")
     }
 
     fn bearer(role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
@@ -194,14 +206,18 @@ mod tests {
 
     fn bearer_as(subject: &str, role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
         let claims = Claims {
+            iss: subject.into(),
             sub: subject.into(),
+            aud: crate::auth::Audience::One("x".into()),
             role,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             account_id: account_id.map(str::to_owned),
             exp: now_unix_seconds() + 60,
-            iat: 0,
+            iat: now_unix_seconds(),
+            nbf: None,
         };
-        format!("Bearer {}", layer().key.sign(&claims)).into_bytes()
+        let signer = TokenSigner::hs256(subject, SECRET).unwrap();
+        format!("Bearer {}", signer.sign(&claims)).into_bytes()
     }
 
     #[test]

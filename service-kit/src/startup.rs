@@ -72,10 +72,14 @@ impl Foundation {
         rules: &'static [RpcRule],
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let auth = self.owned_scopes.into_iter().fold(
-            AuthLayer::new(self.verifier, rules),
-            AuthLayer::grant_only_to,
-        );
+        let auth = self
+            .owned_scopes
+            .into_iter()
+            .fold(
+                AuthLayer::new(self.verifier, rules),
+                AuthLayer::grant_only_to,
+            )
+            .audit_operators_in(self.db.clone());
         self.server
             .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
             .await

@@ -2,6 +2,7 @@
 //! requests into domain values, calls storage, and maps every outcome to a status.
 
 mod accounts;
+mod audit;
 mod bills;
 mod convert;
 mod day_close;
@@ -51,6 +52,7 @@ pub const RPC_RULES: &[RpcRule] = &[
     rule("/billing.v1.BillingService/ReverseRepayment", "billing:apply", Access::ServiceOnly),
     rule("/billing.v1.BillingService/RunDayClose", "billing:admin", Access::ServiceOnly),
     rule("/billing.v1.BillingService/WatchEvents", "billing:events", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/ListOperatorAudit", "billing:admin", Access::ServiceOnly),
 ];
 
 /// The BillingService implementation.
@@ -115,6 +117,7 @@ delegate! {
     apply_repayment => handle_apply_repayment(wire::ApplyRepaymentRequest) -> wire::ApplyRepaymentResponse;
     reverse_repayment => handle_reverse_repayment(wire::ReverseRepaymentRequest) -> wire::ReverseRepaymentResponse;
     run_day_close => handle_run_day_close(wire::RunDayCloseRequest) -> wire::RunDayCloseResponse;
+    list_operator_audit => handle_list_operator_audit(wire::ListOperatorAuditRequest) -> wire::ListOperatorAuditResponse;
 }
 
 #[cfg(test)]

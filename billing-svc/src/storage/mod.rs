@@ -39,6 +39,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "day_close",
             sql: include_str!("../../migrations/sqlite/0004_day_close.sql"),
         },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -60,6 +65,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 4,
             name: "day_close",
             sql: include_str!("../../migrations/postgres/0004_day_close.sql"),
+        },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/postgres/0010_audit_outcome.sql"),
         },
     ],
 };

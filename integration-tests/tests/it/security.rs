@@ -2,8 +2,8 @@
 
 use billpay_contracts::{
     billing::v1::{
-        ApplyRepaymentRequest, ListBillsRequest, ListProductsRequest, ReverseRepaymentRequest,
-        billing_service_client::BillingServiceClient,
+        ApplyRepaymentRequest, GetAccountRequest, ListBillsRequest, ListOperatorAuditRequest,
+        ListProductsRequest, ReverseRepaymentRequest, billing_service_client::BillingServiceClient,
     },
     common::v1::Money,
     payment::v1::{GetPaymentRequest, PaymentMethod, PaymentStatus},
@@ -29,7 +29,10 @@ use tonic::Code;
 
 use crate::{
     on_both_backends,
-    support::{bills_target, business_today, expect_code, new_plan, open_account, pay, repayment},
+    support::{
+        bills_target, business_today, expect_code, new_account, new_plan, open_account, pay,
+        repayment,
+    },
 };
 
 on_both_backends!(a_stolen_payment_row_does_not_give_back_the_card);
@@ -214,7 +217,10 @@ async fn database_files_are_owner_only() {
     app.stop().await;
 }
 
-on_both_backends!(only_payment_svc_may_apply_or_reverse);
+on_both_backends!(
+    only_payment_svc_may_apply_or_reverse,
+    every_operator_call_is_audited_with_its_outcome
+);
 
 /// Money in billing moves only on payment-svc's word: every other token, whatever
 /// scopes it holds, is refused ApplyRepayment and ReverseRepayment, writing nothing.
@@ -291,7 +297,8 @@ async fn only_payment_svc_may_apply_or_reverse(backend: Backend, test: &str) {
         ("an operator", app.operator_token("op-zhang")),
         ("the account's customer", app.customer_token(&account_id)),
     ];
-    let tables = ["repayments", "allocations", "events", "operator_audit"];
+    // (The operator's refused attempts are audited: that is tested on its own.)
+    let tables = ["repayments", "allocations", "events"];
     let mut before = Vec::new();
     for table in tables {
         before.push(app.billing_rows(table).await);
@@ -544,5 +551,168 @@ async fn a_key_rotates_without_losing_calls() {
         status.message().contains(&old_kid) && status.message().contains("rotated out"),
         "{status:?}"
     );
+    app.stop().await;
+}
+
+/// Admitted, refused and not-found operator calls each leave a row with their
+/// outcome, in billing and in payment; the admin-only list filters them.
+async fn every_operator_call_is_audited_with_its_outcome(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let account_id = open_account(&app, "c-audit", "1000.00").await;
+    let operator = app.operator_token("op-li");
+    let mut billing = app.billing().await;
+    let get = |id: &str| GetAccountRequest {
+        account_id: id.into(),
+    };
+    billing
+        .get_account(authorized(get(&account_id), &operator))
+        .await
+        .unwrap();
+    expect_code(
+        billing
+            .get_account(authorized(get("acc_probed"), &operator))
+            .await,
+        Code::NotFound,
+    );
+    expect_code(
+        billing.get_account(authorized(get(""), &operator)).await,
+        Code::InvalidArgument,
+    );
+    expect_code(
+        billing
+            .create_account(authorized(new_account("c-op"), &operator))
+            .await,
+        Code::PermissionDenied,
+    );
+    expect_code(
+        app.payment()
+            .await
+            .get_payment(authorized(
+                GetPaymentRequest {
+                    payment_id: "pay_probed".into(),
+                },
+                &operator,
+            ))
+            .await,
+        Code::NotFound,
+    );
+
+    let admin = app.service_token(&["billing:admin"]);
+    let list = |request: ListOperatorAuditRequest, token: String| {
+        let app = &app;
+        async move {
+            app.billing()
+                .await
+                .list_operator_audit(authorized(request, &token))
+                .await
+        }
+    };
+    let by_subject = ListOperatorAuditRequest {
+        subject: "op-li".into(),
+        ..Default::default()
+    };
+    let entries = list(by_subject.clone(), admin.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let seen: Vec<(&str, &str, &str, &str)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e.rpc.as_str(),
+                e.account_id.as_str(),
+                e.outcome.as_str(),
+                e.code.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("CreateAccount", "", "REFUSED", "PERMISSION_DENIED"),
+            ("GetAccount", "", "REFUSED", "INVALID_ARGUMENT"),
+            ("GetAccount", "acc_probed", "NOT_FOUND", "NOT_FOUND"),
+            ("GetAccount", account_id.as_str(), "ADMITTED", "OK"),
+        ],
+        "newest first"
+    );
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.subject == "op-li" && e.at.is_some())
+    );
+    let payment_rows: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT subject, rpc, outcome FROM operator_audit")
+            .fetch_all(app.payment_db.pool())
+            .await
+            .unwrap();
+    assert_eq!(
+        payment_rows,
+        vec![("op-li".into(), "GetPayment".into(), "NOT_FOUND".into())]
+    );
+
+    // Filters: by account, by time, and pages.
+    let by_account = ListOperatorAuditRequest {
+        account_id: account_id.clone(),
+        ..Default::default()
+    };
+    let entries = list(by_account, admin.clone())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    assert_eq!(entries.len(), 1);
+    let last_at = entries[0].at.unwrap();
+    let later = ListOperatorAuditRequest {
+        since: Some(prost_types::Timestamp {
+            seconds: last_at.seconds + 3600,
+            nanos: 0,
+        }),
+        ..by_subject.clone()
+    };
+    assert!(
+        list(later, admin.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
+            .is_empty()
+    );
+    let first_page = list(
+        ListOperatorAuditRequest {
+            page_size: 3,
+            ..by_subject.clone()
+        },
+        admin.clone(),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(first_page.entries.len(), 3);
+    let second_page = list(
+        ListOperatorAuditRequest {
+            page_size: 3,
+            page_token: first_page.next_page_token,
+            ..by_subject.clone()
+        },
+        admin.clone(),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(second_page.entries.len(), 1);
+    assert_eq!(second_page.entries[0].outcome, "ADMITTED");
+    assert!(second_page.next_page_token.is_empty());
+
+    // Admin only: operators and other service scopes are refused.
+    for token in [operator.clone(), app.service_token(&["billing:read"])] {
+        expect_code(
+            list(by_subject.clone(), token).await,
+            Code::PermissionDenied,
+        );
+    }
     app.stop().await;
 }

@@ -24,6 +24,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "payments",
             sql: include_str!("../../migrations/sqlite/0002_payments.sql"),
         },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -35,6 +40,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 2,
             name: "payments",
             sql: include_str!("../../migrations/postgres/0002_payments.sql"),
+        },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/postgres/0010_audit_outcome.sql"),
         },
     ],
 };

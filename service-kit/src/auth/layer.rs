@@ -10,7 +10,11 @@ use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
 use super::{Caller, RpcRule, TokenVerifier, admits};
-use crate::clock::now_unix_seconds;
+use crate::{
+    audit::{self, AuditSlot},
+    clock::now_unix_seconds,
+    db::Db,
+};
 
 /// Paths anyone may call: load balancers and grpcurl need them before any token.
 const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -22,7 +26,12 @@ pub struct AuthLayer {
     rules: &'static [RpcRule],
     /// Scopes honoured only in the tokens of one issuer and subject.
     owned_scopes: Vec<OwnedScope>,
+    /// Where operator calls are audited.
+    audit: Option<Db>,
 }
+
+/// A refusal, and the operator it refused (for the audit), if the token was one's.
+type Refusal = (Status, Option<String>);
 
 /// A scope honoured only in the tokens `issuer` signs for `subject`.
 #[derive(Debug, Clone)]
@@ -39,7 +48,14 @@ impl AuthLayer {
             verifier,
             rules,
             owned_scopes: Vec::new(),
+            audit: None,
         }
+    }
+
+    /// Audits every operator call, admitted or refused, in `db`'s `operator_audit`.
+    pub fn audit_operators_in(mut self, db: Db) -> Self {
+        self.audit = Some(db);
+        self
     }
 
     /// Honours `owned.scope` only in tokens its issuer signed for its subject: any
@@ -56,7 +72,7 @@ impl AuthLayer {
         &self,
         path: &str,
         authorization: Option<&[u8]>,
-    ) -> Result<Option<Caller>, Status> {
+    ) -> Result<Option<Caller>, Refusal> {
         if PUBLIC_PATH_PREFIXES
             .iter()
             .any(|prefix| path.starts_with(prefix))
@@ -67,30 +83,45 @@ impl AuthLayer {
             .and_then(|value| std::str::from_utf8(value).ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("missing 'authorization: Bearer <token>' metadata")
+                (
+                    Status::unauthenticated("missing 'authorization: Bearer <token>' metadata"),
+                    None,
+                )
             })?;
         let claims = self
             .verifier
             .verify(token.trim(), now_unix_seconds())
-            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+            .map_err(|error| (Status::unauthenticated(error.to_string()), None))?;
+        let operator = (claims.role == super::Role::Operator).then(|| claims.sub.clone());
         let rule = self
             .rules
             .iter()
             .find(|rule| rule.path == path)
-            .ok_or_else(|| Status::permission_denied(format!("no access rule for {path}")))?;
+            .ok_or_else(|| {
+                (
+                    Status::permission_denied(format!("no access rule for {path}")),
+                    operator.clone(),
+                )
+            })?;
         if !admits(rule, &claims) {
-            return Err(Status::permission_denied(format!(
-                "role {:?} with scopes {:?} may not call {path} (needs scope {})",
-                claims.role, claims.scopes, rule.scope
-            )));
+            return Err((
+                Status::permission_denied(format!(
+                    "role {:?} with scopes {:?} may not call {path} (needs scope {})",
+                    claims.role, claims.scopes, rule.scope
+                )),
+                operator,
+            ));
         }
         if let Some(owned) = self.owned_scopes.iter().find(|owned| {
             owned.scope == rule.scope && (owned.issuer != claims.iss || owned.subject != claims.sub)
         }) {
-            return Err(Status::permission_denied(format!(
-                "{} is granted to {} (as issued by {}) alone; {path} is not open to other callers",
-                owned.scope, owned.subject, owned.issuer
-            )));
+            return Err((
+                Status::permission_denied(format!(
+                    "{} is granted to {} (as issued by {}) alone; {path} is not open to other callers",
+                    owned.scope, owned.subject, owned.issuer
+                )),
+                operator,
+            ));
         }
         Ok(Some(Caller {
             subject: claims.sub,
@@ -141,8 +172,14 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self.layer.authorize(request.uri().path(), authorization) {
+        let path = request.uri().path().to_owned();
+        let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
+        match self.layer.authorize(&path, authorization) {
             Ok(caller) => {
+                let audit = caller
+                    .as_ref()
+                    .filter(|caller| caller.is_operator())
+                    .and_then(|caller| Some((self.layer.audit.clone()?, caller.subject.clone())));
                 if let Some(caller) = caller {
                     tracing::Span::current().record("caller", caller.subject.as_str());
                     request.extensions_mut().insert(caller);
@@ -150,11 +187,38 @@ where
                 // The clone that was driven ready is the one that must serve the call.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(ready.call(request))
+                let call = ready.call(request);
+                let Some((db, subject)) = audit else {
+                    return Box::pin(call);
+                };
+                Box::pin(async move {
+                    let slot = AuditSlot::default();
+                    let response = slot.clone().scope(call).await?;
+                    let code = Status::from_header_map(response.headers())
+                        .map_or(tonic::Code::Ok, |status| status.code());
+                    let account = slot.account();
+                    match audit::write(&db, &subject, &rpc, account.as_deref(), code).await {
+                        Ok(()) => Ok(response),
+                        Err(error) => {
+                            tracing::error!(%error, "operator audit row not written; refusing the call");
+                            Ok(Status::internal("the call could not be audited").into_http())
+                        }
+                    }
+                })
             }
-            Err(status) => {
+            Err((status, operator)) => {
                 tracing::info!(code = ?status.code(), message = status.message(), "refused");
-                Box::pin(async move { Ok(status.into_http()) })
+                match (operator, self.layer.audit.clone()) {
+                    (Some(subject), Some(db)) => Box::pin(async move {
+                        if let Err(error) =
+                            audit::write(&db, &subject, &rpc, None, status.code()).await
+                        {
+                            tracing::error!(%error, "operator audit row of a refusal not written");
+                        }
+                        Ok(status.into_http())
+                    }),
+                    _ => Box::pin(async move { Ok(status.into_http()) }),
+                }
             }
         }
     }
@@ -268,7 +332,7 @@ mod tests {
             let got = layer()
                 .authorize(path, *authorization)
                 .err()
-                .map(|s| s.code());
+                .map(|(s, _)| s.code());
             assert_eq!(
                 got,
                 *expected,

@@ -219,7 +219,8 @@ async fn database_files_are_owner_only() {
 
 on_both_backends!(
     only_payment_svc_may_apply_or_reverse,
-    every_operator_call_is_audited_with_its_outcome
+    every_operator_call_is_audited_with_its_outcome,
+    customers_sharing_a_key_each_get_their_own_payment
 );
 
 /// Money in billing moves only on payment-svc's word: every other token, whatever
@@ -714,5 +715,52 @@ async fn every_operator_call_is_audited_with_its_outcome(backend: Backend, test:
             Code::PermissionDenied,
         );
     }
+    app.stop().await;
+}
+
+/// Idempotency keys of customers are their account's: customers A and C (whose
+/// tokens share a subject, as every dev customer token does) using one key each get
+/// their own payment, and each a replay of their own.
+async fn customers_sharing_a_key_each_get_their_own_payment(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let mut payments = Vec::new();
+    for customer in ["c-a", "c-c"] {
+        let (account_id, bills) = account_with_bills(&app, customer).await;
+        let request = repayment(
+            "k-shared",
+            &account_id,
+            bills_target(&[&bills[0]]),
+            "535.91",
+            PaymentMethod::BankCard,
+            "tok_4242",
+        );
+        let token = app.customer_token(&account_id);
+        let mut client = app.payment().await;
+        let first = client
+            .create_repayment(authorized(request.clone(), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .payment
+            .unwrap();
+        assert_eq!(first.status(), PaymentStatus::Succeeded, "{customer}");
+        assert_eq!(first.account_id, account_id);
+        let replay = client
+            .create_repayment(authorized(request, &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .payment
+            .unwrap();
+        assert_eq!(replay.payment_id, first.payment_id, "{customer}'s replay");
+        payments.push(first.payment_id);
+    }
+    assert_ne!(
+        payments[0], payments[1],
+        "each customer has their own payment"
+    );
+    assert_eq!(app.payment_rows("payments").await, 2);
     app.stop().await;
 }

@@ -13,4 +13,5 @@ pub mod server;
 pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
+pub mod text;
 pub mod wire;

@@ -764,3 +764,67 @@ async fn customers_sharing_a_key_each_get_their_own_payment(backend: Backend, te
     assert_eq!(app.payment_rows("payments").await, 2);
     app.stop().await;
 }
+
+/// A 900 KB product_id is refused without being echoed, and names that could pass for
+/// others (bidi overrides, a lone zero-width space) are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_and_invisible_text_is_refused_and_never_echoed_whole() {
+    let app = TestApp::spawn(Backend::Sqlite, "security::long_and_invisible_text")
+        .await
+        .unwrap();
+    let account_id = open_account(&app, "c-text", "1000.00").await;
+    let huge = "p".repeat(900 * 1024);
+    let token = app.service_token(&["billing:read", "billing:write"]);
+    let mut billing = app.billing().await;
+    let quote = billpay_contracts::billing::v1::QuotePlanRequest {
+        account_id: account_id.clone(),
+        product_id: huge.clone(),
+        term_count: 12,
+        price: Some(Money::new("CNY", "100.00")),
+        down_payment: None,
+        purchase_date: String::new(),
+    };
+    let status = expect_code(
+        billing.quote_plan(authorized(quote, &token)).await,
+        Code::InvalidArgument,
+    );
+    assert_eq!(crate::support::violated_fields(&status), ["product_id"]);
+    assert!(
+        status.message().len() <= 512,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(!status.message().contains(&huge[..1000]));
+    assert!(
+        status.details().len() < 1024,
+        "{} bytes of details",
+        status.details().len()
+    );
+    let plan = new_plan(&account_id, "o-1", &huge, 12, "100.00");
+    let status = expect_code(
+        billing.create_plan(authorized(plan, &token)).await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().len() <= 512);
+
+    for name in [
+        "Li\u{202E}ieL",
+        "\u{200B}",
+        "Li\u{2066}Lei\u{2069}",
+        "\u{FEFF}Li Lei",
+    ] {
+        let mut request = new_account(&format!("c-name-{}", name.len()));
+        request.display_name = name.into();
+        let status = expect_code(
+            billing.create_account(authorized(request, &token)).await,
+            Code::InvalidArgument,
+        );
+        assert_eq!(
+            crate::support::violated_fields(&status),
+            ["display_name"],
+            "{name:?}"
+        );
+    }
+    assert_eq!(app.billing_rows("accounts").await, 1, "nothing written");
+    app.stop().await;
+}

@@ -14,6 +14,7 @@ use crate::{
     audit::{self, AuditSlot},
     clock::now_unix_seconds,
     db::Db,
+    text::{STATUS_MESSAGE_BYTES_MAX, bounded},
 };
 
 /// Paths anyone may call: load balancers and grpcurl need them before any token.
@@ -131,6 +132,19 @@ impl AuthLayer {
     }
 }
 
+/// `response` with its status message cut to [`STATUS_MESSAGE_BYTES_MAX`]: no
+/// handler's error echoes a caller's input unbounded.
+fn bounded_status(response: http::Response<Body>) -> http::Response<Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.message().len() > STATUS_MESSAGE_BYTES_MAX => {
+            let message = bounded(status.message(), STATUS_MESSAGE_BYTES_MAX).into_owned();
+            Status::with_details(status.code(), message, status.details().to_vec().into())
+                .into_http()
+        }
+        _ => response,
+    }
+}
+
 impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
@@ -189,11 +203,11 @@ where
                 let mut ready = std::mem::replace(&mut self.inner, clone);
                 let call = ready.call(request);
                 let Some((db, subject)) = audit else {
-                    return Box::pin(call);
+                    return Box::pin(async move { call.await.map(bounded_status) });
                 };
                 Box::pin(async move {
                     let slot = AuditSlot::default();
-                    let response = slot.clone().scope(call).await?;
+                    let response = bounded_status(slot.clone().scope(call).await?);
                     let code = Status::from_header_map(response.headers())
                         .map_or(tonic::Code::Ok, |status| status.code());
                     let account = slot.account();

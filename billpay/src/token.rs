@@ -39,7 +39,7 @@ pub struct TokenArgs {
     /// Mint an HS256 token with this secret instead: only for services running in
     /// dev mode without a keys file.
     #[arg(long, env = "BILLPAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<secrecy::SecretString>,
 }
 
 /// The key to mint with: `signing_key_file`, else the HS256 `jwt_secret`, else the
@@ -79,7 +79,9 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<String> {
     let key = signer(
         args.signing_key_file.as_deref(),
         &args.data_dir,
-        args.jwt_secret.as_deref(),
+        args.jwt_secret
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
     )?;
     let max = max_lifetime_seconds(args.role);
     if args.ttl_secs <= 0 || args.ttl_secs > max {

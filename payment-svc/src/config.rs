@@ -2,6 +2,8 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+use secrecy::{ExposeSecret as _, SecretString};
+
 use service_kit::{
     auth::{DEV_JWT_SECRET, PAYMENT_SVC_SUBJECT, TokenSigner, keys::load_signer},
     config::CommonArgs,
@@ -76,16 +78,16 @@ pub struct Config {
     pub wechat_pay_url: String,
     /// Shared secrets with each provider; required outside dev mode.
     #[arg(long, env = "BILLPAY_BANK_CARD_SECRET", hide_env_values = true)]
-    pub bank_card_secret: Option<String>,
+    pub bank_card_secret: Option<SecretString>,
     #[arg(long, env = "BILLPAY_ALIPAY_SECRET", hide_env_values = true)]
-    pub alipay_secret: Option<String>,
+    pub alipay_secret: Option<SecretString>,
     #[arg(long, env = "BILLPAY_WECHAT_PAY_SECRET", hide_env_values = true)]
-    pub wechat_pay_secret: Option<String>,
+    pub wechat_pay_secret: Option<SecretString>,
     /// The HMAC key request fingerprints are keyed with (at least 32 bytes); required
     /// outside dev mode. Keep it out of the database's backups: with it, a stolen
     /// fingerprint can be brute-forced back to the instrument.
     #[arg(long, env = "BILLPAY_FINGERPRINT_KEY", hide_env_values = true)]
-    pub fingerprint_key: Option<String>,
+    pub fingerprint_key: Option<SecretString>,
     /// payment-svc's own signing key file (issuer payment-svc), for the tokens it sends
     /// billing; required with BILLPAY_JWT_KEYS_FILE. It can mint nothing else that
     /// either service accepts.
@@ -154,10 +156,14 @@ impl Config {
 
     /// Each provider's URL and secret (the dev secrets only in dev mode).
     pub fn providers(&self) -> Result<[ProviderSettings; 3], PaymentConfigError> {
-        let settings = |url: &str, secret: &Option<String>, name: &'static str, dev: &str| {
-            let secret = match (secret.as_deref().filter(|s| !s.is_empty()), self.common.dev) {
-                (Some(secret), _) => secret.to_owned(),
-                (None, true) => dev.to_owned(),
+        let settings = |url: &str, secret: &Option<SecretString>, name: &'static str, dev: &str| {
+            let configured = secret
+                .as_ref()
+                .map(|s| s.expose_secret())
+                .filter(|s| !s.is_empty());
+            let secret: SecretString = match (configured, self.common.dev) {
+                (Some(secret), _) => secret.into(),
+                (None, true) => dev.into(),
                 (None, false) => return Err(PaymentConfigError::MissingSecret(name)),
             };
             Ok(ProviderSettings {
@@ -191,7 +197,10 @@ impl Config {
     /// The fingerprint key: the configured one, or the dev key in dev mode only.
     pub fn fingerprint_key(&self) -> Result<FingerprintKey, PaymentConfigError> {
         let secret = match (
-            self.fingerprint_key.as_deref().filter(|s| !s.is_empty()),
+            self.fingerprint_key
+                .as_ref()
+                .map(|s| s.expose_secret())
+                .filter(|s| !s.is_empty()),
             self.common.dev,
         ) {
             (Some(secret), _) => secret,
@@ -223,7 +232,8 @@ impl Config {
                 let secret = self
                     .common
                     .jwt_secret
-                    .as_deref()
+                    .as_ref()
+                    .map(|secret| secret.expose_secret())
                     .filter(|secret| !secret.is_empty())
                     .unwrap_or(DEV_JWT_SECRET);
                 TokenSigner::hs256(PAYMENT_SVC_SUBJECT, secret.as_bytes())
@@ -257,4 +267,35 @@ fn nonzero(name: &'static str, millis: u64) -> Result<Duration, PaymentConfigErr
         return Err(PaymentConfigError::Zero(name));
     }
     Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let mut config = Config::dev(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            "sqlite://x.db".into(),
+            "http://127.0.0.1:1".into(),
+            "http://127.0.0.1:2",
+        );
+        config.bank_card_secret = Some("card-secret-card-secret".into());
+        config.alipay_secret = Some("alipay-secret-alipay".into());
+        config.wechat_pay_secret = Some("wechat-secret-wechat".into());
+        config.fingerprint_key = Some("fingerprint-key-fingerprint-key-0123".into());
+        config.common.jwt_secret = Some("jwt-secret-jwt-secret-jwt-secret-01".into());
+        let shown = format!("{config:?} {:?}", config.providers().unwrap());
+        for secret in [
+            "card-secret",
+            "alipay-secret",
+            "wechat-secret",
+            "fingerprint-key",
+            "jwt-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(config.fingerprint_key().is_ok());
+    }
 }

@@ -3,6 +3,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use secrecy::{ExposeSecret as _, SecretString};
+
 use crate::{
     auth::{
         DEV_JWT_SECRET, SECRET_BYTES_MIN, TokenVerifier,
@@ -21,7 +23,7 @@ pub struct CommonArgs {
     /// Dev mode only, without a keys file: the HS256 secret tokens are checked with
     /// (at least 32 bytes; the documented dev secret when unset).
     #[arg(long, env = "BILLPAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<SecretString>,
     /// Dev mode: dev defaults for unset secrets, and HS256 tokens when no keys file
     /// is set.
     #[arg(long, env = "BILLPAY_DEV")]
@@ -86,7 +88,8 @@ impl CommonArgs {
         // An empty value (as `VAR=` or compose's `${VAR:-}` gives) means "not set".
         let secret = self
             .jwt_secret
-            .as_deref()
+            .as_ref()
+            .map(|secret| secret.expose_secret())
             .filter(|secret| !secret.is_empty());
         let keys_file = self
             .jwt_keys_file

@@ -57,6 +57,8 @@ pub struct StackOptions {
     /// Ask providers about PROCESSING payments only after this long, instead of the
     /// fast default (1 s), for tests that look at a payment while it is PROCESSING.
     pub reconcile_after_ms: Option<u64>,
+    /// Close connections idle this long (every listener), instead of the default 60 s.
+    pub connection_idle_timeout_ms: Option<u64>,
 }
 
 impl TestApp {
@@ -153,10 +155,13 @@ impl TestApp {
         }
         let sim = ProviderSim::build(&sim_config).await.unwrap();
         let sim_addr = sim.local_addr();
-        let billing =
-            billing_svc::app::Application::build(&keyed_billing(&keys, billing_url.clone()))
-                .await
-                .unwrap();
+        let mut billing_config = keyed_billing(&keys, billing_url.clone());
+        if let Some(idle) = options.connection_idle_timeout_ms {
+            set_idle_timeout(&mut billing_config.common, idle);
+        }
+        let billing = billing_svc::app::Application::build(&billing_config)
+            .await
+            .unwrap();
         let billing_addr = billing.local_addr();
         let (stop, stopped) = watch::channel(());
         let (billing_for_payment, billing_apply_down) = if flaky_billing {
@@ -176,6 +181,9 @@ impl TestApp {
         );
         if let Some(after) = options.reconcile_after_ms {
             payment_config.reconcile_after_ms = after;
+        }
+        if let Some(idle) = options.connection_idle_timeout_ms {
+            set_idle_timeout(&mut payment_config.common, idle);
         }
         let payment = payment_svc::app::Application::build(&payment_config)
             .await
@@ -430,6 +438,12 @@ pub fn billing_config(database_url: String) -> billing_svc::config::Config {
     let mut config = billing_svc::config::Config::dev("127.0.0.1:0".parse().unwrap(), database_url);
     config.auto_day_close = false;
     config
+}
+
+/// Connections idle `idle_ms` are closed; keepalive pings at half that.
+fn set_idle_timeout(common: &mut service_kit::config::CommonArgs, idle_ms: u64) {
+    common.connection_idle_timeout_ms = idle_ms;
+    common.http2_keepalive_interval_ms = (idle_ms / 2).max(1);
 }
 
 /// `billing_config` trusting the stack's token keys.

@@ -62,7 +62,8 @@ impl Application {
                     "payment-svc: cannot listen on {}",
                     config.notify_listen_addr
                 )
-            })?;
+            })?
+            .with_limits(config.common.connection_limits()?);
         let notify_addr = notify.local_addr()?;
         let notify_base_url = config
             .notify_base_url

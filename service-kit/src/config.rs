@@ -10,6 +10,7 @@ use crate::{
         DEV_JWT_SECRET, SECRET_BYTES_MIN, TokenVerifier,
         keys::{KeyFileError, load_trusted},
     },
+    conn::ConnectionLimits,
     server::ServerLimits,
 };
 
@@ -47,6 +48,38 @@ pub struct CommonArgs {
     /// Database connections in the pool.
     #[arg(long, env = "BILLPAY_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Connections open at once on each listener; more are closed as they arrive.
+    #[arg(long, env = "BILLPAY_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// A connection whose peer sends nothing for this long is closed (bare TCP,
+    /// a stalled TLS/HTTP/2 handshake, half an HTTP/1.1 header).
+    #[arg(
+        long,
+        env = "BILLPAY_CONNECTION_IDLE_TIMEOUT_MS",
+        default_value_t = 60_000
+    )]
+    pub connection_idle_timeout_ms: u64,
+    /// A connection is asked to close once this old (30 s more to finish).
+    #[arg(
+        long,
+        env = "BILLPAY_MAX_CONNECTION_AGE_MS",
+        default_value_t = 1_800_000
+    )]
+    pub max_connection_age_ms: u64,
+    /// gRPC: HTTP/2 keepalive ping period; must be below the idle timeout.
+    #[arg(
+        long,
+        env = "BILLPAY_HTTP2_KEEPALIVE_INTERVAL_MS",
+        default_value_t = 20_000
+    )]
+    pub http2_keepalive_interval_ms: u64,
+    /// gRPC: a ping unanswered this long closes the connection.
+    #[arg(
+        long,
+        env = "BILLPAY_HTTP2_KEEPALIVE_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub http2_keepalive_timeout_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +98,10 @@ pub enum ConfigError {
     Keys(#[from] KeyFileError),
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error(
+        "--http2-keepalive-interval-ms must be below --connection-idle-timeout-ms, or quiet gRPC streams would be cut"
+    )]
+    KeepaliveNotBelowIdle,
 }
 
 impl CommonArgs {
@@ -79,6 +116,11 @@ impl CommonArgs {
             concurrency_per_connection: 256,
             drain_timeout_ms: 10_000,
             db_max_connections: 16,
+            max_connections: 4096,
+            connection_idle_timeout_ms: 60_000,
+            max_connection_age_ms: 1_800_000,
+            http2_keepalive_interval_ms: 20_000,
+            http2_keepalive_timeout_ms: 10_000,
         }
     }
 
@@ -105,6 +147,40 @@ impl CommonArgs {
             (None, false) if secret.is_some() => Err(ConfigError::SecretOutsideDev),
             (None, false) => Err(ConfigError::MissingKeys),
         }
+    }
+
+    /// Every listener's connection limits, checked.
+    pub fn connection_limits(&self) -> Result<ConnectionLimits, ConfigError> {
+        for (name, value) in [
+            ("--max-connections", self.max_connections as u64),
+            (
+                "--connection-idle-timeout-ms",
+                self.connection_idle_timeout_ms,
+            ),
+            ("--max-connection-age-ms", self.max_connection_age_ms),
+            (
+                "--http2-keepalive-interval-ms",
+                self.http2_keepalive_interval_ms,
+            ),
+            (
+                "--http2-keepalive-timeout-ms",
+                self.http2_keepalive_timeout_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if self.http2_keepalive_interval_ms >= self.connection_idle_timeout_ms {
+            return Err(ConfigError::KeepaliveNotBelowIdle);
+        }
+        Ok(ConnectionLimits {
+            max_connections: self.max_connections,
+            idle_timeout: Duration::from_millis(self.connection_idle_timeout_ms),
+            max_age: Duration::from_millis(self.max_connection_age_ms),
+            keepalive_interval: Duration::from_millis(self.http2_keepalive_interval_ms),
+            keepalive_timeout: Duration::from_millis(self.http2_keepalive_timeout_ms),
+        })
     }
 
     /// The server limits, refusing zeros that would stop every call.

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod db;
 pub mod errors;
 pub mod money;

@@ -4,12 +4,15 @@
 use std::{future::Future, net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
-use crate::{auth::AuthLayer, telemetry::RpcSpanLayer};
+use crate::{
+    auth::AuthLayer,
+    conn::{AGE_GRACE, ConnectionLimits, GuardedListener},
+    telemetry::RpcSpanLayer,
+};
 
 /// Limits that apply to every RPC of a server.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,7 @@ pub enum ServeError {
 pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    connection_limits: ConnectionLimits,
 }
 
 impl GrpcServer {
@@ -47,7 +51,14 @@ impl GrpcServer {
         Ok(Self {
             listener,
             local_addr,
+            connection_limits: ConnectionLimits::default(),
         })
+    }
+
+    /// Holds every connection to `limits` (cap, idle timeout, age, keepalive).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -93,11 +104,18 @@ impl GrpcServer {
             .tcp_nodelay(true)
             .timeout(limits.request_timeout)
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .http2_keepalive_interval(Some(self.connection_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.connection_limits.keepalive_timeout))
+            .max_connection_age(self.connection_limits.max_age)
+            .max_connection_age_grace(AGE_GRACE)
             .layer(ServiceBuilder::new().layer(RpcSpanLayer).layer(auth))
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), async {
-                let _ = stop_receiver.await;
-            });
+            .serve_with_incoming_shutdown(
+                GuardedListener::new(self.listener, self.connection_limits).into_incoming(),
+                async {
+                    let _ = stop_receiver.await;
+                },
+            );
         let mut server = tokio::spawn(server);
         tokio::select! {
             result = &mut server => return Ok(result??),

@@ -43,9 +43,11 @@ impl Foundation {
         db.migrate(migrations)
             .await
             .with_context(|| format!("{service}: cannot migrate database"))?;
+        let connection_limits = common.connection_limits()?;
         let server = GrpcServer::bind(listen_addr)
             .await
-            .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?;
+            .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?
+            .with_connection_limits(connection_limits);
         Ok(Self {
             db,
             verifier,

@@ -32,6 +32,7 @@ pub struct Application {
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
     auto_day_close: bool,
+    watch_streams_per_caller: usize,
 }
 
 impl Application {
@@ -73,6 +74,7 @@ impl Application {
             catalog: Arc::new(catalog),
             business_offset: config.business_utc_offset,
             auto_day_close: config.auto_day_close,
+            watch_streams_per_caller: config.watch_streams_per_caller.max(1),
         })
     }
 
@@ -97,7 +99,8 @@ impl Application {
                 stopped,
             ))
         });
-        let api = BillingApi::new(store, self.catalog, self.business_offset);
+        let api = BillingApi::new(store, self.catalog, self.business_offset)
+            .with_streams_per_caller(self.watch_streams_per_caller);
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),

@@ -42,6 +42,9 @@ pub struct Config {
     /// ApplyRepayment and ReverseRepayment (scope billing:apply) are open to.
     #[arg(long, env = "BILLING_PAYMENT_SVC_SUBJECT", default_value = PAYMENT_SVC_SUBJECT)]
     pub payment_svc_subject: String,
+    /// WatchEvents streams one caller may hold open at once.
+    #[arg(long, env = "BILLING_WATCH_STREAMS_PER_CALLER", default_value_t = 16)]
+    pub watch_streams_per_caller: usize,
     /// The issuer (`iss`, and its key in the keys file) of payment-svc's tokens.
     #[arg(long, env = "BILLING_PAYMENT_SVC_ISSUER", default_value = PAYMENT_SVC_SUBJECT)]
     pub payment_svc_issuer: String,
@@ -60,6 +63,7 @@ impl Config {
             auto_day_close: true,
             payment_svc_subject: PAYMENT_SVC_SUBJECT.to_owned(),
             payment_svc_issuer: PAYMENT_SVC_SUBJECT.to_owned(),
+            watch_streams_per_caller: 16,
             common: CommonArgs::dev(),
         }
     }

@@ -44,7 +44,10 @@ async fn follow(
     cursor: &mut i64,
 ) -> anyhow::Result<()> {
     let mut client = BillingServiceClient::connect(format!("http://{billing_addr}")).await?;
-    let mut request = tonic::Request::new(WatchEventsRequest { after_id: *cursor });
+    let mut request = tonic::Request::new(WatchEventsRequest {
+        after_id: *cursor,
+        ..Default::default()
+    });
     let token = mint(
         key,
         "billpay-notifier",

@@ -8,6 +8,7 @@ mod convert;
 mod day_close;
 mod plans;
 mod repayments;
+mod watch;
 
 use std::sync::Arc;
 
@@ -61,6 +62,7 @@ pub struct BillingApi {
     store: Store,
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
+    watch: Arc<watch::EventWatch>,
 }
 
 impl BillingApi {
@@ -69,7 +71,14 @@ impl BillingApi {
             store,
             catalog,
             business_offset,
+            watch: Arc::new(watch::EventWatch::default()),
         }
+    }
+
+    /// At most `streams` WatchEvents streams per caller at once.
+    pub fn with_streams_per_caller(mut self, streams: usize) -> Self {
+        self.watch = Arc::new(watch::EventWatch::new(streams));
+        self
     }
 
     /// Today in the business time zone.

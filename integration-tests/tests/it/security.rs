@@ -3,7 +3,8 @@
 use billpay_contracts::{
     billing::v1::{
         ApplyRepaymentRequest, GetAccountRequest, ListBillsRequest, ListOperatorAuditRequest,
-        ListProductsRequest, ReverseRepaymentRequest, billing_service_client::BillingServiceClient,
+        ListProductsRequest, ReverseRepaymentRequest, WatchEventsRequest,
+        billing_service_client::BillingServiceClient,
     },
     common::v1::Money,
     payment::v1::{GetPaymentRequest, PaymentMethod, PaymentStatus},
@@ -919,3 +920,118 @@ async fn idle_and_half_open_connections_are_closed() {
     app.stop().await;
 }
 
+/// The stream `request` opens with `token`.
+async fn watched(
+    app: &TestApp,
+    request: WatchEventsRequest,
+    token: &str,
+) -> Result<tonic::Streaming<billpay_contracts::billing::v1::WatchEventsResponse>, tonic::Status> {
+    BillingServiceClient::new(connect(app.billing_addr).await)
+        .watch_events(authorized(request, token))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// WatchEvents filtered by account, capped per caller, and ended when its token
+/// expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_filters_caps_and_ends_with_the_token() {
+    let app = TestApp::spawn(Backend::Sqlite, "security::watch_events")
+        .await
+        .unwrap();
+    let (mine, _) = account_with_bills(&app, "c-mine").await;
+    let (_theirs, _) = account_with_bills(&app, "c-theirs").await;
+    let token = app.service_token(&["billing:events"]);
+
+    // Filtered: only my account's events, though the other's came in between.
+    let mut stream = watched(
+        &app,
+        WatchEventsRequest {
+            after_id: 0,
+            account_id: mine.clone(),
+        },
+        &token,
+    )
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(crate::support::POLL_DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    assert_eq!(first.account_id, mine);
+    // A new plan on my account arrives; nothing of theirs does.
+    let mut plan = new_plan(&mine, "later", "mall-fee", 12, "1200.00");
+    plan.purchase_date = business_today().to_string();
+    app.billing()
+        .await
+        .create_plan(authorized(plan, &app.service_token(&["billing:write"])))
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(crate::support::POLL_DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap();
+    assert_eq!(next.account_id, mine, "{next:?}");
+    drop(stream);
+
+    // The cap: 16 streams per caller; the 17th is RESOURCE_EXHAUSTED, another caller
+    // is not affected, and closing one frees a place.
+    let mut open = Vec::new();
+    for _ in 0..16 {
+        open.push(
+            watched(&app, WatchEventsRequest::default(), &token)
+                .await
+                .unwrap(),
+        );
+    }
+    expect_code(
+        watched(&app, WatchEventsRequest::default(), &token).await,
+        Code::ResourceExhausted,
+    );
+    let other = app.service_token_as("other-consumer", &["billing:events"]);
+    let _other_stream = watched(&app, WatchEventsRequest::default(), &other)
+        .await
+        .unwrap();
+    open.pop();
+    crate::support::poll_until("a closed stream frees its place", || async {
+        watched(&app, WatchEventsRequest::default(), &token)
+            .await
+            .is_ok()
+    })
+    .await;
+    drop(open);
+
+    // A token with 2 s left: the stream ends with UNAUTHENTICATED when it expires.
+    let short = mint(
+        app.dev_signer(),
+        "short-lived",
+        Role::Service,
+        &["billing:events"],
+        None,
+        2,
+    );
+    let mut stream = watched(&app, WatchEventsRequest::default(), &short)
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(crate::support::POLL_DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    let status = ended.expect("ended with a status");
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{status:?}");
+    app.stop().await;
+}

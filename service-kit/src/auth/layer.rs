@@ -31,6 +31,11 @@ pub struct AuthLayer {
     audit: Option<Db>,
 }
 
+/// When the request's token expires (unix seconds), in its extensions beside the
+/// [`Caller`]: long streams end then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry(pub i64);
+
 /// A refusal, and the operator it refused (for the audit), if the token was one's.
 type Refusal = (Status, Option<String>);
 
@@ -73,7 +78,7 @@ impl AuthLayer {
         &self,
         path: &str,
         authorization: Option<&[u8]>,
-    ) -> Result<Option<Caller>, Refusal> {
+    ) -> Result<Option<(Caller, TokenExpiry)>, Refusal> {
         if PUBLIC_PATH_PREFIXES
             .iter()
             .any(|prefix| path.starts_with(prefix))
@@ -124,11 +129,14 @@ impl AuthLayer {
                 operator,
             ));
         }
-        Ok(Some(Caller {
-            subject: claims.sub,
-            role: claims.role,
-            account_id: claims.account_id,
-        }))
+        Ok(Some((
+            Caller {
+                subject: claims.sub,
+                role: claims.role,
+                account_id: claims.account_id,
+            },
+            TokenExpiry(claims.exp),
+        )))
     }
 }
 
@@ -192,11 +200,13 @@ where
             Ok(caller) => {
                 let audit = caller
                     .as_ref()
+                    .map(|(caller, _)| caller)
                     .filter(|caller| caller.is_operator())
                     .and_then(|caller| Some((self.layer.audit.clone()?, caller.subject.clone())));
-                if let Some(caller) = caller {
+                if let Some((caller, expiry)) = caller {
                     tracing::Span::current().record("caller", caller.subject.as_str());
                     request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(expiry);
                 }
                 // The clone that was driven ready is the one that must serve the call.
                 let clone = self.inner.clone();

@@ -16,7 +16,7 @@ pub use jwt::{
     Audience, BILLING_AUDIENCE, BadKey, Claims, LEEWAY_SECONDS, PAYMENT_AUDIENCE, SECRET_BYTES_MIN,
     SecretTooShort, TokenError, TokenSigner, TokenVerifier, TrustedKey, max_lifetime_seconds,
 };
-pub use layer::{AuthLayer, AuthService, OwnedScope};
+pub use layer::{AuthLayer, AuthService, OwnedScope, TokenExpiry};
 
 /// The HS256 secret a service in dev mode without a keys file accepts when none is
 /// configured. Public on purpose: outside dev mode HS256 is refused altogether.

@@ -53,8 +53,9 @@ impl Application {
             config.listen_addr,
         )
         .await?;
-        let billing = BillingClient::new(&config.billing_url, billing_signer)
-            .with_context(|| format!("payment-svc: bad billing URL {}", config.billing_url))?;
+        let billing =
+            BillingClient::with_tls(&config.billing_url, billing_signer, config.billing_tls()?)
+                .with_context(|| format!("payment-svc: bad billing URL {}", config.billing_url))?;
         let notify = NotifyListener::bind(config.notify_listen_addr)
             .await
             .with_context(|| {

@@ -31,7 +31,21 @@ impl BillingClient {
     /// A client for billing-svc at `url`. It connects lazily, so payment-svc starts
     /// (and captures money, keeping it in the outbox) while billing is down.
     pub fn new(url: &str, signer: TokenSigner) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+        Self::with_tls(url, signer, None)
+    }
+
+    /// Like [`BillingClient::new`], over TLS when `tls` is set (an `https://` URL;
+    /// with a client identity for mutual TLS).
+    pub fn with_tls(
+        url: &str,
+        signer: TokenSigner,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(10))
             .connect_lazy();

@@ -93,6 +93,15 @@ pub struct Config {
     /// either service accepts.
     #[arg(long, env = "PAYMENT_JWT_SIGNING_KEY_FILE")]
     pub jwt_signing_key_file: Option<PathBuf>,
+    /// TLS to billing: the CA (PEM) billing's certificate must chain to. Setting it
+    /// makes payment-svc call billing over TLS (use an https:// --billing-url).
+    #[arg(long, env = "PAYMENT_BILLING_TLS_CA_FILE")]
+    pub billing_tls_ca_file: Option<PathBuf>,
+    /// Mutual TLS to billing: payment-svc's client certificate and key (PEM).
+    #[arg(long, env = "PAYMENT_BILLING_TLS_CERT_FILE")]
+    pub billing_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "PAYMENT_BILLING_TLS_KEY_FILE")]
+    pub billing_tls_key_file: Option<PathBuf>,
     /// How long one provider request may take.
     #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT_MS", default_value_t = 3_000)]
     pub provider_timeout_ms: u64,
@@ -146,6 +155,9 @@ impl Config {
             wechat_pay_secret: None,
             fingerprint_key: None,
             jwt_signing_key_file: None,
+            billing_tls_ca_file: None,
+            billing_tls_cert_file: None,
+            billing_tls_key_file: None,
             provider_timeout_ms: 3_000,
             reconcile_after_ms: 30_000,
             reconcile_interval_ms: 5_000,
@@ -243,6 +255,38 @@ impl Config {
                 "PAYMENT_JWT_SIGNING_KEY_FILE (payment-svc's key for its tokens to billing)",
             )),
         }
+    }
+
+    /// payment-svc's TLS settings for billing: none (plaintext) without a CA file.
+    pub fn billing_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, PaymentConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|error| {
+                PaymentConfigError::SigningKey(format!("TLS file {}: {error}", path.display()))
+            })
+        };
+        let Some(ca) = &self.billing_tls_ca_file else {
+            return Ok(None);
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        match (&self.billing_tls_cert_file, &self.billing_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(PaymentConfigError::SigningKey(
+                    "PAYMENT_BILLING_TLS_CERT_FILE and PAYMENT_BILLING_TLS_KEY_FILE go together"
+                        .into(),
+                ));
+            }
+        }
+        Ok(Some(tls))
     }
 
     pub fn provider_timeout(&self) -> Result<Duration, PaymentConfigError> {

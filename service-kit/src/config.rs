@@ -73,6 +73,16 @@ pub struct CommonArgs {
         default_value_t = 20_000
     )]
     pub http2_keepalive_interval_ms: u64,
+    /// TLS: this listener's certificate chain (PEM). With --tls-key-file, the gRPC
+    /// listener speaks TLS only.
+    #[arg(long, env = "BILLPAY_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// TLS: the certificate's private key (PEM).
+    #[arg(long, env = "BILLPAY_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Mutual TLS: clients must present a certificate this CA (PEM) signed.
+    #[arg(long, env = "BILLPAY_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
     /// gRPC: a ping unanswered this long closes the connection.
     #[arg(
         long,
@@ -102,6 +112,8 @@ pub enum ConfigError {
         "--http2-keepalive-interval-ms must be below --connection-idle-timeout-ms, or quiet gRPC streams would be cut"
     )]
     KeepaliveNotBelowIdle,
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl CommonArgs {
@@ -121,6 +133,9 @@ impl CommonArgs {
             max_connection_age_ms: 1_800_000,
             http2_keepalive_interval_ms: 20_000,
             http2_keepalive_timeout_ms: 10_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
         }
     }
 
@@ -147,6 +162,36 @@ impl CommonArgs {
             (None, false) if secret.is_some() => Err(ConfigError::SecretOutsideDev),
             (None, false) => Err(ConfigError::MissingKeys),
         }
+    }
+
+    /// The gRPC listener's TLS settings: none (plaintext) when no certificate is set.
+    pub fn server_tls(&self) -> Result<Option<tonic::transport::ServerTlsConfig>, ConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|error| ConfigError::Tls(format!("{}: {error}", path.display())))
+        };
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_key_file) {
+            (None, None) => {
+                if self.tls_client_ca_file.is_some() {
+                    return Err(ConfigError::Tls(
+                        "--tls-client-ca-file needs --tls-cert-file and --tls-key-file".into(),
+                    ));
+                }
+                return Ok(None);
+            }
+            (Some(cert), Some(key)) => (read(cert)?, read(key)?),
+            _ => {
+                return Err(ConfigError::Tls(
+                    "--tls-cert-file and --tls-key-file go together".into(),
+                ));
+            }
+        };
+        let mut tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert, key));
+        if let Some(ca) = &self.tls_client_ca_file {
+            tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        Ok(Some(tls))
     }
 
     /// Every listener's connection limits, checked.

@@ -41,6 +41,7 @@ pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
     connection_limits: ConnectionLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl GrpcServer {
@@ -52,7 +53,14 @@ impl GrpcServer {
             listener,
             local_addr,
             connection_limits: ConnectionLimits::default(),
+            tls: None,
         })
+    }
+
+    /// Serves TLS only (mutual when the config names a client CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Holds every connection to `limits` (cap, idle timeout, age, keepalive).
@@ -99,7 +107,11 @@ impl GrpcServer {
             .add_service(reflection().build_v1alpha()?);
 
         let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let builder = match self.tls {
+            Some(tls) => Server::builder().tls_config(tls)?,
+            None => Server::builder(),
+        };
+        let server = builder
             // Without it small replies wait on Nagle and delayed ACKs (~40 ms each).
             .tcp_nodelay(true)
             .timeout(limits.request_timeout)

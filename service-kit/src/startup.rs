@@ -44,10 +44,12 @@ impl Foundation {
             .await
             .with_context(|| format!("{service}: cannot migrate database"))?;
         let connection_limits = common.connection_limits()?;
+        let tls = common.server_tls()?;
         let server = GrpcServer::bind(listen_addr)
             .await
             .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?
-            .with_connection_limits(connection_limits);
+            .with_connection_limits(connection_limits)
+            .with_tls(tls);
         Ok(Self {
             db,
             verifier,

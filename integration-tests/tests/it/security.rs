@@ -1035,3 +1035,126 @@ async fn watch_events_filters_caps_and_ends_with_the_token() {
     assert!(status.message().contains("expired"), "{status:?}");
     app.stop().await;
 }
+
+/// A dev CA, and a certificate it signs for `name` (server or client use).
+struct Pki {
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billpay test CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = params.self_signed(&ca_key).unwrap();
+        Self { ca, ca_key }
+    }
+
+    /// (certificate PEM, key PEM).
+    fn issue(&self, name: &str, purpose: rcgen::ExtendedKeyUsagePurpose) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::IpAddress([127, 0, 0, 1].into()));
+        params.extended_key_usages = vec![purpose];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca, &self.ca_key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// Mutual TLS between payment-svc and billing-svc: billing serves TLS only and asks
+/// for a client certificate its CA signed; payment-svc's billing client with one is
+/// served, a client without one (or plaintext) is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn billing_speaks_mutual_tls_to_payment_svc() {
+    use payment_svc::billing::BillingClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let dir = tempfile::tempdir().unwrap();
+    let keys = service_kit::auth::keys::DevKeys::ensure(dir.path()).unwrap();
+    let pki = Pki::new();
+    let (server_cert, server_key) =
+        pki.issue("localhost", rcgen::ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) =
+        pki.issue("payment-svc", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ca_pem = pki.ca.pem();
+    let mut config = integration_tests::keyed_billing(
+        &keys,
+        format!("sqlite://{}", dir.path().join("billing.db").display()),
+    );
+    config.common.tls_cert_file = Some(write("server.pem", &server_cert));
+    config.common.tls_key_file = Some(write("server.key", &server_key));
+    config.common.tls_client_ca_file = Some(write("ca.pem", &ca_pem));
+    let billing = billing_svc::app::Application::build(&config).await.unwrap();
+    let addr = billing.local_addr();
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let served = tokio::spawn(billing.run_until_stopped(async move {
+        let mut stopped = stopped;
+        let _ = stopped.changed().await;
+    }));
+
+    let url = format!("https://localhost:{}", addr.port());
+    let signer = service_kit::auth::keys::load_signer(&keys.payment_signing_key).unwrap();
+    let ca = || Certificate::from_pem(&ca_pem);
+    let with_identity = ClientTlsConfig::new()
+        .ca_certificate(ca())
+        .identity(Identity::from_pem(&client_cert, &client_key));
+    let client = BillingClient::with_tls(&url, signer.clone(), Some(with_identity)).unwrap();
+    // Through TLS and auth to the handler: an unknown account is NOT_FOUND.
+    let status = client
+        .quote(
+            "acc_01a22a5b00000000000000000000000",
+            bills_target(&["bill_x"]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+
+    // Without a client certificate: the handshake is refused.
+    let anonymous = BillingClient::with_tls(
+        &url,
+        signer.clone(),
+        Some(ClientTlsConfig::new().ca_certificate(ca())),
+    )
+    .unwrap();
+    let status = anonymous
+        .quote(
+            "acc_01a22a5b00000000000000000000000",
+            bills_target(&["bill_x"]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    // (TLS 1.3: the server's CertificateRequired alert or the closed connection is
+    // what the client sees, depending on timing; never the handler's NOT_FOUND.)
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unknown | Code::Unavailable | Code::Cancelled
+        ),
+        "{status:?}"
+    );
+    // Plaintext: refused too.
+    let plaintext = BillingClient::new(&format!("http://{addr}"), signer).unwrap();
+    let status = plaintext
+        .quote(
+            "acc_01a22a5b00000000000000000000000",
+            bills_target(&["bill_x"]),
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_ne!(status.code(), Code::NotFound, "{status:?}");
+    let _ = stop.send(());
+    served.await.unwrap().unwrap();
+}

@@ -3,5 +3,6 @@
 
 pub mod demo;
 pub mod notifier;
+pub mod tls;
 pub mod token;
 pub mod up;

@@ -6,7 +6,11 @@ use anyhow::Context as _;
 use chrono::FixedOffset;
 
 use billpay_contracts::billing::v1::billing_service_server::{BillingServiceServer, SERVICE_NAME};
-use service_kit::{server::ServeError, startup::Foundation};
+use service_kit::{
+    auth::{APPLY_SCOPE, OwnedScope},
+    server::ServeError,
+    startup::Foundation,
+};
 use tokio::sync::watch;
 use tonic::service::Routes;
 
@@ -30,6 +34,7 @@ pub struct Application {
     business_offset: FixedOffset,
     clock: BusinessClock,
     auto_day_close: bool,
+    watch_streams_per_caller: usize,
 }
 
 impl Application {
@@ -46,7 +51,14 @@ impl Application {
             None => Catalog::demo(),
         }
         .context("billing-svc: the product catalog is not valid")?;
-        let foundation = Foundation::build(
+        if config.payment_svc_subject.trim().is_empty()
+            || config.payment_svc_issuer.trim().is_empty()
+        {
+            anyhow::bail!(
+                "billing-svc: BILLING_PAYMENT_SVC_SUBJECT and BILLING_PAYMENT_SVC_ISSUER must not be empty"
+            );
+        }
+        let mut foundation = Foundation::build(
             "billing-svc",
             &config.common,
             &config.database_url,
@@ -54,12 +66,18 @@ impl Application {
             config.listen_addr,
         )
         .await?;
+        foundation.grant_only_to(OwnedScope {
+            scope: APPLY_SCOPE,
+            issuer: config.payment_svc_issuer.clone(),
+            subject: config.payment_svc_subject.clone(),
+        });
         Ok(Self {
             foundation,
             catalog: Arc::new(catalog),
             business_offset: config.business_utc_offset,
             clock: config.clock.clone(),
             auto_day_close: config.auto_day_close,
+            watch_streams_per_caller: config.watch_streams_per_caller.max(1),
         })
     }
 
@@ -85,7 +103,8 @@ impl Application {
                 stopped,
             ))
         });
-        let api = BillingApi::new(store, self.catalog, self.business_offset, self.clock);
+        let api = BillingApi::new(store, self.catalog, self.business_offset, self.clock)
+            .with_streams_per_caller(self.watch_streams_per_caller);
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),

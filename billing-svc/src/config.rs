@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use chrono::{FixedOffset, Offset as _};
 
-use service_kit::config::CommonArgs;
+use service_kit::{auth::PAYMENT_SVC_SUBJECT, config::CommonArgs};
 
 use crate::clock::BusinessClock;
 
@@ -40,6 +40,16 @@ pub struct Config {
     /// Close each business day automatically after midnight (catching up missed days).
     #[arg(long, env = "BILLING_AUTO_DAY_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_day_close: bool,
+    /// The token subject of payment-svc: with its issuer, the only caller
+    /// ApplyRepayment and ReverseRepayment (scope billing:apply) are open to.
+    #[arg(long, env = "BILLING_PAYMENT_SVC_SUBJECT", default_value = PAYMENT_SVC_SUBJECT)]
+    pub payment_svc_subject: String,
+    /// WatchEvents streams one caller may hold open at once.
+    #[arg(long, env = "BILLING_WATCH_STREAMS_PER_CALLER", default_value_t = 16)]
+    pub watch_streams_per_caller: usize,
+    /// The issuer (`iss`, and its key in the keys file) of payment-svc's tokens.
+    #[arg(long, env = "BILLING_PAYMENT_SVC_ISSUER", default_value = PAYMENT_SVC_SUBJECT)]
+    pub payment_svc_issuer: String,
     #[command(flatten)]
     pub common: CommonArgs,
     /// Where "today" comes from: the wall clock, unless a test fixes it (no flag).
@@ -56,6 +66,9 @@ impl Config {
             products_file: None,
             business_utc_offset: shanghai(),
             auto_day_close: true,
+            payment_svc_subject: PAYMENT_SVC_SUBJECT.to_owned(),
+            payment_svc_issuer: PAYMENT_SVC_SUBJECT.to_owned(),
+            watch_streams_per_caller: 16,
             common: CommonArgs::dev(),
             clock: BusinessClock::default(),
         }

@@ -16,7 +16,7 @@ use billpay_contracts::{
         payment_service_client::PaymentServiceClient,
     },
 };
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{DEFAULT_SERVICE_SCOPES, Role, mint};
 use tonic::transport::Channel;
 
 /// How long the demo waits for an asynchronous wallet to confirm.
@@ -29,9 +29,12 @@ pub struct DemoArgs {
     pub billing_addr: SocketAddr,
     #[arg(long, default_value = "127.0.0.1:50052")]
     pub payment_addr: SocketAddr,
-    /// Signing secret of the stack; the dev secret `billpay up` uses when unset.
-    #[arg(long, env = "BILLPAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// Where `billpay up` keeps its data: the demo signs with its dev issuer key.
+    #[arg(long, env = "BILLPAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+    /// A signing key file to use instead of the dev key.
+    #[arg(long, env = "BILLPAY_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<std::path::PathBuf>,
 }
 
 struct Clients {
@@ -52,8 +55,7 @@ impl Clients {
 
 /// Walks the journey and prints it.
 pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let secret = args.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET);
-    let key = JwtKey::new(secret.as_bytes()).context("BILLPAY_JWT_SECRET")?;
+    let key = crate::token::signer(args.signing_key_file.as_deref(), &args.data_dir, None)?;
     let connect = |addr: SocketAddr| async move {
         Channel::from_shared(format!("http://{addr}"))?
             .connect()
@@ -65,7 +67,14 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let mut clients = Clients {
         billing: BillingServiceClient::new(connect(args.billing_addr).await?),
         payment: PaymentServiceClient::new(connect(args.payment_addr).await?),
-        token: mint(&key, "billpay-demo", Role::Service, ALL_SCOPES, None, 600),
+        token: mint(
+            &key,
+            "billpay-demo",
+            Role::Service,
+            DEFAULT_SERVICE_SCOPES,
+            None,
+            600,
+        ),
     };
 
     let suffix = uuid::Uuid::now_v7().simple().to_string();

@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod demo;
 pub mod notifier;
+pub mod tls;
 pub mod token;
 pub mod up;

@@ -2,21 +2,23 @@
 //! message by logging it (an SMS simulator). It keeps its cursor in a file beside the
 //! data, so a restart resumes where it stopped: nothing missed, nothing sent twice.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use billpay_contracts::billing::v1::{
     Event, EventKind, WatchEventsRequest, billing_service_client::BillingServiceClient,
 };
-use service_kit::auth::{JwtKey, Role, mint};
+use service_kit::auth::{Role, TokenSigner, mint};
 use tokio::sync::watch;
+
+use crate::tls::BillingEndpoint;
 
 /// Wait before reconnecting after the stream ends.
 const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Follows billing's events until `stopped` changes.
 pub async fn run(
-    billing_addr: SocketAddr,
-    key: JwtKey,
+    billing: BillingEndpoint,
+    key: TokenSigner,
     cursor_file: PathBuf,
     mut stopped: watch::Receiver<()>,
 ) {
@@ -24,7 +26,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
-            result = follow(billing_addr, &key, &cursor_file, &mut cursor) => {
+            result = follow(&billing, &key, &cursor_file, &mut cursor) => {
                 if let Err(error) = result {
                     tracing::warn!(%error, "notifier lost the event stream; reconnecting");
                 }
@@ -38,13 +40,16 @@ pub async fn run(
 }
 
 async fn follow(
-    billing_addr: SocketAddr,
-    key: &JwtKey,
+    billing: &BillingEndpoint,
+    key: &TokenSigner,
     cursor_file: &PathBuf,
     cursor: &mut i64,
 ) -> anyhow::Result<()> {
-    let mut client = BillingServiceClient::connect(format!("http://{billing_addr}")).await?;
-    let mut request = tonic::Request::new(WatchEventsRequest { after_id: *cursor });
+    let mut client = BillingServiceClient::new(billing.connect().await?);
+    let mut request = tonic::Request::new(WatchEventsRequest {
+        after_id: *cursor,
+        ..Default::default()
+    });
     let token = mint(
         key,
         "billpay-notifier",

@@ -1,7 +1,14 @@
-//! `billpay token`: mints a bearer token signed with the configured secret.
+//! `billpay token`: mints a bearer token signed with an issuer's key (the dev issuer's,
+//! which `billpay up` makes in its data dir, unless told otherwise).
+
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{
+    ALL_SCOPES, DEFAULT_SERVICE_SCOPES, Role, TokenSigner,
+    keys::{DEV_ISSUER, DevKeys, load_signer},
+    max_lifetime_seconds, mint,
+};
 
 /// Arguments of `billpay token`.
 #[derive(Debug, Clone, clap::Args)]
@@ -10,7 +17,7 @@ pub struct TokenArgs {
     #[arg(long, value_parser = parse_role)]
     pub role: Role,
     /// A scope for a service token (repeatable). A service token without --scope gets
-    /// every scope.
+    /// every scope but billing:apply, which billing honours from payment-svc alone.
     #[arg(long = "scope")]
     pub scopes: Vec<String>,
     /// The account a customer token is limited to (required for customers).
@@ -22,9 +29,40 @@ pub struct TokenArgs {
     /// Seconds until the token expires.
     #[arg(long, default_value_t = 3600)]
     pub ttl_secs: i64,
-    /// Signing secret; without it, the documented dev secret.
+    /// The signing key file to mint with; without it, the dev issuer's key that
+    /// `billpay up` made in --data-dir.
+    #[arg(long, env = "BILLPAY_SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// Where `billpay up` keeps its data (and dev keys).
+    #[arg(long, env = "BILLPAY_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Mint an HS256 token with this secret instead: only for services running in
+    /// dev mode without a keys file.
     #[arg(long, env = "BILLPAY_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<secrecy::SecretString>,
+}
+
+/// The key to mint with: `signing_key_file`, else the HS256 `jwt_secret`, else the
+/// dev issuer's key in `data_dir`.
+pub fn signer(
+    signing_key_file: Option<&Path>,
+    data_dir: &Path,
+    jwt_secret: Option<&str>,
+) -> anyhow::Result<TokenSigner> {
+    if let Some(path) = signing_key_file {
+        return load_signer(path).context("--signing-key-file");
+    }
+    if let Some(secret) = jwt_secret.filter(|secret| !secret.is_empty()) {
+        return TokenSigner::hs256(DEV_ISSUER, secret.as_bytes()).context("BILLPAY_JWT_SECRET");
+    }
+    let path = DevKeys::in_dir(data_dir).dev_signing_key;
+    if !path.exists() {
+        bail!(
+            "no signing key at {}: run `billpay up` once (it makes the dev keys there), or pass --signing-key-file",
+            path.display()
+        );
+    }
+    load_signer(&path).with_context(|| format!("the dev signing key {}", path.display()))
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
@@ -38,10 +76,19 @@ fn parse_role(text: &str) -> Result<Role, String> {
 
 /// The token `args` describe.
 pub fn run(args: &TokenArgs) -> anyhow::Result<String> {
-    let secret = args.jwt_secret.as_deref().unwrap_or(DEV_JWT_SECRET);
-    let key = JwtKey::new(secret.as_bytes()).context("BILLPAY_JWT_SECRET")?;
-    if args.ttl_secs <= 0 {
-        bail!("--ttl-secs must be positive");
+    let key = signer(
+        args.signing_key_file.as_deref(),
+        &args.data_dir,
+        args.jwt_secret
+            .as_ref()
+            .map(secrecy::ExposeSecret::expose_secret),
+    )?;
+    let max = max_lifetime_seconds(args.role);
+    if args.ttl_secs <= 0 || args.ttl_secs > max {
+        bail!("--ttl-secs must be 1 to {max} for this role");
+    }
+    if args.subject.trim().is_empty() {
+        bail!("--subject must not be empty");
     }
     let unknown: Vec<_> = args
         .scopes
@@ -55,7 +102,7 @@ pub fn run(args: &TokenArgs) -> anyhow::Result<String> {
         );
     }
     let scopes: Vec<&str> = match args.role {
-        Role::Service if args.scopes.is_empty() => ALL_SCOPES.to_vec(),
+        Role::Service if args.scopes.is_empty() => DEFAULT_SERVICE_SCOPES.to_vec(),
         Role::Service => args.scopes.iter().map(String::as_str).collect(),
         Role::Operator | Role::Customer if !args.scopes.is_empty() => {
             bail!("--scope applies to service tokens only")

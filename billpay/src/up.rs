@@ -9,10 +9,14 @@ use billpay_contracts::{
     common::v1::Money,
 };
 use payment_svc::sim::{ProviderSim, SimConfig};
-use service_kit::auth::{ALL_SCOPES, DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{
+    DEFAULT_SERVICE_SCOPES, Role, TokenSigner,
+    keys::{DevKeys, load_signer},
+    max_lifetime_seconds, mint,
+};
 use tokio::sync::watch;
 
-/// Dev tokens printed by `up` last this long.
+/// Dev tokens printed by `up` last this long (or their role's maximum, if shorter).
 const DEV_TOKEN_TTL_SECONDS: i64 = 24 * 3600;
 /// The account `up` opens so there is something to look at.
 const DEMO_CUSTOMER_REF: &str = "demo-customer";
@@ -38,29 +42,59 @@ pub struct UpArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "BILLPAY_JSON_LOGS")]
     pub json_logs: bool,
+    /// Serve TLS (rustls) with a dev CA made in <data-dir>/tls: mutual TLS between
+    /// payment-svc and billing-svc; grpcurl lines get -cacert.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 /// Runs both services until `shutdown`, then drains both and returns.
 pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sqlite_url = |file: &str| format!("sqlite://{}", args.data_dir.join(file).display());
+    // Dev token keys, made on the first `up`: the services trust only their public
+    // halves; payment-svc gets its own signing key, `up` and `billpay token` the dev
+    // issuer's.
+    let keys = DevKeys::ensure(&args.data_dir).context("cannot make the dev token keys")?;
+    let key = load_signer(&keys.dev_signing_key).context("the dev signing key")?;
     let sim = ProviderSim::build(&SimConfig::dev(
         args.sim_addr,
         sqlite_url("provider-sim.db"),
     ))
     .await?;
-    let billing = billing_svc::app::Application::build(&billing_svc::config::Config::dev(
-        args.billing_addr,
-        sqlite_url("billing.db"),
-    ))
-    .await?;
+    let pki = if args.tls {
+        Some(crate::tls::DevPki::ensure(&args.data_dir).context("cannot make the dev CA")?)
+    } else {
+        None
+    };
+    let mut billing_config =
+        billing_svc::config::Config::dev(args.billing_addr, sqlite_url("billing.db"));
+    billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    if let Some(pki) = &pki {
+        billing_config.common.tls_cert_file = Some(pki.server_cert.clone());
+        billing_config.common.tls_key_file = Some(pki.server_key.clone());
+        billing_config.common.tls_client_ca_file = Some(pki.ca.clone());
+    }
+    let billing = billing_svc::app::Application::build(&billing_config).await?;
     let billing_addr = billing.local_addr();
     let mut payment_config = payment_svc::config::Config::dev(
         args.payment_addr,
         sqlite_url("payment.db"),
-        format!("http://{billing_addr}"),
+        format!(
+            "{}://{billing_addr}",
+            if pki.is_some() { "https" } else { "http" }
+        ),
         &format!("http://{}", sim.local_addr()),
     );
+    if let Some(pki) = &pki {
+        payment_config.common.tls_cert_file = Some(pki.server_cert.clone());
+        payment_config.common.tls_key_file = Some(pki.server_key.clone());
+        payment_config.billing_tls_ca_file = Some(pki.ca.clone());
+        payment_config.billing_tls_cert_file = Some(pki.client_cert.clone());
+        payment_config.billing_tls_key_file = Some(pki.client_key.clone());
+    }
     payment_config.notify_listen_addr = args.notify_addr;
+    payment_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    payment_config.jwt_signing_key_file = Some(keys.payment_signing_key.clone());
     let payment = payment_svc::app::Application::build(&payment_config).await?;
     let payment_addr = payment.local_addr();
     let notify_addr = payment.notify_addr();
@@ -75,10 +109,16 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     let stopped_notifier = stopped.clone();
     let mut payment_task = tokio::spawn(payment.run_until_stopped(until_stopped(stopped)));
 
-    let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
-    let demo_account_id = open_demo_account(billing_addr, &key).await?;
+    let billing_endpoint = crate::tls::BillingEndpoint {
+        addr: billing_addr,
+        tls: pki
+            .as_ref()
+            .map(crate::tls::DevPki::billing_client)
+            .transpose()?,
+    };
+    let demo_account_id = open_demo_account(&billing_endpoint, &key).await?;
     let notifier = tokio::spawn(crate::notifier::run(
-        billing_addr,
+        billing_endpoint,
         key.clone(),
         args.data_dir.join("notifier.cursor"),
         stopped_notifier,
@@ -88,6 +128,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         [billing_addr, payment_addr, notify_addr, sim_addr],
         &key,
         &demo_account_id,
+        pki.as_ref(),
     );
 
     tokio::select! {
@@ -106,7 +147,10 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
 }
 
 /// Opens (or finds, on a restart) the demo account through the public API.
-async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Result<String> {
+async fn open_demo_account(
+    billing: &crate::tls::BillingEndpoint,
+    key: &TokenSigner,
+) -> anyhow::Result<String> {
     let token = mint(
         key,
         "billpay-up",
@@ -115,9 +159,12 @@ async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Re
         None,
         60,
     );
-    let mut client = BillingServiceClient::connect(format!("http://{billing_addr}"))
-        .await
-        .context("cannot reach billing-svc to open the demo account")?;
+    let mut client = BillingServiceClient::new(
+        billing
+            .connect()
+            .await
+            .context("cannot reach billing-svc to open the demo account")?,
+    );
     let mut request = tonic::Request::new(CreateAccountRequest {
         customer_ref: DEMO_CUSTOMER_REF.into(),
         display_name: "Demo Customer".into(),
@@ -140,15 +187,36 @@ async fn open_demo_account(billing_addr: SocketAddr, key: &JwtKey) -> anyhow::Re
     Ok(account.account_id)
 }
 
-fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_account_id: &str) {
+fn print_banner(
+    args: &UpArgs,
+    addrs: [SocketAddr; 4],
+    key: &TokenSigner,
+    demo_account_id: &str,
+    pki: Option<&crate::tls::DevPki>,
+) {
+    // How grpcurl reaches each service: plaintext, or TLS with the dev CA (and, for
+    // billing, which asks for one, the dev client certificate).
+    let (billing_tls, payment_tls) = match pki {
+        None => ("-plaintext".to_owned(), "-plaintext".to_owned()),
+        Some(pki) => (
+            format!(
+                "-cacert {} -cert {} -key {}",
+                pki.ca.display(),
+                pki.client_cert.display(),
+                pki.client_key.display()
+            ),
+            format!("-cacert {}", pki.ca.display()),
+        ),
+    };
+    let ttl = |role| DEV_TOKEN_TTL_SECONDS.min(max_lifetime_seconds(role));
     let [billing, payment, notify, sim] = addrs;
     let service = mint(
         key,
         "dev-service",
         Role::Service,
-        ALL_SCOPES,
+        DEFAULT_SERVICE_SCOPES,
         None,
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Service),
     );
     let operator = mint(
         key,
@@ -156,7 +224,7 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         Role::Operator,
         &[],
         None,
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Operator),
     );
     let customer = mint(
         key,
@@ -164,45 +232,49 @@ fn print_banner(args: &UpArgs, addrs: [SocketAddr; 4], key: &JwtKey, demo_accoun
         Role::Customer,
         &[],
         Some(demo_account_id),
-        DEV_TOKEN_TTL_SECONDS,
+        ttl(Role::Customer),
     );
     let auth = |token: &str| format!("-H 'authorization: Bearer {token}'");
     println!(
         "\
-billpay is up (dev mode, data in {data}).
+billpay is up (dev mode{tls_note}, data in {data}).
   billing-svc  {billing}
   payment-svc  {payment} (provider notifications on {notify})
   provider-sim {sim} (its ledger: curl http://{sim}/ledger)
   demo account {demo_account_id}
 
-Dev tokens (valid 24 h, signed with the dev secret):
-  service (all scopes)  {service}
+Dev tokens (signed with the dev issuer key in {keys}; service 24 h, operator 8 h, customer 24 h):
+  service (all scopes but billing:apply)  {service}
   operator              {operator}
   customer ({demo_account_id})  {customer}
 
 Try (grpcurl):
-  grpcurl -plaintext {billing} list
-  grpcurl -plaintext {payment} list
-  grpcurl -plaintext {billing} describe billing.v1.BillingService
-  grpcurl -plaintext {billing} grpc.health.v1.Health/Check
-  grpcurl -plaintext {payment} grpc.health.v1.Health/Check
-  grpcurl -plaintext {service_auth} -d '{{\"customer_ref\":\"c-1001\",\"display_name\":\"Li Lei\",\"phone\":\"13912345678\",\"credit_limit\":{{\"currency_code\":\"CNY\",\"amount\":\"20000.00\"}}}}' {billing} billing.v1.BillingService/CreateAccount
-  grpcurl -plaintext {operator_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
-  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
-  grpcurl -plaintext {service_auth} {billing} billing.v1.BillingService/ListProducts
-  grpcurl -plaintext {service_auth} -d '{{\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/QuotePlan
-  grpcurl -plaintext {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"order_ref\":\"demo-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/CreatePlan
-  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"page_size\":3}}' {billing} billing.v1.BillingService/ListBills
-  grpcurl -plaintext {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccountSummary
-  grpcurl -plaintext {service_auth} -d '{{}}' {billing} billing.v1.BillingService/RunDayClose
-  grpcurl -plaintext {service_auth} -d '{{\"after_id\":0}}' -max-time 2 {billing} billing.v1.BillingService/WatchEvents
+  grpcurl {billing_tls} {billing} list
+  grpcurl {payment_tls} {payment} list
+  grpcurl {billing_tls} {billing} describe billing.v1.BillingService
+  grpcurl {billing_tls} {billing} grpc.health.v1.Health/Check
+  grpcurl {payment_tls} {payment} grpc.health.v1.Health/Check
+  grpcurl {billing_tls} {service_auth} -d '{{\"customer_ref\":\"c-1001\",\"display_name\":\"Li Lei\",\"phone\":\"13912345678\",\"credit_limit\":{{\"currency_code\":\"CNY\",\"amount\":\"20000.00\"}}}}' {billing} billing.v1.BillingService/CreateAccount
+  grpcurl {billing_tls} {operator_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
+  grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccount
+  grpcurl {billing_tls} {service_auth} {billing} billing.v1.BillingService/ListProducts
+  grpcurl {billing_tls} {service_auth} -d '{{\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/QuotePlan
+  grpcurl {billing_tls} {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"order_ref\":\"demo-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/CreatePlan
+  grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"page_size\":3}}' {billing} billing.v1.BillingService/ListBills
+  grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccountSummary
+  grpcurl {billing_tls} {service_auth} -d '{{}}' {billing} billing.v1.BillingService/RunDayClose
+  grpcurl {billing_tls} {service_auth} -d '{{\"after_id\":0}}' -max-time 2 {billing} billing.v1.BillingService/WatchEvents
 
 Customer notifications (an SMS simulator following WatchEvents) appear in the log.
 
 Ctrl-C (or SIGTERM) stops it cleanly.",
         data = args.data_dir.display(),
+        keys = service_kit::auth::keys::DevKeys::in_dir(&args.data_dir).dev_signing_key.display(),
         service_auth = auth(&service),
         operator_auth = auth(&operator),
         customer_auth = auth(&customer),
+        tls_note = if pki.is_some() { ", TLS with the dev CA" } else { "" },
+        billing_tls = billing_tls,
+        payment_tls = payment_tls,
     );
 }

@@ -15,7 +15,12 @@ use billpay_contracts::{
 };
 use payment_svc::sim::{ProviderSim, SimConfig};
 use service_kit::{
-    auth::{DEV_JWT_SECRET, JwtKey, Role, mint},
+    auth::{
+        APPLY_SCOPE, Audience, BILLING_AUDIENCE, PAYMENT_AUDIENCE, PAYMENT_SVC_SUBJECT, Role,
+        TokenSigner,
+        keys::{DevKeys, load_signer},
+        mint, mint_for,
+    },
     db::Db,
     server::ServeError,
 };
@@ -70,13 +75,15 @@ pub struct StackOptions {
     pub billing_failpoints: &'static str,
     /// Fail points armed in the first payment-svc child (comma-separated).
     pub payment_failpoints: &'static str,
+    /// Close connections idle this long (every listener), instead of the default 60 s.
+    pub connection_idle_timeout_ms: Option<u64>,
 }
 
 impl TestApp {
     /// Starts another billing-svc on the same database with the automatic day close
     /// on, as production runs it; it stops with the rest.
     pub async fn spawn_billing_with_auto_close(&mut self) -> SocketAddr {
-        let mut config = billing_config(self.billing_url.clone());
+        let mut config = keyed_billing(&self.keys, self.billing_url.clone());
         config.auto_day_close = true;
         config.clock = self.clock.clone();
         let billing = billing_svc::app::Application::build(&config).await.unwrap();
@@ -108,7 +115,12 @@ pub struct TestApp {
     pub sim_addr: SocketAddr,
     sim_task: Option<JoinHandle<anyhow::Result<()>>>,
     stopped: watch::Receiver<()>,
-    key: JwtKey,
+    /// The stack's token keys (in the data dir): the services trust `keys_file`.
+    pub keys: DevKeys,
+    /// The dev issuer's signing key: what `billpay token` mints with.
+    key: TokenSigner,
+    /// payment-svc's own signing key.
+    payment_key: TokenSigner,
     stop: watch::Sender<()>,
     postgres_databases: Vec<String>,
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
@@ -143,6 +155,7 @@ impl TestApp {
             service_kit::telemetry::init(false);
         }
         let data_dir = tempfile::tempdir().unwrap();
+        let keys = DevKeys::ensure(data_dir.path()).unwrap();
         let mut postgres_databases = Vec::new();
         let (billing_url, payment_url) = match backend {
             Backend::Sqlite => (
@@ -199,8 +212,11 @@ impl TestApp {
             .today
             .map(billing_svc::clock::BusinessClock::fixed)
             .unwrap_or_default();
-        let mut config = billing_config(billing_url.clone());
+        let mut config = keyed_billing(&keys, billing_url.clone());
         config.clock = clock.clone();
+        if let Some(idle) = options.connection_idle_timeout_ms {
+            set_idle_timeout(&mut config.common, idle);
+        }
         let billing = billing_svc::app::Application::build(&config).await.unwrap();
         let billing_addr = billing.local_addr();
         let (billing_for_payment, billing_switches) = if flaky_billing {
@@ -210,13 +226,19 @@ impl TestApp {
             (billing_addr, None)
         };
         let billing_url_for_payment = format!("http://{billing_for_payment}");
-        let mut payment_config = fast_payment_config(
-            payment_url.clone(),
-            billing_url_for_payment.clone(),
-            sim_addr,
+        let mut payment_config = keyed_payment(
+            &keys,
+            fast_payment_config(
+                payment_url.clone(),
+                billing_url_for_payment.clone(),
+                sim_addr,
+            ),
         );
         if let Some(after) = options.reconcile_after_ms {
             payment_config.reconcile_after_ms = after;
+        }
+        if let Some(idle) = options.connection_idle_timeout_ms {
+            set_idle_timeout(&mut payment_config.common, idle);
         }
         let payment = payment_svc::app::Application::build(&payment_config)
             .await
@@ -243,7 +265,9 @@ impl TestApp {
             sim_addr,
             sim_task: Some(sim_task),
             stopped,
-            key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+            key: load_signer(&keys.dev_signing_key).unwrap(),
+            payment_key: load_signer(&keys.payment_signing_key).unwrap(),
+            keys,
             stop,
             postgres_databases,
             tasks,
@@ -264,10 +288,11 @@ impl TestApp {
     ) -> Self {
         assert!(!options.flaky_billing, "no flaky billing with processes");
         assert!(options.today.is_none(), "no fixed today with processes");
+        let keys = DevKeys::ensure(data_dir.path()).unwrap();
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let billing = processes::ServiceProcess::start(
             "billing",
-            &processes::billing_args(&billing_url, any_port),
+            &processes::billing_args(&keys, &billing_url, any_port),
             options.billing_failpoints,
         )
         .await;
@@ -276,6 +301,7 @@ impl TestApp {
         let payment = processes::ServiceProcess::start(
             "payment",
             &processes::payment_args(
+                &keys,
                 &payment_url,
                 any_port,
                 any_port,
@@ -288,9 +314,10 @@ impl TestApp {
         let (payment_addr, payment_notify_addr) = (payment.grpc_addr, payment.notify_addr.unwrap());
         let children = Children {
             billing: Some(billing),
-            billing_args: processes::billing_args(&billing_url, billing_addr),
+            billing_args: processes::billing_args(&keys, &billing_url, billing_addr),
             payment: Some(payment),
             payment_args: processes::payment_args(
+                &keys,
                 &payment_url,
                 payment_addr,
                 payment_notify_addr,
@@ -313,7 +340,9 @@ impl TestApp {
             sim_addr,
             sim_task: Some(sim_task),
             stopped,
-            key: JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+            key: load_signer(&keys.dev_signing_key).unwrap(),
+            payment_key: load_signer(&keys.payment_signing_key).unwrap(),
+            keys,
             stop,
             postgres_databases,
             tasks: Vec::new(),
@@ -390,8 +419,21 @@ impl TestApp {
     /// Starts another billing-svc on the same database, as a second replica behind a
     /// load balancer would be, and returns its address. It stops with the rest.
     pub async fn spawn_billing_replica(&mut self) -> SocketAddr {
-        let mut config = billing_config(self.billing_url.clone());
+        let mut config = keyed_billing(&self.keys, self.billing_url.clone());
         config.clock = self.clock.clone();
+        let replica = billing_svc::app::Application::build(&config).await.unwrap();
+        let addr = replica.local_addr();
+        self.tasks.push(tokio::spawn(
+            replica.run_until_stopped(wait_for(self.stopped.clone())),
+        ));
+        addr
+    }
+
+    /// Starts another billing-svc on the same database trusting the keys in
+    /// `keys_file` (as after a key rotation and restart), and returns its address.
+    pub async fn spawn_billing_trusting(&mut self, keys_file: std::path::PathBuf) -> SocketAddr {
+        let mut config = billing_config(self.billing_url.clone());
+        config.common.jwt_keys_file = Some(keys_file);
         let replica = billing_svc::app::Application::build(&config).await.unwrap();
         let addr = replica.local_addr();
         self.tasks.push(tokio::spawn(
@@ -402,10 +444,13 @@ impl TestApp {
 
     /// Starts another payment-svc on the same database and returns its address.
     pub async fn spawn_payment_replica(&mut self) -> SocketAddr {
-        let config = fast_payment_config(
-            self.payment_url.clone(),
-            self.billing_url_for_payment.clone(),
-            self.sim_addr,
+        let config = keyed_payment(
+            &self.keys,
+            fast_payment_config(
+                self.payment_url.clone(),
+                self.billing_url_for_payment.clone(),
+                self.sim_addr,
+            ),
         );
         let replica = payment_svc::app::Application::build(&config).await.unwrap();
         let addr = replica.local_addr();
@@ -413,6 +458,12 @@ impl TestApp {
             replica.run_until_stopped(wait_for(self.stopped.clone())),
         ));
         addr
+    }
+
+    /// The directory holding the stack's SQLite files (`billing.db`, `payment.db`,
+    /// `provider-sim.db`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        self._data_dir.path()
     }
 
     /// Takes billing's ApplyRepayment down (or back up) for payment-svc; only for a
@@ -491,24 +542,59 @@ impl TestApp {
         PaymentServiceClient::new(connect(self.payment_addr).await)
     }
 
-    /// A service token holding `scopes`.
+    /// A service token holding `scopes`. Billing honours `billing:apply` from
+    /// payment-svc alone, so a token asking for it is signed with payment-svc's own
+    /// key, as payment-svc (the tests that apply or reverse by hand stand in for it).
     pub fn service_token(&self, scopes: &[&str]) -> String {
-        mint(&self.key, "test-service", Role::Service, scopes, None, 600)
+        if scopes.contains(&APPLY_SCOPE) {
+            return mint(
+                &self.payment_key,
+                PAYMENT_SVC_SUBJECT,
+                Role::Service,
+                scopes,
+                None,
+                600,
+            );
+        }
+        self.service_token_as("test-service", scopes)
+    }
+
+    /// The dev issuer's signing key (what `billpay token` mints with).
+    pub fn dev_signer(&self) -> &TokenSigner {
+        &self.key
+    }
+
+    /// payment-svc's own signing key.
+    pub fn payment_signer(&self) -> &TokenSigner {
+        &self.payment_key
+    }
+
+    /// A service token for `subject` holding `scopes`: some other service. Test
+    /// tokens of the dev issuer name both services as audience, so a call with the
+    /// wrong scope is PERMISSION_DENIED at either (audience refusals are tested with
+    /// tokens made for the purpose).
+    pub fn service_token_as(&self, subject: &str, scopes: &[&str]) -> String {
+        self.dev_token(subject, Role::Service, scopes, None)
+    }
+
+    /// A token of the dev issuer for both services.
+    pub fn dev_token(
+        &self,
+        subject: &str,
+        role: Role,
+        scopes: &[&str],
+        account_id: Option<&str>,
+    ) -> String {
+        let both = Audience::Many(vec![BILLING_AUDIENCE.into(), PAYMENT_AUDIENCE.into()]);
+        mint_for(&self.key, both, subject, role, scopes, account_id, 600)
     }
 
     pub fn operator_token(&self, subject: &str) -> String {
-        mint(&self.key, subject, Role::Operator, &[], None, 600)
+        self.dev_token(subject, Role::Operator, &[], None)
     }
 
     pub fn customer_token(&self, account_id: &str) -> String {
-        mint(
-            &self.key,
-            "test-customer",
-            Role::Customer,
-            &[],
-            Some(account_id),
-            600,
-        )
+        self.dev_token("test-customer", Role::Customer, &[], Some(account_id))
     }
 
     /// Rows in a billing-svc table.
@@ -559,6 +645,29 @@ impl TestApp {
 pub fn billing_config(database_url: String) -> billing_svc::config::Config {
     let mut config = billing_svc::config::Config::dev("127.0.0.1:0".parse().unwrap(), database_url);
     config.auto_day_close = false;
+    config
+}
+
+/// Connections idle `idle_ms` are closed; keepalive pings at half that.
+fn set_idle_timeout(common: &mut service_kit::config::CommonArgs, idle_ms: u64) {
+    common.connection_idle_timeout_ms = idle_ms;
+    common.http2_keepalive_interval_ms = (idle_ms / 2).max(1);
+}
+
+/// `billing_config` trusting the stack's token keys.
+pub fn keyed_billing(keys: &DevKeys, database_url: String) -> billing_svc::config::Config {
+    let mut config = billing_config(database_url);
+    config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    config
+}
+
+/// `config` trusting the stack's token keys, signing with payment-svc's own key.
+pub fn keyed_payment(
+    keys: &DevKeys,
+    mut config: payment_svc::config::Config,
+) -> payment_svc::config::Config {
+    config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    config.jwt_signing_key_file = Some(keys.payment_signing_key.clone());
     config
 }
 

@@ -4,6 +4,7 @@
 //! arguments and serve until a signal — and prints its bound addresses. A child can
 //! be started with fail points armed (`BILLPAY_FAILPOINTS`) and killed with SIGKILL.
 
+use service_kit::auth::keys::DevKeys;
 use std::{
     net::SocketAddr,
     process::Stdio,
@@ -186,8 +187,8 @@ async fn collect_failpoints(
 }
 
 /// billing-svc's flags for a child on `database_url`, listening on `listen_addr`.
-pub fn billing_args(database_url: &str, listen_addr: SocketAddr) -> Vec<String> {
-    [
+pub fn billing_args(keys: &DevKeys, database_url: &str, listen_addr: SocketAddr) -> Vec<String> {
+    let mut args: Vec<String> = [
         "billing-svc",
         "--dev",
         "--database-url",
@@ -198,12 +199,18 @@ pub fn billing_args(database_url: &str, listen_addr: SocketAddr) -> Vec<String> 
         "false",
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    args.extend([
+        "--jwt-keys-file".to_owned(),
+        keys.keys_file.display().to_string(),
+    ]);
+    args
 }
 
 /// payment-svc's flags for a child, with the test timings of
 /// [`crate::fast_payment_config`].
 pub fn payment_args(
+    keys: &DevKeys,
     database_url: &str,
     listen_addr: SocketAddr,
     notify_addr: SocketAddr,
@@ -211,7 +218,7 @@ pub fn payment_args(
     sim_addr: SocketAddr,
 ) -> Vec<String> {
     let sim = format!("http://{sim_addr}");
-    [
+    let mut args: Vec<String> = [
         "payment-svc",
         "--dev",
         "--database-url",
@@ -238,5 +245,12 @@ pub fn payment_args(
         "50",
     ]
     .map(str::to_owned)
-    .to_vec()
+    .to_vec();
+    args.extend([
+        "--jwt-keys-file".to_owned(),
+        keys.keys_file.display().to_string(),
+        "--jwt-signing-key-file".to_owned(),
+        keys.payment_signing_key.display().to_string(),
+    ]);
+    args
 }

@@ -12,6 +12,7 @@ use tonic::service::Routes;
 use crate::{
     billing::BillingClient,
     config::Config,
+    domain::payment::FingerprintKey,
     flow::PaymentFlow,
     grpc::{PaymentApi, RPC_RULES},
     jobs::{self, JobTimings},
@@ -30,6 +31,7 @@ pub struct Application {
     notify: NotifyListener,
     notify_addr: SocketAddr,
     flow: Arc<PaymentFlow>,
+    fingerprint_key: FingerprintKey,
     timings: JobTimings,
 }
 
@@ -38,6 +40,8 @@ impl Application {
     pub async fn build(config: &Config) -> anyhow::Result<Self> {
         let [bank_card, alipay, wechat_pay] = config.providers()?;
         let timings = config.job_timings()?;
+        let fingerprint_key = config.fingerprint_key()?;
+        let billing_signer = config.billing_token_signer()?;
         let providers =
             Providers::new(&bank_card, &alipay, &wechat_pay, config.provider_timeout()?)
                 .context("payment-svc: cannot build the provider clients")?;
@@ -49,8 +53,9 @@ impl Application {
             config.listen_addr,
         )
         .await?;
-        let billing = BillingClient::new(&config.billing_url, foundation.key.clone())
-            .with_context(|| format!("payment-svc: bad billing URL {}", config.billing_url))?;
+        let billing =
+            BillingClient::with_tls(&config.billing_url, billing_signer, config.billing_tls()?)
+                .with_context(|| format!("payment-svc: bad billing URL {}", config.billing_url))?;
         let notify = NotifyListener::bind(config.notify_listen_addr)
             .await
             .with_context(|| {
@@ -58,7 +63,8 @@ impl Application {
                     "payment-svc: cannot listen on {}",
                     config.notify_listen_addr
                 )
-            })?;
+            })?
+            .with_limits(config.common.connection_limits()?);
         let notify_addr = notify.local_addr()?;
         let notify_base_url = config
             .notify_base_url
@@ -75,6 +81,7 @@ impl Application {
             notify,
             notify_addr,
             flow: Arc::new(flow),
+            fingerprint_key,
             timings,
         })
     }
@@ -115,8 +122,11 @@ impl Application {
         );
         let mut routes = Routes::builder();
         routes.add_service(
-            PaymentServiceServer::new(PaymentApi::new(Arc::clone(&self.flow)))
-                .max_decoding_message_size(REQUEST_BYTES_MAX),
+            PaymentServiceServer::new(PaymentApi::new(
+                Arc::clone(&self.flow),
+                self.fingerprint_key.clone(),
+            ))
+            .max_decoding_message_size(REQUEST_BYTES_MAX),
         );
         let served = self
             .foundation

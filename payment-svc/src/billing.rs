@@ -11,7 +11,7 @@ use billpay_contracts::{
     common::v1::RepaymentTarget,
 };
 use service_kit::{
-    auth::{JwtKey, Role, mint},
+    auth::{APPLY_SCOPE, PAYMENT_SVC_SUBJECT, Role, TokenSigner, mint},
     telemetry::REQUEST_ID_HEADER,
 };
 use std::time::Duration;
@@ -20,33 +20,48 @@ use tonic::{Request, Status, transport::Channel};
 
 /// Tokens minted per call live this long: long enough for one call and its retries.
 const TOKEN_TTL_SECONDS: i64 = 300;
-const SCOPES: &[&str] = &["billing:read", "billing:apply"];
+const SCOPES: &[&str] = &["billing:read", APPLY_SCOPE];
 
 #[derive(Debug, Clone)]
 pub struct BillingClient {
     client: BillingServiceClient<Channel>,
-    key: JwtKey,
+    /// payment-svc's own key: it signs tokens for billing and nothing else.
+    signer: TokenSigner,
 }
 
 impl BillingClient {
     /// A client for billing-svc at `url`. It connects lazily, so payment-svc starts
     /// (and captures money, keeping it in the outbox) while billing is down.
-    pub fn new(url: &str, key: JwtKey) -> Result<Self, tonic::transport::Error> {
-        let channel = tonic::transport::Endpoint::from_shared(url.to_owned())?
+    pub fn new(url: &str, signer: TokenSigner) -> Result<Self, tonic::transport::Error> {
+        Self::with_tls(url, signer, None)
+    }
+
+    /// Like [`BillingClient::new`], over TLS when `tls` is set (an `https://` URL;
+    /// with a client identity for mutual TLS).
+    pub fn with_tls(
+        url: &str,
+        signer: TokenSigner,
+        tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> Result<Self, tonic::transport::Error> {
+        let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_owned())?;
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls)?;
+        }
+        let channel = endpoint
             .connect_timeout(std::time::Duration::from_secs(2))
             .timeout(std::time::Duration::from_secs(10))
             .connect_lazy();
         Ok(Self {
             client: BillingServiceClient::new(channel),
-            key,
+            signer,
         })
     }
 
     fn request<T>(&self, message: T, request_id: Option<&str>) -> Request<T> {
         let mut request = Request::new(message);
         let token = mint(
-            &self.key,
-            "payment-svc",
+            &self.signer,
+            PAYMENT_SVC_SUBJECT,
             Role::Service,
             SCOPES,
             None,

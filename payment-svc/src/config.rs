@@ -1,10 +1,16 @@
 //! payment-svc's configuration: flags with environment fallbacks.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use service_kit::config::CommonArgs;
+use secrecy::{ExposeSecret as _, SecretString};
+
+use service_kit::{
+    auth::{DEV_JWT_SECRET, PAYMENT_SVC_SUBJECT, TokenSigner, keys::load_signer},
+    config::CommonArgs,
+};
 
 use crate::{
+    domain::payment::{DEV_FINGERPRINT_KEY, FINGERPRINT_KEY_BYTES_MIN, FingerprintKey},
     jobs::JobTimings,
     providers::ProviderSettings,
     sim::{DEV_ALIPAY_SECRET, DEV_BANK_CARD_SECRET, DEV_WECHAT_PAY_SECRET},
@@ -72,11 +78,30 @@ pub struct Config {
     pub wechat_pay_url: String,
     /// Shared secrets with each provider; required outside dev mode.
     #[arg(long, env = "BILLPAY_BANK_CARD_SECRET", hide_env_values = true)]
-    pub bank_card_secret: Option<String>,
+    pub bank_card_secret: Option<SecretString>,
     #[arg(long, env = "BILLPAY_ALIPAY_SECRET", hide_env_values = true)]
-    pub alipay_secret: Option<String>,
+    pub alipay_secret: Option<SecretString>,
     #[arg(long, env = "BILLPAY_WECHAT_PAY_SECRET", hide_env_values = true)]
-    pub wechat_pay_secret: Option<String>,
+    pub wechat_pay_secret: Option<SecretString>,
+    /// The HMAC key request fingerprints are keyed with (at least 32 bytes); required
+    /// outside dev mode. Keep it out of the database's backups: with it, a stolen
+    /// fingerprint can be brute-forced back to the instrument.
+    #[arg(long, env = "BILLPAY_FINGERPRINT_KEY", hide_env_values = true)]
+    pub fingerprint_key: Option<SecretString>,
+    /// payment-svc's own signing key file (issuer payment-svc), for the tokens it sends
+    /// billing; required with BILLPAY_JWT_KEYS_FILE. It can mint nothing else that
+    /// either service accepts.
+    #[arg(long, env = "PAYMENT_JWT_SIGNING_KEY_FILE")]
+    pub jwt_signing_key_file: Option<PathBuf>,
+    /// TLS to billing: the CA (PEM) billing's certificate must chain to. Setting it
+    /// makes payment-svc call billing over TLS (use an https:// --billing-url).
+    #[arg(long, env = "PAYMENT_BILLING_TLS_CA_FILE")]
+    pub billing_tls_ca_file: Option<PathBuf>,
+    /// Mutual TLS to billing: payment-svc's client certificate and key (PEM).
+    #[arg(long, env = "PAYMENT_BILLING_TLS_CERT_FILE")]
+    pub billing_tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "PAYMENT_BILLING_TLS_KEY_FILE")]
+    pub billing_tls_key_file: Option<PathBuf>,
     /// How long one provider request may take.
     #[arg(long, env = "PAYMENT_PROVIDER_TIMEOUT_MS", default_value_t = 3_000)]
     pub provider_timeout_ms: u64,
@@ -101,6 +126,10 @@ pub enum PaymentConfigError {
     ReconcileTooSoon,
     #[error("{0} must be greater than zero")]
     Zero(&'static str),
+    #[error("{0}")]
+    SigningKey(String),
+    #[error("BILLPAY_FINGERPRINT_KEY must be at least {FINGERPRINT_KEY_BYTES_MIN} bytes")]
+    ShortFingerprintKey,
 }
 
 impl Config {
@@ -124,6 +153,11 @@ impl Config {
             bank_card_secret: None,
             alipay_secret: None,
             wechat_pay_secret: None,
+            fingerprint_key: None,
+            jwt_signing_key_file: None,
+            billing_tls_ca_file: None,
+            billing_tls_cert_file: None,
+            billing_tls_key_file: None,
             provider_timeout_ms: 3_000,
             reconcile_after_ms: 30_000,
             reconcile_interval_ms: 5_000,
@@ -134,10 +168,14 @@ impl Config {
 
     /// Each provider's URL and secret (the dev secrets only in dev mode).
     pub fn providers(&self) -> Result<[ProviderSettings; 3], PaymentConfigError> {
-        let settings = |url: &str, secret: &Option<String>, name: &'static str, dev: &str| {
-            let secret = match (secret.as_deref().filter(|s| !s.is_empty()), self.common.dev) {
-                (Some(secret), _) => secret.to_owned(),
-                (None, true) => dev.to_owned(),
+        let settings = |url: &str, secret: &Option<SecretString>, name: &'static str, dev: &str| {
+            let configured = secret
+                .as_ref()
+                .map(|s| s.expose_secret())
+                .filter(|s| !s.is_empty());
+            let secret: SecretString = match (configured, self.common.dev) {
+                (Some(secret), _) => secret.into(),
+                (None, true) => dev.into(),
                 (None, false) => return Err(PaymentConfigError::MissingSecret(name)),
             };
             Ok(ProviderSettings {
@@ -168,6 +206,89 @@ impl Config {
         ])
     }
 
+    /// The fingerprint key: the configured one, or the dev key in dev mode only.
+    pub fn fingerprint_key(&self) -> Result<FingerprintKey, PaymentConfigError> {
+        let secret = match (
+            self.fingerprint_key
+                .as_ref()
+                .map(|s| s.expose_secret())
+                .filter(|s| !s.is_empty()),
+            self.common.dev,
+        ) {
+            (Some(secret), _) => secret,
+            (None, true) => DEV_FINGERPRINT_KEY,
+            (None, false) => {
+                return Err(PaymentConfigError::MissingSecret("BILLPAY_FINGERPRINT_KEY"));
+            }
+        };
+        FingerprintKey::new(secret.as_bytes()).map_err(|_| PaymentConfigError::ShortFingerprintKey)
+    }
+
+    /// The key payment-svc signs its tokens to billing with: its signing key file;
+    /// in dev mode without a keys file, the HS256 dev secret under issuer payment-svc.
+    pub fn billing_token_signer(&self) -> Result<TokenSigner, PaymentConfigError> {
+        let keys_file = self
+            .common
+            .jwt_keys_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let signing_file = self
+            .jwt_signing_key_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        match (signing_file, keys_file, self.common.dev) {
+            (Some(path), _, _) => {
+                load_signer(path).map_err(|error| PaymentConfigError::SigningKey(error.to_string()))
+            }
+            (None, None, true) => {
+                let secret = self
+                    .common
+                    .jwt_secret
+                    .as_ref()
+                    .map(|secret| secret.expose_secret())
+                    .filter(|secret| !secret.is_empty())
+                    .unwrap_or(DEV_JWT_SECRET);
+                TokenSigner::hs256(PAYMENT_SVC_SUBJECT, secret.as_bytes())
+                    .map_err(|error| PaymentConfigError::SigningKey(error.to_string()))
+            }
+            _ => Err(PaymentConfigError::MissingSecret(
+                "PAYMENT_JWT_SIGNING_KEY_FILE (payment-svc's key for its tokens to billing)",
+            )),
+        }
+    }
+
+    /// payment-svc's TLS settings for billing: none (plaintext) without a CA file.
+    pub fn billing_tls(
+        &self,
+    ) -> Result<Option<tonic::transport::ClientTlsConfig>, PaymentConfigError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path).map_err(|error| {
+                PaymentConfigError::SigningKey(format!("TLS file {}: {error}", path.display()))
+            })
+        };
+        let Some(ca) = &self.billing_tls_ca_file else {
+            return Ok(None);
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        match (&self.billing_tls_cert_file, &self.billing_tls_key_file) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(tonic::transport::Identity::from_pem(
+                    read(cert)?,
+                    read(key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err(PaymentConfigError::SigningKey(
+                    "PAYMENT_BILLING_TLS_CERT_FILE and PAYMENT_BILLING_TLS_KEY_FILE go together"
+                        .into(),
+                ));
+            }
+        }
+        Ok(Some(tls))
+    }
+
     pub fn provider_timeout(&self) -> Result<Duration, PaymentConfigError> {
         nonzero("--provider-timeout-ms", self.provider_timeout_ms)
     }
@@ -190,4 +311,35 @@ fn nonzero(name: &'static str, millis: u64) -> Result<Duration, PaymentConfigErr
         return Err(PaymentConfigError::Zero(name));
     }
     Ok(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let mut config = Config::dev(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            "sqlite://x.db".into(),
+            "http://127.0.0.1:1".into(),
+            "http://127.0.0.1:2",
+        );
+        config.bank_card_secret = Some("card-secret-card-secret".into());
+        config.alipay_secret = Some("alipay-secret-alipay".into());
+        config.wechat_pay_secret = Some("wechat-secret-wechat".into());
+        config.fingerprint_key = Some("fingerprint-key-fingerprint-key-0123".into());
+        config.common.jwt_secret = Some("jwt-secret-jwt-secret-jwt-secret-01".into());
+        let shown = format!("{config:?} {:?}", config.providers().unwrap());
+        for secret in [
+            "card-secret",
+            "alipay-secret",
+            "wechat-secret",
+            "fingerprint-key",
+            "jwt-secret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(config.fingerprint_key().is_ok());
+    }
 }

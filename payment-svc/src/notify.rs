@@ -5,10 +5,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 use axum::{
     Router,
     body::Bytes,
-    extract::{Path, State},
+    extract::{DefaultBodyLimit, Path, State},
     http::{HeaderMap, StatusCode},
     routing::post,
 };
+use service_kit::conn::{ConnectionLimits, GuardedListener, GuardedStream};
 use tokio::net::TcpListener;
 
 use crate::{
@@ -18,17 +19,55 @@ use crate::{
     storage::OutboxKind,
 };
 
-/// The notify listener, bound.
+/// The largest notification body read; providers' are a few hundred bytes.
+pub const NOTIFY_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// The notify listener, bound. It faces the providers, so the outside: every
+/// connection is held to [`ConnectionLimits`] (cap, idle and header-read timeout,
+/// age) and bodies are capped at [`NOTIFY_BODY_BYTES_MAX`].
 #[derive(Debug)]
 pub struct NotifyListener {
     listener: TcpListener,
+    limits: ConnectionLimits,
+}
+
+/// [`GuardedListener`] as axum serves it.
+struct NotifyConnections(GuardedListener);
+
+impl axum::serve::Listener for NotifyConnections {
+    type Io = GuardedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.0.accept().await {
+                Ok(accepted) => return accepted,
+                Err(error) => {
+                    // Out of file descriptors, most likely: wait a little, as axum does.
+                    tracing::warn!(%error, "notify listener cannot accept");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
 }
 
 impl NotifyListener {
     pub async fn bind(addr: SocketAddr) -> std::io::Result<Self> {
         Ok(Self {
             listener: TcpListener::bind(addr).await?,
+            limits: ConnectionLimits::default(),
         })
+    }
+
+    /// Holds every connection to `limits`.
+    pub fn with_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -43,8 +82,10 @@ impl NotifyListener {
     ) -> std::io::Result<()> {
         let router = Router::new()
             .route("/notify/{provider}", post(notified))
+            .layer(DefaultBodyLimit::max(NOTIFY_BODY_BYTES_MAX))
             .with_state(flow);
-        axum::serve(self.listener, router)
+        let connections = NotifyConnections(GuardedListener::new(self.listener, self.limits));
+        axum::serve(connections, router)
             .with_graceful_shutdown(shutdown)
             .await
     }

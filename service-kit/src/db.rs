@@ -34,6 +34,11 @@ pub enum DbError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot make the SQLite file {path} owner-only: {source}")]
+    Permissions {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("migration {version} ({name}) failed: {source}")]
     Migration {
         version: i64,
@@ -121,6 +126,9 @@ impl Db {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let (dialect, url) = normalise_url(url)?;
+        if dialect == Dialect::Sqlite {
+            owner_only_sqlite_file(&url)?;
+        }
         let options = AnyConnectOptions::from_str(&url)?;
         let pool = pool_options(dialect, max_connections)
             .connect_with(options.clone())
@@ -245,6 +253,35 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
             .lines()
             .any(|line| !line.trim().is_empty() && !line.trim_start().starts_with("--"))
     })
+}
+
+/// Creates the SQLite file of `url` owner-only (0600), or makes an existing one so:
+/// it holds payment data. SQLite gives its `-wal` and `-shm` files the main file's
+/// mode, so they follow.
+fn owner_only_sqlite_file(url: &str) -> Result<(), DbError> {
+    let rest = url.strip_prefix("sqlite://").unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.starts_with(':') || rest.contains("mode=memory") {
+        return Ok(());
+    }
+    let failed = |source| DbError::Permissions {
+        path: path.to_owned(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(failed)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
+    }
+    #[cfg(not(unix))]
+    let _ = failed;
+    Ok(())
 }
 
 fn normalise_url(url: &str) -> Result<(Dialect, String), DbError> {

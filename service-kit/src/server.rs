@@ -3,13 +3,17 @@
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use tokio::net::{TcpListener, TcpStream};
-use tokio_stream::{StreamExt as _, wrappers::TcpListenerStream};
+use tokio::net::TcpListener;
 use tonic::{service::RoutesBuilder, transport::Server};
 use tonic_health::ServingStatus;
 use tower::ServiceBuilder;
 
-use crate::{auth::AuthLayer, deadline::DeadlineLayer, telemetry::RpcSpanLayer};
+use crate::{
+    auth::AuthLayer,
+    conn::{AGE_GRACE, ConnectionLimits, GuardedListener},
+    deadline::DeadlineLayer,
+    telemetry::RpcSpanLayer,
+};
 
 /// Limits that apply to every RPC of a server.
 #[derive(Debug, Clone, Copy)]
@@ -32,26 +36,13 @@ pub enum ServeError {
     Task(#[from] tokio::task::JoinError),
 }
 
-/// The accepted connections of `listener`, each with TCP_NODELAY set.
-///
-/// tonic applies `Server::tcp_nodelay` only to listeners it binds itself, not to an
-/// incoming stream handed to it; without the flag every reply larger than a segment
-/// waits for the client's delayed ACK (about 40 ms) before its last bytes leave.
-fn nodelay_incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<TcpStream>> {
-    TcpListenerStream::new(listener).map(|accepted| {
-        let stream = accepted?;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    })
-}
-
 /// A gRPC server bound to its port, ready to serve.
 #[derive(Debug)]
 pub struct GrpcServer {
     listener: TcpListener,
     local_addr: SocketAddr,
+    connection_limits: ConnectionLimits,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl GrpcServer {
@@ -62,7 +53,21 @@ impl GrpcServer {
         Ok(Self {
             listener,
             local_addr,
+            connection_limits: ConnectionLimits::default(),
+            tls: None,
         })
+    }
+
+    /// Serves TLS only (mutual when the config names a client CA).
+    pub fn with_tls(mut self, tls: Option<tonic::transport::ServerTlsConfig>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Holds every connection to `limits` (cap, idle timeout, age, keepalive).
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connection_limits = limits;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,8 +108,16 @@ impl GrpcServer {
             .add_service(reflection().build_v1alpha()?);
 
         let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
-        let server = Server::builder()
+        let builder = match self.tls {
+            Some(tls) => Server::builder().tls_config(tls)?,
+            None => Server::builder(),
+        };
+        let server = builder
             .concurrency_limit_per_connection(limits.concurrency_per_connection)
+            .http2_keepalive_interval(Some(self.connection_limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(self.connection_limits.keepalive_timeout))
+            .max_connection_age(self.connection_limits.max_age)
+            .max_connection_age_grace(AGE_GRACE)
             // The per-RPC timeout: DEADLINE_EXCEEDED, where tonic's own says CANCELLED.
             .layer(
                 ServiceBuilder::new()
@@ -113,9 +126,15 @@ impl GrpcServer {
                     .layer(auth),
             )
             .add_routes(routes.routes())
-            .serve_with_incoming_shutdown(nodelay_incoming(self.listener), async {
-                let _ = stop_receiver.await;
-            });
+            // GuardedListener sets TCP_NODELAY on each accepted socket: tonic applies
+            // its own `tcp_nodelay` only to listeners it binds itself, and without it
+            // every reply over a segment waits ~40 ms for the client's delayed ACK.
+            .serve_with_incoming_shutdown(
+                GuardedListener::new(self.listener, self.connection_limits).into_incoming(),
+                async {
+                    let _ = stop_receiver.await;
+                },
+            );
         let mut server = tokio::spawn(server);
         tokio::select! {
             result = &mut server => return Ok(result??),
@@ -141,27 +160,5 @@ impl GrpcServer {
         }
         tracing::info!(addr = %self.local_addr, "stopped");
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use tokio_stream::StreamExt as _;
-
-    /// The regression guard for the ~40 ms reply stall: a socket the server accepts
-    /// must have TCP_NODELAY set, whatever tonic does with its own builder flag.
-    #[tokio::test]
-    async fn accepted_sockets_have_nodelay_set() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut incoming = Box::pin(super::nodelay_incoming(listener));
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let accepted = incoming.next().await.unwrap().unwrap();
-        assert!(
-            accepted.nodelay().unwrap(),
-            "an accepted socket lacks TCP_NODELAY"
-        );
     }
 }

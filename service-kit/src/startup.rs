@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tonic::service::RoutesBuilder;
 
 use crate::{
-    auth::{AuthLayer, JwtKey, RpcRule},
+    auth::{AuthLayer, OwnedScope, RpcRule, TokenVerifier},
     config::CommonArgs,
     db::{Db, Migrations},
     server::{GrpcServer, ServeError, ServerLimits},
@@ -17,9 +17,10 @@ use crate::{
 #[derive(Debug)]
 pub struct Foundation {
     pub db: Db,
-    pub key: JwtKey,
+    pub verifier: TokenVerifier,
     server: GrpcServer,
     limits: ServerLimits,
+    owned_scopes: Vec<OwnedScope>,
 }
 
 impl Foundation {
@@ -34,22 +35,34 @@ impl Foundation {
     ) -> anyhow::Result<Self> {
         crate::failpoint::check_allowed(common.dev)?;
         let limits = common.limits()?;
-        let key = common.jwt_key()?;
+        // Each service accepts the tokens for its own audience: "billing-svc" → "billing".
+        let audience = service.strip_suffix("-svc").unwrap_or(service);
+        let verifier = common.verifier(audience)?;
         let db = Db::connect(database_url, common.db_max_connections)
             .await
             .with_context(|| format!("{service}: cannot open database {}", redact(database_url)))?;
         db.migrate(migrations)
             .await
             .with_context(|| format!("{service}: cannot migrate database"))?;
+        let connection_limits = common.connection_limits()?;
+        let tls = common.server_tls()?;
         let server = GrpcServer::bind(listen_addr)
             .await
-            .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?;
+            .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?
+            .with_connection_limits(connection_limits)
+            .with_tls(tls);
         Ok(Self {
             db,
-            key,
+            verifier,
             server,
             limits,
+            owned_scopes: Vec::new(),
         })
+    }
+
+    /// Honours a scope only in its owner's tokens (see [`AuthLayer::grant_only_to`]).
+    pub fn grant_only_to(&mut self, owned: OwnedScope) {
+        self.owned_scopes.push(owned);
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -64,7 +77,14 @@ impl Foundation {
         rules: &'static [RpcRule],
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let auth = AuthLayer::new(self.key, rules);
+        let auth = self
+            .owned_scopes
+            .into_iter()
+            .fold(
+                AuthLayer::new(self.verifier, rules),
+                AuthLayer::grant_only_to,
+            )
+            .audit_operators_in(self.db.clone());
         self.server
             .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
             .await

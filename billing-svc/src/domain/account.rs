@@ -16,7 +16,9 @@ pub enum AccountFieldError {
     TooLong(usize),
     #[error("may contain only letters, digits and . _ : -")]
     BadCharacters,
-    #[error("must not contain control characters or be only spaces")]
+    #[error(
+        "must not contain control or invisible format characters (bidi overrides, zero-width spaces) or be only spaces"
+    )]
     BadName,
     #[error("must be an 11-digit mainland mobile number starting 13-19, e.g. 13812341234")]
     BadPhone,
@@ -94,7 +96,7 @@ impl DisplayName {
         if text.chars().count() > DISPLAY_NAME_CHARS_MAX {
             return Err(AccountFieldError::TooLong(DISPLAY_NAME_CHARS_MAX));
         }
-        if text.trim().is_empty() || text.chars().any(char::is_control) {
+        if text.trim().is_empty() || service_kit::text::has_invisible_characters(text) {
             return Err(AccountFieldError::BadName);
         }
         Ok(Self(text.to_owned()))

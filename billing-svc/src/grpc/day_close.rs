@@ -1,9 +1,13 @@
 //! RunDayClose and WatchEvents.
 
-use std::{pin::Pin, time::Duration};
+use std::pin::Pin;
 
 use billpay_contracts::billing::v1 as wire;
-use service_kit::{clock::timestamp_from_micros, errors::invalid_field};
+use service_kit::{
+    auth::{Caller, TokenExpiry},
+    clock::{now_unix_seconds, timestamp_from_micros},
+    errors::invalid_field,
+};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Status};
 
@@ -16,8 +20,6 @@ use crate::{
 
 /// Events one read fetches at most.
 const EVENT_BATCH_MAX: u32 = 100;
-/// How often a watcher that has caught up looks for new events.
-const EVENT_POLL: Duration = Duration::from_millis(100);
 /// Events buffered per watcher before the reader waits for the client.
 const EVENT_BUFFER: usize = 64;
 
@@ -62,18 +64,42 @@ impl BillingApi {
         })
     }
 
-    /// Replays events after the cursor, then tails new ones, until the client leaves.
+    /// Replays events after the cursor (of one account, if asked), then tails new
+    /// ones, until the client leaves or its token expires.
     pub(super) async fn handle_watch_events(
         &self,
         request: Request<wire::WatchEventsRequest>,
     ) -> Result<EventStream, Status> {
-        let after_id = request.get_ref().after_id;
+        let caller = Caller::of(&request)?.subject.clone();
+        let expires_at = request
+            .extensions()
+            .get::<TokenExpiry>()
+            .map(|expiry| expiry.0)
+            .ok_or_else(|| Status::unauthenticated("no verified token on this request"))?;
+        let message = request.into_inner();
+        let after_id = message.after_id;
         if after_id < 0 {
             return Err(invalid_field("after_id", "must not be negative"));
         }
+        let account_filter = Some(message.account_id).filter(|id| !id.is_empty());
+        if account_filter.as_ref().is_some_and(|id| id.len() > 64) {
+            return Err(invalid_field("account_id", "must be at most 64 characters"));
+        }
+        let slot = self.watch.open_stream(&caller).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{caller} already has {} WatchEvents streams open; close one first",
+                self.watch.streams_per_caller()
+            ))
+        })?;
+        let mut latest = self.watch.latest(&self.store);
         let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_BUFFER);
         let store = self.store.clone();
+        let expiry = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(
+                u64::try_from(expires_at - now_unix_seconds()).unwrap_or(0),
+            );
         tokio::spawn(async move {
+            let _slot = slot;
             let mut cursor = after_id;
             loop {
                 let events = match store.events_after(cursor, EVENT_BATCH_MAX).await {
@@ -84,13 +110,34 @@ impl BillingApi {
                     }
                 };
                 if events.is_empty() {
+                    // Caught up: wait for the shared poller to see something newer.
                     tokio::select! {
                         () = sender.closed() => return,
-                        () = tokio::time::sleep(EVENT_POLL) => continue,
+                        () = tokio::time::sleep_until(expiry) => {
+                            let _ = sender.send(Err(token_expired())).await;
+                            return;
+                        }
+                        changed = async { latest.wait_for(|newest| *newest > cursor).await.map(|_| ()) } => {
+                            if changed.is_err() {
+                                // The poller is gone: the service is stopping.
+                                return;
+                            }
+                            continue;
+                        }
                     }
+                }
+                if tokio::time::Instant::now() >= expiry {
+                    let _ = sender.send(Err(token_expired())).await;
+                    return;
                 }
                 for event in events {
                     cursor = event.event_id;
+                    if account_filter
+                        .as_ref()
+                        .is_some_and(|account| *account != event.account_id)
+                    {
+                        continue;
+                    }
                     let message = wire::WatchEventsResponse {
                         event: Some(event_to_wire(event)),
                     };
@@ -102,6 +149,12 @@ impl BillingApi {
         });
         Ok(Box::pin(ReceiverStream::new(receiver)))
     }
+}
+
+fn token_expired() -> Status {
+    Status::unauthenticated(
+        "the token has expired; reconnect with a fresh one and resume from the last event_id",
+    )
 }
 
 fn event_to_wire(event: StoredEvent) -> wire::Event {

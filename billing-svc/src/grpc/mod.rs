@@ -2,11 +2,13 @@
 //! requests into domain values, calls storage, and maps every outcome to a status.
 
 mod accounts;
+mod audit;
 mod bills;
 mod convert;
 mod day_close;
 mod plans;
 mod repayments;
+mod watch;
 
 use std::sync::Arc;
 
@@ -45,6 +47,7 @@ pub const RPC_RULES: &[RpcRule] = &[
     rule("/billing.v1.BillingService/ReverseRepayment", "billing:apply", Access::ServiceOnly),
     rule("/billing.v1.BillingService/RunDayClose", "billing:admin", Access::ServiceOnly),
     rule("/billing.v1.BillingService/WatchEvents", "billing:events", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/ListOperatorAudit", "billing:admin", Access::ServiceOnly),
 ];
 
 /// The BillingService implementation.
@@ -54,6 +57,7 @@ pub struct BillingApi {
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
     clock: BusinessClock,
+    watch: Arc<watch::EventWatch>,
 }
 
 impl BillingApi {
@@ -68,7 +72,14 @@ impl BillingApi {
             catalog,
             business_offset,
             clock,
+            watch: Arc::new(watch::EventWatch::default()),
         }
+    }
+
+    /// At most `streams` WatchEvents streams per caller at once.
+    pub fn with_streams_per_caller(mut self, streams: usize) -> Self {
+        self.watch = Arc::new(watch::EventWatch::new(streams));
+        self
     }
 
     /// Today in the business time zone.
@@ -116,6 +127,7 @@ delegate! {
     apply_repayment => handle_apply_repayment(wire::ApplyRepaymentRequest) -> wire::ApplyRepaymentResponse;
     reverse_repayment => handle_reverse_repayment(wire::ReverseRepaymentRequest) -> wire::ReverseRepaymentResponse;
     run_day_close => handle_run_day_close(wire::RunDayCloseRequest) -> wire::RunDayCloseResponse;
+    list_operator_audit => handle_list_operator_audit(wire::ListOperatorAuditRequest) -> wire::ListOperatorAuditResponse;
 }
 
 #[cfg(test)]

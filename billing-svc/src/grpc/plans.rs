@@ -197,6 +197,9 @@ impl BillingApi {
     }
 }
 
+/// The longest product id accepted (the catalog's are short words).
+const PRODUCT_ID_BYTES_MAX: usize = 64;
+
 /// Parses the purchase fields QuotePlan and CreatePlan share. A missing down
 /// payment is zero (零首付).
 fn parse_plan_request(
@@ -209,6 +212,11 @@ fn parse_plan_request(
 ) -> Option<PlanRequest> {
     if product_id.is_empty() {
         violations.add("product_id", "must not be empty");
+    } else if product_id.len() > PRODUCT_ID_BYTES_MAX {
+        violations.add(
+            "product_id",
+            format!("must be at most {PRODUCT_ID_BYTES_MAX} bytes"),
+        );
     }
     let term_count = u32::try_from(term_count).ok().filter(|n| *n > 0);
     if term_count.is_none() {

@@ -45,6 +45,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "principal_paid_log",
             sql: include_str!("../../migrations/sqlite/0005_principal_paid_log.sql"),
         },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -71,6 +76,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 5,
             name: "principal_paid_log",
             sql: include_str!("../../migrations/postgres/0005_principal_paid_log.sql"),
+        },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/postgres/0010_audit_outcome.sql"),
         },
     ],
 };

@@ -145,8 +145,13 @@ async fn measure_backend(
 ) -> anyhow::Result<()> {
     eprintln!("bench: starting the stack on {}", backend.name());
     let stack = Stack::start(backend).await?;
-    let mut clients =
-        Clients::connect(stack.billing_addr, stack.payment_addr, stack.echo_addr).await?;
+    let mut clients = Clients::connect(
+        stack.billing_addr,
+        stack.payment_addr,
+        stack.echo_addr,
+        &stack.signer,
+    )
+    .await?;
     let seeding = Instant::now();
     let through_rpc = args.accounts.min(args.rpc_accounts).max(1);
     clients.seed(through_rpc, 32).await?;

@@ -22,7 +22,7 @@ use billpay_contracts::{
         payment_service_client::PaymentServiceClient,
     },
 };
-use service_kit::auth::{DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{Role, TokenSigner, mint};
 use tonic::{metadata::MetadataValue, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -69,10 +69,10 @@ impl Clients {
         billing: SocketAddr,
         payment: SocketAddr,
         echo: SocketAddr,
+        signer: &TokenSigner,
     ) -> anyhow::Result<Self> {
-        let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
         let token = mint(
-            &key,
+            signer,
             "billpay-bench",
             Role::Service,
             &[

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 use payment_svc::sim::{ProviderSim, SimConfig};
 use service_kit::{
-    auth::{AuthLayer, DEV_JWT_SECRET, JwtKey},
+    auth::{
+        AuthLayer, TokenVerifier,
+        keys::{DevKeys, load_signer},
+    },
     config::CommonArgs,
     db::Db,
     server::{GrpcServer, ServeError},
@@ -41,6 +44,8 @@ pub struct Stack {
     pub echo_addr: SocketAddr,
     /// billing-svc's database URL, for bulk seeding.
     pub billing_url: String,
+    /// Signs the bench's tokens as the dev issuer the services trust.
+    pub signer: service_kit::auth::TokenSigner,
     stop: watch::Sender<()>,
     tasks: Vec<JoinHandle<anyhow::Result<()>>>,
     dropped_databases: Option<(String, Vec<String>)>,
@@ -65,21 +70,27 @@ impl Stack {
                 (billing, payment, Some((server_url.clone(), names)))
             }
         };
+        // Dev token keys, as `up` makes them: the services trust the public halves.
+        let keys = DevKeys::ensure(data_dir.path()).context("bench: cannot make token keys")?;
+        let signer = load_signer(&keys.dev_signing_key).context("bench: the dev signing key")?;
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let sim =
             ProviderSim::build(&SimConfig::dev(any_port, sqlite_url("provider-sim.db"))).await?;
         let mut billing_config = billing_svc::config::Config::dev(any_port, billing_url.clone());
         // Day closes happen when the bench asks, never in the middle of a measurement.
         billing_config.auto_day_close = false;
+        billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
         let billing = billing_svc::app::Application::build(&billing_config).await?;
         let billing_addr = billing.local_addr();
-        let payment = payment_svc::app::Application::build(&payment_svc::config::Config::dev(
+        let mut payment_config = payment_svc::config::Config::dev(
             any_port,
             payment_url,
             format!("http://{billing_addr}"),
             &format!("http://{}", sim.local_addr()),
-        ))
-        .await?;
+        );
+        payment_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+        payment_config.jwt_signing_key_file = Some(keys.payment_signing_key.clone());
+        let payment = payment_svc::app::Application::build(&payment_config).await?;
         let payment_addr = payment.local_addr();
         let echo = GrpcServer::bind(any_port).await?;
         let echo_addr = echo.local_addr();
@@ -90,12 +101,12 @@ impl Stack {
         };
         let served = |result: Result<(), ServeError>| result.map_err(anyhow::Error::from);
         let limits = CommonArgs::dev().limits()?;
-        let key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).context("dev secret")?;
         let echo_task = echo.run_until_stopped(
             RoutesBuilder::default(),
             &[],
             limits,
-            AuthLayer::new(key, &[]),
+            // Only health is served: a public path, so no key is ever needed.
+            AuthLayer::new(TokenVerifier::new("echo", Default::default()), &[]),
             until(stopped.clone()),
         );
         let tasks = vec![
@@ -114,6 +125,7 @@ impl Stack {
             payment_addr,
             echo_addr,
             billing_url,
+            signer,
             stop,
             tasks,
             dropped_databases,

@@ -5,7 +5,7 @@ use billpay_contracts::{
     payment::v1::{GetPaymentRequest, ListPaymentsRequest, RefundPaymentRequest},
 };
 use integration_tests::{Backend, TestApp, authorized};
-use service_kit::auth::{DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{Role, TokenSigner, keys::generate_ed25519, mint};
 use tonic::Code;
 
 use crate::{
@@ -27,17 +27,17 @@ async fn bad_or_missing_tokens_are_unauthenticated(backend: Backend, test: &str)
     };
     let mut billing = app.billing().await;
     let scopes = &["billing:read", "billing:write"];
-    let forged = mint(
-        &JwtKey::new(b"not-the-secret-not-the-secret-!!").unwrap(),
-        "mallory",
-        Role::Service,
-        scopes,
-        None,
-        600,
-    );
-    let dev_key = JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap();
-    let expired = mint(&dev_key, "svc", Role::Service, scopes, None, -60);
-    let valid = mint(&dev_key, "svc", Role::Service, scopes, None, 600);
+    // Mallory's own key, under the dev issuer's name and kid.
+    let dev_key = app.dev_signer();
+    let mallory_key = TokenSigner::ed25519(
+        dev_key.issuer(),
+        dev_key.kid().unwrap(),
+        &generate_ed25519().unwrap().0,
+    )
+    .unwrap();
+    let forged = mint(&mallory_key, "mallory", Role::Service, scopes, None, 600);
+    let expired = mint(dev_key, "svc", Role::Service, scopes, None, -60);
+    let valid = mint(dev_key, "svc", Role::Service, scopes, None, 600);
     let tampered = {
         let (head, rest) = valid.split_once('.').unwrap();
         let (_claims, signature) = rest.split_once('.').unwrap();

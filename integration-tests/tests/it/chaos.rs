@@ -217,7 +217,7 @@ impl SecondReplicas {
         let payment_url = app.payment_database_url().to_owned();
         let billing = processes::ServiceProcess::start(
             "billing",
-            &processes::billing_args(&billing_url, any_port),
+            &processes::billing_args(&app.keys, &billing_url, any_port),
             "",
         )
         .await;
@@ -225,6 +225,7 @@ impl SecondReplicas {
         let payment = processes::ServiceProcess::start(
             "payment",
             &processes::payment_args(
+                &app.keys,
                 &payment_url,
                 any_port,
                 any_port,
@@ -236,8 +237,9 @@ impl SecondReplicas {
         .await;
         let payment_addr = payment.grpc_addr;
         Self {
-            billing_args: processes::billing_args(&billing_url, billing.grpc_addr),
+            billing_args: processes::billing_args(&app.keys, &billing_url, billing.grpc_addr),
             payment_args: processes::payment_args(
+                &app.keys,
                 &payment_url,
                 payment.grpc_addr,
                 payment.notify_addr.unwrap(),

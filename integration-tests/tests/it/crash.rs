@@ -38,7 +38,8 @@ async fn service_child() {
 async fn a_service_outside_dev_mode_refuses_fail_points() {
     let data_dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", data_dir.path().join("billing.db").display());
-    let mut args = processes::billing_args(&url, "127.0.0.1:0".parse().unwrap());
+    let keys = service_kit::auth::keys::DevKeys::ensure(data_dir.path()).unwrap();
+    let mut args = processes::billing_args(&keys, &url, "127.0.0.1:0".parse().unwrap());
     args.retain(|arg| arg != "--dev");
     args.extend([
         "--jwt-secret".to_owned(),

@@ -407,7 +407,13 @@ async fn watch_events_replays_then_resumes_without_gaps_or_repeats(backend: Back
         let (addr, token) = (app.billing_addr, token.clone());
         async move {
             let mut stream = BillingServiceClient::new(connect(addr).await)
-                .watch_events(authorized(WatchEventsRequest { after_id }, &token))
+                .watch_events(authorized(
+                    WatchEventsRequest {
+                        after_id,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await
                 .unwrap()
                 .into_inner();

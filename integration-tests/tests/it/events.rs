@@ -54,7 +54,13 @@ async fn a_reader_waits_for_an_event_id_still_in_flight() {
     let addr = app.billing_addr;
     let watcher = tokio::spawn(async move {
         let mut stream = BillingServiceClient::new(connect(addr).await)
-            .watch_events(authorized(WatchEventsRequest { after_id: 0 }, &token))
+            .watch_events(authorized(
+                WatchEventsRequest {
+                    after_id: 0,
+                    ..Default::default()
+                },
+                &token,
+            ))
             .await
             .unwrap()
             .into_inner();

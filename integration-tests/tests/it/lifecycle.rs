@@ -7,7 +7,11 @@ use billpay_contracts::billing::v1::{
     GetAccountRequest, billing_service_client::BillingServiceClient,
 };
 use integration_tests::{Backend, TestApp, authorized, connect};
-use service_kit::auth::{DEV_JWT_SECRET, JwtKey, Role, mint};
+use service_kit::auth::{
+    Role,
+    keys::{DevKeys, load_signer},
+    mint,
+};
 use tokio::{
     io::{AsyncBufReadExt, BufReader, Lines},
     process::{Child, ChildStdout, Command},
@@ -37,6 +41,7 @@ async fn up_child() {
         notify_addr: "127.0.0.1:0".parse().unwrap(),
         sim_addr: "127.0.0.1:0".parse().unwrap(),
         json_logs: false,
+        tls: false,
     };
     billpay::up::run(&args, service_kit::shutdown::signal())
         .await
@@ -113,16 +118,16 @@ impl UpProcess {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_survives_restart_and_exits_0_on_sigterm() {
     let data_dir = tempfile::tempdir().unwrap();
+    let first = UpProcess::start(data_dir.path()).await;
+    // The first `up` made the dev keys in its data dir; the restart keeps them.
     let token = mint(
-        &JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+        &load_signer(&DevKeys::in_dir(data_dir.path()).dev_signing_key).unwrap(),
         "test",
         Role::Service,
         &["billing:read", "billing:write"],
         None,
         600,
     );
-
-    let first = UpProcess::start(data_dir.path()).await;
     let mut billing = BillingServiceClient::new(connect(first.billing_addr).await);
     let created = billing
         .create_account(authorized(new_account("c-persist"), &token))
@@ -240,8 +245,18 @@ async fn services_refuse_to_start_without_a_secret_outside_dev_mode() {
     let error = billing_svc::app::Application::build(&config)
         .await
         .unwrap_err();
-    assert!(error.to_string().contains("BILLPAY_JWT_SECRET"), "{error}");
+    assert!(
+        error.to_string().contains("BILLPAY_JWT_KEYS_FILE"),
+        "{error}"
+    );
 
+    config.common.jwt_secret = Some("0123456789abcdef0123456789abcdef".into());
+    let error = billing_svc::app::Application::build(&config)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("dev mode only"), "{error}");
+
+    config.common.dev = true;
     config.common.jwt_secret = Some("too-short".into());
     let error = billing_svc::app::Application::build(&config)
         .await
@@ -271,18 +286,19 @@ async fn sigterm_stops_a_long_catch_up_which_the_next_start_resumes() {
     /// SIGTERM waits this long at most for in-flight calls (service-kit's drain).
     const DRAIN_BUDGET: Duration = Duration::from_secs(10);
     let data_dir = tempfile::tempdir().unwrap();
+    let today = crate::support::business_today();
+    let floor = today - Months::new(60);
+
+    let first = UpProcess::start(data_dir.path()).await;
+    // The first `up` made the dev keys in its data dir; the restart keeps them.
     let token = mint(
-        &JwtKey::new(DEV_JWT_SECRET.as_bytes()).unwrap(),
+        &load_signer(&DevKeys::in_dir(data_dir.path()).dev_signing_key).unwrap(),
         "test",
         Role::Service,
         &["billing:read", "billing:write"],
         None,
         600,
     );
-    let today = crate::support::business_today();
-    let floor = today - Months::new(60);
-
-    let first = UpProcess::start(data_dir.path()).await;
     let mut billing = BillingServiceClient::new(connect(first.billing_addr).await);
     for i in 0..30 {
         let account_id = billing

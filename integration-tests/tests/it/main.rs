@@ -19,6 +19,7 @@ mod payoff;
 mod plans;
 mod refunds;
 mod repayments;
+mod security;
 mod sim;
 mod support;
 

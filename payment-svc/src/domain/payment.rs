@@ -1,8 +1,9 @@
 //! A payment: how it is paid, the states it passes through, and what a request to
 //! make one must hold.
 
+use hmac::{Hmac, Mac};
 use service_kit::money::Money;
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 
 /// The longest idempotency key accepted, in bytes.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
@@ -136,16 +137,53 @@ fn check_text(text: &str, bytes_max: usize) -> Result<&str, FieldError> {
     }
 }
 
-/// What makes two CreateRepayment requests "the same request": a digest, so the
-/// instrument is compared without being stored.
+/// The fingerprint key dev mode uses when none is configured. Public on purpose:
+/// outside dev mode payment-svc refuses to start without its own.
+pub const DEV_FINGERPRINT_KEY: &str = "billpay-dev-fingerprint-key-not-for-production";
+
+/// The shortest fingerprint key accepted: an HMAC-SHA256 key shorter than the hash
+/// adds no strength.
+pub const FINGERPRINT_KEY_BYTES_MIN: usize = 32;
+
+/// The secret request fingerprints are keyed with. It lives in configuration, never
+/// in the database, so a stolen database cannot be brute-forced back to the
+/// instrument (a card token's unknown middle digits, an Alipay id).
+#[derive(Clone)]
+pub struct FingerprintKey(Hmac<Sha256>);
+
+impl std::fmt::Debug for FingerprintKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FingerprintKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the fingerprint key must be at least {FINGERPRINT_KEY_BYTES_MIN} bytes")]
+pub struct FingerprintKeyTooShort;
+
+impl FingerprintKey {
+    pub fn new(secret: &[u8]) -> Result<Self, FingerprintKeyTooShort> {
+        if secret.len() < FINGERPRINT_KEY_BYTES_MIN {
+            return Err(FingerprintKeyTooShort);
+        }
+        Hmac::new_from_slice(secret)
+            .map(Self)
+            .map_err(|_| FingerprintKeyTooShort)
+    }
+}
+
+/// What makes two CreateRepayment requests "the same request": an HMAC-SHA256 under
+/// `key`, so the instrument is compared without being stored, and the stored digest
+/// reveals nothing of it to whoever lacks the key.
 pub fn request_fingerprint(
+    key: &FingerprintKey,
     account_id: &str,
     target_bytes: &[u8],
     expected_amount: Money,
     method: PaymentMethod,
     instrument: &Instrument,
 ) -> String {
-    let mut digest = Sha256::new();
+    let mut mac = key.0.clone();
     for part in [
         account_id.as_bytes(),
         target_bytes,
@@ -153,11 +191,11 @@ pub fn request_fingerprint(
         method.as_str().as_bytes(),
         instrument.expose().as_bytes(),
     ] {
-        digest.update((part.len() as u64).to_be_bytes());
-        digest.update(part);
+        mac.update(&(part.len() as u64).to_be_bytes());
+        mac.update(part);
     }
-    digest
-        .finalize()
+    mac.finalize()
+        .into_bytes()
         .iter()
         .map(|byte| format!("{byte:02x}"))
         .collect()
@@ -212,18 +250,27 @@ mod tests {
     fn fingerprints_tell_requests_apart() {
         let money = |a| Money::parse("CNY", a).unwrap();
         let card = Instrument::parse("tok_4242").unwrap();
-        let a = request_fingerprint("acc_1", b"t", money("1.00"), PaymentMethod::BankCard, &card);
-        assert_eq!(
-            a,
-            request_fingerprint("acc_1", b"t", money("1"), PaymentMethod::BankCard, &card)
-        );
+        let key = FingerprintKey::new(DEV_FINGERPRINT_KEY.as_bytes()).unwrap();
+        let fp =
+            |amount, method| request_fingerprint(&key, "acc_1", b"t", money(amount), method, &card);
+        let a = fp("1.00", PaymentMethod::BankCard);
+        assert_eq!(a, fp("1", PaymentMethod::BankCard));
+        assert_ne!(a, fp("1.01", PaymentMethod::BankCard));
+        assert_ne!(a, fp("1.00", PaymentMethod::Alipay));
+        let other = FingerprintKey::new(&[7; 32]).unwrap();
         assert_ne!(
             a,
-            request_fingerprint("acc_1", b"t", money("1.01"), PaymentMethod::BankCard, &card)
+            request_fingerprint(
+                &other,
+                "acc_1",
+                b"t",
+                money("1.00"),
+                PaymentMethod::BankCard,
+                &card
+            ),
+            "the key changes the digest"
         );
-        assert_ne!(
-            a,
-            request_fingerprint("acc_1", b"t", money("1.00"), PaymentMethod::Alipay, &card)
-        );
+        assert!(FingerprintKey::new(b"short").is_err());
+        assert!(!format!("{key:?}").contains("billpay"));
     }
 }

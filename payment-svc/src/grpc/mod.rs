@@ -11,7 +11,7 @@ use billpay_contracts::payment::v1::{self as wire, payment_service_server::Payme
 use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
-use crate::flow::PaymentFlow;
+use crate::{domain::payment::FingerprintKey, flow::PaymentFlow};
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
     RpcRule {
@@ -60,11 +60,15 @@ pub const RPC_RULES: &[RpcRule] = &[
 #[derive(Debug, Clone)]
 pub struct PaymentApi {
     flow: Arc<PaymentFlow>,
+    fingerprint_key: FingerprintKey,
 }
 
 impl PaymentApi {
-    pub fn new(flow: Arc<PaymentFlow>) -> Self {
-        Self { flow }
+    pub fn new(flow: Arc<PaymentFlow>, fingerprint_key: FingerprintKey) -> Self {
+        Self {
+            flow,
+            fingerprint_key,
+        }
     }
 }
 

@@ -4,7 +4,7 @@ use billpay_contracts::payment::v1 as wire;
 use prost::Message as _;
 use service_kit::{
     audit::admit_account,
-    auth::Caller,
+    auth::{Caller, Role},
     deadline::Deadline,
     errors::{FieldViolations, invalid_field, refusal},
     failpoint::failpoint,
@@ -43,6 +43,15 @@ fn key_reused() -> Status {
         "IDEMPOTENCY_KEY_REUSED",
         "this idempotency_key was used for a different request",
     )
+}
+
+/// The namespace of a caller's idempotency keys: a customer's account (so two
+/// customers never collide, whatever their tokens' subject), a service's subject.
+fn idempotency_scope(caller: &Caller, account_id: &str) -> String {
+    match caller.role {
+        Role::Customer => format!("customer-account:{account_id}"),
+        Role::Service | Role::Operator => caller.subject.clone(),
+    }
 }
 
 fn check_id(violations: &mut FieldViolations, field: &str, id: &str) {
@@ -109,14 +118,18 @@ impl PaymentApi {
         tracing::Span::current().record("account_id", message.account_id.as_str());
 
         let fingerprint = request_fingerprint(
+            &self.fingerprint_key,
             &message.account_id,
             &target.encode_to_vec(),
             expected,
             method,
             &instrument,
         );
+        // Whose keys these are: a customer's are their account's (every customer token
+        // of one app may share a subject), a service's its own.
+        let key_scope = idempotency_scope(&caller, &message.account_id);
         let store = self.flow.store();
-        if let Some(existing) = store.payment_by_key(&caller.subject, key).await? {
+        if let Some(existing) = store.payment_by_key(&key_scope, key).await? {
             return self.replay(existing, &fingerprint);
         }
 
@@ -150,7 +163,7 @@ impl PaymentApi {
         if let Err(refused) = quoted {
             // A concurrent duplicate of this key may have paid the target meanwhile
             // (so it now owes nothing): the same key still gets that payment.
-            return match store.payment_by_key(&caller.subject, key).await? {
+            return match store.payment_by_key(&key_scope, key).await? {
                 Some(existing) => self.replay(existing, &fingerprint),
                 None => Err(refused),
             };
@@ -163,7 +176,7 @@ impl PaymentApi {
         }
         let stored_target = encode_target(&target);
         let new = NewPayment {
-            caller: &caller.subject,
+            caller: &key_scope,
             idempotency_key: key,
             request_fingerprint: &fingerprint,
             account_id: &message.account_id,

@@ -17,7 +17,8 @@ use super::{
 pub struct ProviderSettings {
     /// e.g. `http://127.0.0.1:50060/alipay`
     pub base_url: String,
-    pub secret: String,
+    /// Redacted in `Debug`.
+    pub secret: secrecy::SecretString,
 }
 
 /// A provider reached over HTTP.
@@ -83,7 +84,9 @@ impl HttpProvider {
         Ok(Self {
             base_url,
             base_path,
-            secret: settings.secret.as_bytes().to_vec(),
+            secret: secrecy::ExposeSecret::expose_secret(&settings.secret)
+                .as_bytes()
+                .to_vec(),
             client: reqwest::Client::builder().timeout(timeout).build()?,
         })
     }

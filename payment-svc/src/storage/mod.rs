@@ -29,6 +29,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             name: "refund_states_dead_letters",
             sql: include_str!("../../migrations/sqlite/0003_refund_states_dead_letters.sql"),
         },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
+        },
     ],
     postgres: &[
         Migration {
@@ -45,6 +50,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 3,
             name: "refund_states_dead_letters",
             sql: include_str!("../../migrations/postgres/0003_refund_states_dead_letters.sql"),
+        },
+        Migration {
+            version: 10,
+            name: "audit_outcome",
+            sql: include_str!("../../migrations/postgres/0010_audit_outcome.sql"),
         },
     ],
 };

@@ -9,8 +9,13 @@ use std::{
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use super::{Caller, JwtKey, RpcRule, admits};
-use crate::clock::now_unix_seconds;
+use super::{Caller, RpcRule, TokenVerifier, admits};
+use crate::{
+    audit::{self, AuditSlot},
+    clock::now_unix_seconds,
+    db::Db,
+    text::{STATUS_MESSAGE_BYTES_MAX, bounded},
+};
 
 /// Paths anyone may call: load balancers and grpcurl need them before any token.
 const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -18,14 +23,53 @@ const PUBLIC_PATH_PREFIXES: &[&str] = &["/grpc.health.v1.Health/", "/grpc.reflec
 /// Verifies `authorization: Bearer <JWT>` and the caller's right to the RPC.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    key: JwtKey,
+    verifier: TokenVerifier,
     rules: &'static [RpcRule],
+    /// Scopes honoured only in the tokens of one issuer and subject.
+    owned_scopes: Vec<OwnedScope>,
+    /// Where operator calls are audited.
+    audit: Option<Db>,
+}
+
+/// When the request's token expires (unix seconds), in its extensions beside the
+/// [`Caller`]: long streams end then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry(pub i64);
+
+/// A refusal, and the operator it refused (for the audit), if the token was one's.
+type Refusal = (Status, Option<String>);
+
+/// A scope honoured only in the tokens `issuer` signs for `subject`.
+#[derive(Debug, Clone)]
+pub struct OwnedScope {
+    pub scope: &'static str,
+    pub issuer: String,
+    pub subject: String,
 }
 
 impl AuthLayer {
     /// `rules` lists every RPC of the service; a path it does not list is refused.
-    pub fn new(key: JwtKey, rules: &'static [RpcRule]) -> Self {
-        Self { key, rules }
+    pub fn new(verifier: TokenVerifier, rules: &'static [RpcRule]) -> Self {
+        Self {
+            verifier,
+            rules,
+            owned_scopes: Vec::new(),
+            audit: None,
+        }
+    }
+
+    /// Audits every operator call, admitted or refused, in `db`'s `operator_audit`.
+    pub fn audit_operators_in(mut self, db: Db) -> Self {
+        self.audit = Some(db);
+        self
+    }
+
+    /// Honours `owned.scope` only in tokens its issuer signed for its subject: any
+    /// other token calling an RPC that needs it is PERMISSION_DENIED, whatever it
+    /// claims.
+    pub fn grant_only_to(mut self, owned: OwnedScope) -> Self {
+        self.owned_scopes.push(owned);
+        self
     }
 
     /// The caller for `path` and `authorization`, or the status that refuses them.
@@ -34,7 +78,7 @@ impl AuthLayer {
         &self,
         path: &str,
         authorization: Option<&[u8]>,
-    ) -> Result<Option<Caller>, Status> {
+    ) -> Result<Option<(Caller, TokenExpiry)>, Refusal> {
         if PUBLIC_PATH_PREFIXES
             .iter()
             .any(|prefix| path.starts_with(prefix))
@@ -45,28 +89,67 @@ impl AuthLayer {
             .and_then(|value| std::str::from_utf8(value).ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                Status::unauthenticated("missing 'authorization: Bearer <token>' metadata")
+                (
+                    Status::unauthenticated("missing 'authorization: Bearer <token>' metadata"),
+                    None,
+                )
             })?;
         let claims = self
-            .key
+            .verifier
             .verify(token.trim(), now_unix_seconds())
-            .map_err(|error| Status::unauthenticated(error.to_string()))?;
+            .map_err(|error| (Status::unauthenticated(error.to_string()), None))?;
+        let operator = (claims.role == super::Role::Operator).then(|| claims.sub.clone());
         let rule = self
             .rules
             .iter()
             .find(|rule| rule.path == path)
-            .ok_or_else(|| Status::permission_denied(format!("no access rule for {path}")))?;
+            .ok_or_else(|| {
+                (
+                    Status::permission_denied(format!("no access rule for {path}")),
+                    operator.clone(),
+                )
+            })?;
         if !admits(rule, &claims) {
-            return Err(Status::permission_denied(format!(
-                "role {:?} with scopes {:?} may not call {path} (needs scope {})",
-                claims.role, claims.scopes, rule.scope
-            )));
+            return Err((
+                Status::permission_denied(format!(
+                    "role {:?} with scopes {:?} may not call {path} (needs scope {})",
+                    claims.role, claims.scopes, rule.scope
+                )),
+                operator,
+            ));
         }
-        Ok(Some(Caller {
-            subject: claims.sub,
-            role: claims.role,
-            account_id: claims.account_id,
-        }))
+        if let Some(owned) = self.owned_scopes.iter().find(|owned| {
+            owned.scope == rule.scope && (owned.issuer != claims.iss || owned.subject != claims.sub)
+        }) {
+            return Err((
+                Status::permission_denied(format!(
+                    "{} is granted to {} (as issued by {}) alone; {path} is not open to other callers",
+                    owned.scope, owned.subject, owned.issuer
+                )),
+                operator,
+            ));
+        }
+        Ok(Some((
+            Caller {
+                subject: claims.sub,
+                role: claims.role,
+                account_id: claims.account_id,
+            },
+            TokenExpiry(claims.exp),
+        )))
+    }
+}
+
+/// `response` with its status message cut to [`STATUS_MESSAGE_BYTES_MAX`]: no
+/// handler's error echoes a caller's input unbounded.
+fn bounded_status(response: http::Response<Body>) -> http::Response<Body> {
+    match Status::from_header_map(response.headers()) {
+        Some(status) if status.message().len() > STATUS_MESSAGE_BYTES_MAX => {
+            let message = bounded(status.message(), STATUS_MESSAGE_BYTES_MAX).into_owned();
+            Status::with_details(status.code(), message, status.details().to_vec().into())
+                .into_http()
+        }
+        _ => response,
     }
 }
 
@@ -111,20 +194,55 @@ where
             .headers()
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
-        match self.layer.authorize(request.uri().path(), authorization) {
+        let path = request.uri().path().to_owned();
+        let rpc = path.rsplit('/').next().unwrap_or_default().to_owned();
+        match self.layer.authorize(&path, authorization) {
             Ok(caller) => {
-                if let Some(caller) = caller {
+                let audit = caller
+                    .as_ref()
+                    .map(|(caller, _)| caller)
+                    .filter(|caller| caller.is_operator())
+                    .and_then(|caller| Some((self.layer.audit.clone()?, caller.subject.clone())));
+                if let Some((caller, expiry)) = caller {
                     tracing::Span::current().record("caller", caller.subject.as_str());
                     request.extensions_mut().insert(caller);
+                    request.extensions_mut().insert(expiry);
                 }
                 // The clone that was driven ready is the one that must serve the call.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(ready.call(request))
+                let call = ready.call(request);
+                let Some((db, subject)) = audit else {
+                    return Box::pin(async move { call.await.map(bounded_status) });
+                };
+                Box::pin(async move {
+                    let slot = AuditSlot::default();
+                    let response = bounded_status(slot.clone().scope(call).await?);
+                    let code = Status::from_header_map(response.headers())
+                        .map_or(tonic::Code::Ok, |status| status.code());
+                    let account = slot.account();
+                    match audit::write(&db, &subject, &rpc, account.as_deref(), code).await {
+                        Ok(()) => Ok(response),
+                        Err(error) => {
+                            tracing::error!(%error, "operator audit row not written; refusing the call");
+                            Ok(Status::internal("the call could not be audited").into_http())
+                        }
+                    }
+                })
             }
-            Err(status) => {
+            Err((status, operator)) => {
                 tracing::info!(code = ?status.code(), message = status.message(), "refused");
-                Box::pin(async move { Ok(status.into_http()) })
+                match (operator, self.layer.audit.clone()) {
+                    (Some(subject), Some(db)) => Box::pin(async move {
+                        if let Err(error) =
+                            audit::write(&db, &subject, &rpc, None, status.code()).await
+                        {
+                            tracing::error!(%error, "operator audit row of a refusal not written");
+                        }
+                        Ok(status.into_http())
+                    }),
+                    _ => Box::pin(async move { Ok(status.into_http()) }),
+                }
             }
         }
     }
@@ -133,7 +251,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Access, Claims, Role};
+    use crate::auth::{Access, Claims, Role, TokenSigner};
 
     const RULES: &[RpcRule] = &[
         RpcRule {
@@ -151,25 +269,43 @@ mod tests {
             scope: "x:pay",
             access: Access::CustomerWrite,
         },
+        RpcRule {
+            path: "/x.v1.S/Apply",
+            scope: "x:apply",
+            access: Access::ServiceOnly,
+        },
     ];
 
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
     fn layer() -> AuthLayer {
-        AuthLayer::new(
-            JwtKey::new(b"0123456789abcdef0123456789abcdef").unwrap(),
-            RULES,
+        AuthLayer::new(TokenVerifier::hs256_dev("x", SECRET).unwrap(), RULES).grant_only_to(
+            OwnedScope {
+                scope: "x:apply",
+                issuer: "payer".into(),
+                subject: "payer".into(),
+            },
         )
     }
 
     fn bearer(role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
+        bearer_as("t", role, scopes, account_id)
+    }
+
+    fn bearer_as(subject: &str, role: Role, scopes: &[&str], account_id: Option<&str>) -> Vec<u8> {
         let claims = Claims {
-            sub: "t".into(),
+            iss: subject.into(),
+            sub: subject.into(),
+            aud: crate::auth::Audience::One("x".into()),
             role,
             scopes: scopes.iter().map(|s| s.to_string()).collect(),
             account_id: account_id.map(str::to_owned),
             exp: now_unix_seconds() + 60,
-            iat: 0,
+            iat: now_unix_seconds(),
+            nbf: None,
         };
-        format!("Bearer {}", layer().key.sign(&claims)).into_bytes()
+        let signer = TokenSigner::hs256(subject, SECRET).unwrap();
+        format!("Bearer {}", signer.sign(&claims)).into_bytes()
     }
 
     #[test]
@@ -179,6 +315,8 @@ mod tests {
         let operator = bearer(Role::Operator, &[], None);
         let customer = bearer(Role::Customer, &[], Some("acc_1"));
         let customer_without_account = bearer(Role::Customer, &[], None);
+        let payer = bearer_as("payer", Role::Service, &["x:apply"], None);
+        let other_payer = bearer(Role::Service, &["x:apply", "x:read", "x:write"], None);
         // (path, authorization metadata, the refusal expected or None)
         type Case<'a> = (&'a str, Option<&'a [u8]>, Option<tonic::Code>);
         let cases: &[Case] = &[
@@ -203,6 +341,10 @@ mod tests {
             ("/x.v1.S/Pay", Some(&operator), Some(Denied)),
             ("/x.v1.S/Read", Some(&customer), None),
             ("/x.v1.S/Pay", Some(&customer), None),
+            ("/x.v1.S/Apply", Some(&payer), None),
+            ("/x.v1.S/Apply", Some(&other_payer), Some(Denied)),
+            ("/x.v1.S/Apply", Some(&customer), Some(Denied)),
+            ("/x.v1.S/Read", Some(&other_payer), None),
             ("/x.v1.S/Write", Some(&customer), Some(Denied)),
             (
                 "/x.v1.S/Read",
@@ -214,7 +356,7 @@ mod tests {
             let got = layer()
                 .authorize(path, *authorization)
                 .err()
-                .map(|s| s.code());
+                .map(|(s, _)| s.code());
             assert_eq!(
                 got,
                 *expected,

@@ -6,17 +6,40 @@
 //! account) and operator auditing happen in the handlers, through [`Caller`].
 
 mod jwt;
+pub mod keys;
 mod layer;
 
 use serde::{Deserialize, Serialize};
 use tonic::Status;
 
-pub use jwt::{Claims, JwtKey, SECRET_BYTES_MIN, SecretTooShort, TokenError};
-pub use layer::{AuthLayer, AuthService};
+pub use jwt::{
+    Audience, BILLING_AUDIENCE, BadKey, Claims, LEEWAY_SECONDS, PAYMENT_AUDIENCE, SECRET_BYTES_MIN,
+    SecretTooShort, TokenError, TokenSigner, TokenVerifier, TrustedKey, max_lifetime_seconds,
+};
+pub use layer::{AuthLayer, AuthService, OwnedScope, TokenExpiry};
 
-/// The secret that dev mode (`billpay up`, tests) signs with when none is configured.
-/// Public on purpose: outside dev mode the services refuse to start without their own.
+/// The HS256 secret a service in dev mode without a keys file accepts when none is
+/// configured. Public on purpose: outside dev mode HS256 is refused altogether.
 pub const DEV_JWT_SECRET: &str = "billpay-dev-secret-not-for-production-use";
+
+/// The scope that marks money applied to bills. No default token carries it: billing
+/// grants it to payment-svc's identity alone (see [`AuthLayer::grant_only_to`]).
+pub const APPLY_SCOPE: &str = "billing:apply";
+
+/// The identity payment-svc mints its tokens to billing under.
+pub const PAYMENT_SVC_SUBJECT: &str = "payment-svc";
+
+/// The scopes a service token gets when none are asked for: every scope but
+/// [`APPLY_SCOPE`].
+pub const DEFAULT_SERVICE_SCOPES: &[&str] = &[
+    "billing:read",
+    "billing:write",
+    "billing:admin",
+    "billing:events",
+    "payment:read",
+    "payment:write",
+    "payment:refund",
+];
 
 /// Every scope a service token can hold (SPEC §7).
 pub const ALL_SCOPES: &[&str] = &[
@@ -31,10 +54,32 @@ pub const ALL_SCOPES: &[&str] = &[
     "payment:admin",
 ];
 
-/// Mints a token for `subject` valid for `ttl_seconds` from now: what `billpay token`,
-/// `billpay up` and the tests hand out.
+/// Mints a token of `signer`'s issuer for `subject`, valid from now for `ttl_seconds`,
+/// for the audiences its role and scopes reach ([`audiences_for`]): what `billpay
+/// token`, `billpay up`, payment-svc and the tests hand out.
 pub fn mint(
-    key: &JwtKey,
+    signer: &TokenSigner,
+    subject: &str,
+    role: Role,
+    scopes: &[&str],
+    account_id: Option<&str>,
+    ttl_seconds: i64,
+) -> String {
+    mint_for(
+        signer,
+        audiences_for(role, scopes),
+        subject,
+        role,
+        scopes,
+        account_id,
+        ttl_seconds,
+    )
+}
+
+/// Like [`mint`], for the audiences `aud`.
+pub fn mint_for(
+    signer: &TokenSigner,
+    aud: Audience,
     subject: &str,
     role: Role,
     scopes: &[&str],
@@ -42,14 +87,37 @@ pub fn mint(
     ttl_seconds: i64,
 ) -> String {
     let now = crate::clock::now_unix_seconds();
-    key.sign(&Claims {
+    signer.sign(&Claims {
+        iss: signer.issuer().to_owned(),
         sub: subject.to_owned(),
+        aud,
         role,
         scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
         account_id: account_id.map(str::to_owned),
         exp: now + ttl_seconds,
         iat: now,
+        nbf: Some(now),
     })
+}
+
+/// The services a token may be used at: a service token where its scopes apply
+/// (`billing:*` at billing, `payment:*` at payment), an operator's or customer's at
+/// both.
+pub fn audiences_for(role: Role, scopes: &[&str]) -> Audience {
+    let mut audiences = Vec::new();
+    for (prefix, audience) in [
+        ("billing:", BILLING_AUDIENCE),
+        ("payment:", PAYMENT_AUDIENCE),
+    ] {
+        let reaches = match role {
+            Role::Service => scopes.iter().any(|scope| scope.starts_with(prefix)),
+            Role::Operator | Role::Customer => true,
+        };
+        if reaches {
+            audiences.push(audience.to_owned());
+        }
+    }
+    Audience::Many(audiences)
 }
 
 /// What kind of party a token speaks for.

@@ -220,9 +220,10 @@ async fn measure_backend(
 /// One RunDayClose of today over every seeded account, timed.
 async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> anyhow::Result<Line> {
     let mut billing = clients.billing(0);
-    let request = clients.authorized(RunDayCloseRequest {
+    let mut request = clients.authorized(RunDayCloseRequest {
         as_of: String::new(),
     });
+    request.set_timeout(Duration::from_secs(30 * 60));
     let started = Instant::now();
     let reply = billing
         .run_day_close(request)

@@ -18,6 +18,10 @@ use service_kit::{
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::service::RoutesBuilder;
 
+/// billing-svc's per-RPC limit in the bench, long enough for a day close of every
+/// seeded account in one call.
+const DAY_CLOSE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
+
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -79,6 +83,9 @@ impl Stack {
         let mut billing_config = billing_svc::config::Config::dev(any_port, billing_url.clone());
         // Day closes happen when the bench asks, never in the middle of a measurement.
         billing_config.auto_day_close = false;
+        // One RunDayClose closes every seeded account in the call; at 10k accounts and
+        // more that takes longer than the 10 s default RPC limit (README says so).
+        billing_config.common.request_timeout_ms = DAY_CLOSE_TIMEOUT_MS;
         billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
         let billing = billing_svc::app::Application::build(&billing_config).await?;
         let billing_addr = billing.local_addr();

@@ -240,9 +240,10 @@ async fn billing_killed_after_apply_commits_before_the_reply(backend: Backend, t
     app.stop().await;
 }
 
-async fn close_today(app: &TestApp) -> Result<(), tonic::Status> {
+async fn close_yesterday(app: &TestApp) -> Result<(), tonic::Status> {
     let request = RunDayCloseRequest {
-        as_of: business_today().to_string(),
+        // The last day that has ended: a close of today is refused.
+        as_of: (business_today() - chrono::Days::new(1)).to_string(),
     };
     app.billing()
         .await
@@ -273,7 +274,8 @@ async fn billing_killed_in_the_middle_of_a_day_close(backend: Backend, test: &st
         let token = app.service_token(&["billing:admin"]);
         async move {
             let request = RunDayCloseRequest {
-                as_of: business_today().to_string(),
+                // The last day that has ended: a close of today is refused.
+                as_of: (business_today() - chrono::Days::new(1)).to_string(),
             };
             app_billing
                 .clone()
@@ -292,7 +294,7 @@ async fn billing_killed_in_the_middle_of_a_day_close(backend: Backend, test: &st
     assert!(call.await.unwrap().is_err(), "the caller saw the crash");
     app.restart_billing().await;
 
-    close_today(&app).await.unwrap();
+    close_yesterday(&app).await.unwrap();
     let closed = penalties(&app).await;
     assert_eq!(closed.len(), 2);
     assert!(closed[0] > 0, "{closed:?}");
@@ -300,7 +302,7 @@ async fn billing_killed_in_the_middle_of_a_day_close(backend: Backend, test: &st
         closed[0], closed[1],
         "the account closed twice is charged once"
     );
-    close_today(&app).await.unwrap();
+    close_yesterday(&app).await.unwrap();
     assert_eq!(
         penalties(&app).await,
         closed,

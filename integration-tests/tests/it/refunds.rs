@@ -199,7 +199,8 @@ async fn a_refund_of_credit_a_close_spent_moves_no_money(backend: Backend, test:
     .unwrap();
     // The close spends the credit on the next due bill.
     let close = RunDayCloseRequest {
-        as_of: business_today().to_string(),
+        // The last day that has ended: a close of today is refused.
+        as_of: (business_today() - chrono::Days::new(1)).to_string(),
     };
     app.billing()
         .await

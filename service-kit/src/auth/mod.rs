@@ -39,6 +39,7 @@ pub const DEFAULT_SERVICE_SCOPES: &[&str] = &[
     "payment:read",
     "payment:write",
     "payment:refund",
+    "payment:admin",
 ];
 
 /// Every scope a service token can hold (SPEC §7).

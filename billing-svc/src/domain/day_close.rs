@@ -250,14 +250,15 @@ mod tests {
         let mut bill = bill(BillState::Overdue);
         bill.paid.principal = money("846.19");
         let paid = [("2026-02-23", "846.19")];
-        let caught_up = close_paid(&bill, Some("2026-02-19"), &paid, "2026-02-28");
-        // 02-20..02-22 on 946.19 (0.47 a day), 02-23..02-28 on 100.00 (0.05 a day).
+        // A 10-day missed window, 02-19..02-28, with the partial repayment on 02-23.
+        let caught_up = close_paid(&bill, Some("2026-02-18"), &paid, "2026-02-28");
+        // 02-19..02-22 on 946.19 (0.47 a day), 02-23..02-28 on 100.00 (0.05 a day).
         assert_eq!(
             caught_up.penalty_added,
-            money("1.71"),
-            "3 × 0.47 + 6 × 0.05"
+            money("2.18"),
+            "4 × 0.47 + 6 × 0.05"
         );
-        let daily = (20..=28)
+        let daily = (19..=28)
             .map(|day| {
                 close_paid(
                     &bill,

@@ -11,7 +11,10 @@
 //! is in the future and `nbf`/`iat` are not (both with [`LEEWAY_SECONDS`]), and the
 //! token lives no longer than its role may ([`max_lifetime_seconds`]).
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -231,7 +234,14 @@ pub struct TokenVerifier {
     keys: Arc<HashMap<String, TrustedKey>>,
     /// Dev mode without a keys file only.
     hs256: Option<DecodingKey>,
+    /// Tokens whose signature, issuer, audience and subject checked out, with their
+    /// claims: an Ed25519 check costs more than a whole cached read, and a client sends
+    /// the same token call after call. The time checks run on every call regardless.
+    verified: Arc<Mutex<HashMap<String, Claims>>>,
 }
+
+/// Verified tokens remembered per verifier; past this the memory starts afresh.
+const VERIFIED_TOKENS_MAX: usize = 4096;
 
 impl std::fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,6 +263,7 @@ impl TokenVerifier {
             audience: audience.to_owned(),
             keys: Arc::new(keys),
             hs256: None,
+            verified: Arc::default(),
         }
     }
 
@@ -265,6 +276,7 @@ impl TokenVerifier {
             audience: audience.to_owned(),
             keys: Arc::new(HashMap::new()),
             hs256: Some(DecodingKey::from_secret(secret)),
+            verified: Arc::default(),
         })
     }
 
@@ -274,6 +286,30 @@ impl TokenVerifier {
 
     /// Verifies `token` and returns its claims, as of `now` (unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let remembered = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|verified| verified.get(token).cloned());
+        let claims = match remembered {
+            Some(claims) => claims,
+            None => {
+                let claims = self.verify_signed(token)?;
+                if let Ok(mut verified) = self.verified.lock() {
+                    if verified.len() >= VERIFIED_TOKENS_MAX {
+                        verified.clear();
+                    }
+                    verified.insert(token.to_owned(), claims.clone());
+                }
+                claims
+            }
+        };
+        check_times(claims, now)
+    }
+
+    /// The claims of `token` once its signature, issuer, audience and subject check
+    /// out; nothing here depends on the time.
+    fn verify_signed(&self, token: &str) -> Result<Claims, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         let (key, trusted) = match header.alg {
             Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => match &self.hs256 {
@@ -337,26 +373,32 @@ impl TokenVerifier {
                 });
             }
         }
-        if claims.exp <= now - LEEWAY_SECONDS {
-            return Err(TokenError::Expired);
-        }
-        if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
-            return Err(TokenError::NotYetValid);
-        }
-        if claims.iat > now + LEEWAY_SECONDS {
-            return Err(TokenError::IssuedInFuture);
-        }
-        let max = max_lifetime_seconds(claims.role);
-        let lifetime = claims.exp.saturating_sub(claims.iat);
-        if lifetime > max {
-            return Err(TokenError::LivesTooLong {
-                role: claims.role,
-                lifetime,
-                max,
-            });
-        }
         Ok(claims)
     }
+}
+
+/// `claims` if they are valid at `now`: not expired, not before `nbf`, not issued in
+/// the future, and not living longer than their role allows.
+fn check_times(claims: Claims, now: i64) -> Result<Claims, TokenError> {
+    if claims.exp <= now - LEEWAY_SECONDS {
+        return Err(TokenError::Expired);
+    }
+    if claims.nbf.is_some_and(|nbf| nbf > now + LEEWAY_SECONDS) {
+        return Err(TokenError::NotYetValid);
+    }
+    if claims.iat > now + LEEWAY_SECONDS {
+        return Err(TokenError::IssuedInFuture);
+    }
+    let max = max_lifetime_seconds(claims.role);
+    let lifetime = claims.exp.saturating_sub(claims.iat);
+    if lifetime > max {
+        return Err(TokenError::LivesTooLong {
+            role: claims.role,
+            lifetime,
+            max,
+        });
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]
@@ -402,6 +444,32 @@ mod tests {
                 .map(|(kid, issuer)| ((*kid).to_owned(), issuer.trusted.clone()))
                 .collect(),
         )
+    }
+
+    #[test]
+    fn a_remembered_token_is_still_checked_against_the_clock() {
+        let dev = issuer("dev", "dev-1");
+        let verifier = verifier(&[("dev-1", &dev)]);
+        let token = dev.signer.sign(&claims());
+        assert_eq!(verifier.verify(&token, NOW).unwrap(), claims());
+        // The second call finds it remembered, and the expiry still applies.
+        assert_eq!(verifier.verify(&token, NOW + 1).unwrap(), claims());
+        assert_eq!(
+            verifier
+                .verify(&token, NOW + 60 + LEEWAY_SECONDS)
+                .unwrap_err(),
+            TokenError::Expired
+        );
+        // A clone shares what was verified; another verifier's keys are its own.
+        let stranger = verifier_with_no_keys();
+        assert!(matches!(
+            stranger.verify(&token, NOW),
+            Err(TokenError::UnknownKey(_))
+        ));
+    }
+
+    fn verifier_with_no_keys() -> TokenVerifier {
+        TokenVerifier::new("billing", HashMap::new())
     }
 
     #[test]

@@ -180,27 +180,7 @@ mod tests {
             date("2026-01-15"),
         )
         .unwrap();
-        let bills = schedule
-            .lines()
-            .iter()
-            .map(|line| Bill {
-                bill_id: format!("b{}", line.seq),
-                plan_id: "p".into(),
-                account_id: "a".into(),
-                seq: line.seq,
-                due_date: line.due_date,
-                charged: Components {
-                    principal: line.principal,
-                    interest: line.interest,
-                    fee: line.fee,
-                    penalty: Money::zero(Currency::Cny),
-                },
-                paid: Components::zero(Currency::Cny),
-                state: BillState::Open,
-                paid_at_micros: None,
-                paid_on: None,
-            })
-            .collect();
+        let bills = open_bills(&schedule);
         let terms = PayoffTerms {
             method: product.method,
             prepay_fee: product.prepay_fee,
@@ -284,27 +264,7 @@ mod tests {
             bought,
         )
         .unwrap();
-        let mut bills: Vec<Bill> = schedule
-            .lines()
-            .iter()
-            .map(|line| Bill {
-                bill_id: format!("b{}", line.seq),
-                plan_id: "p".into(),
-                account_id: "a".into(),
-                seq: line.seq,
-                due_date: line.due_date,
-                charged: Components {
-                    principal: line.principal,
-                    interest: line.interest,
-                    fee: line.fee,
-                    penalty: Money::zero(Currency::Cny),
-                },
-                paid: Components::zero(Currency::Cny),
-                state: BillState::Open,
-                paid_at_micros: None,
-                paid_on: None,
-            })
-            .collect();
+        let mut bills = open_bills(&schedule);
         bills[0].paid = bills[0].charged;
         bills[0].state = BillState::Paid;
         let terms = PayoffTerms {
@@ -361,5 +321,30 @@ mod tests {
             "431.88",
             "every fee, the due bill's included"
         );
+    }
+
+    /// The bills of `schedule` as a new plan has them: open, nothing paid.
+    fn open_bills(schedule: &Schedule) -> Vec<Bill> {
+        schedule
+            .lines()
+            .iter()
+            .map(|line| Bill {
+                bill_id: format!("b{}", line.seq),
+                plan_id: "p".into(),
+                account_id: "a".into(),
+                seq: line.seq,
+                due_date: line.due_date,
+                charged: Components {
+                    principal: line.principal,
+                    interest: line.interest,
+                    fee: line.fee,
+                    penalty: Money::zero(Currency::Cny),
+                },
+                paid: Components::zero(Currency::Cny),
+                state: BillState::Open,
+                paid_at_micros: None,
+                paid_on: None,
+            })
+            .collect()
     }
 }

@@ -111,7 +111,8 @@ pub fn process_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
 
-fn elapsed_us(since: Instant) -> u32 {
+/// Microseconds since `since`, saturating.
+pub(super) fn elapsed_us(since: Instant) -> u32 {
     u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 

@@ -239,7 +239,7 @@ async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> any
         memory_mb("VmHWM:")
     );
     // In the table, the day close's rate is accounts closed per second.
-    let mut measured = load::summarise(vec![elapsed_us(started)], 0, seconds);
+    let mut measured = load::summarise(vec![load::elapsed_us(started)], 0, seconds);
     measured.calls = u64::try_from(reply.accounts_closed).unwrap_or(0);
     measured.rps = accounts_per_second;
     Ok(Line {
@@ -250,10 +250,6 @@ async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> any
         vs_echo: None,
         vs_pgbench: None,
     })
-}
-
-fn elapsed_us(since: Instant) -> u32 {
-    u32::try_from(since.elapsed().as_micros()).unwrap_or(u32::MAX)
 }
 
 /// pgbench's TPC-B with 16 clients for `duration` on a fresh database; its tps.

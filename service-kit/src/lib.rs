@@ -12,6 +12,7 @@ pub mod deadline;
 pub mod errors;
 pub mod failpoint;
 pub mod money;
+pub mod reflection;
 pub mod server;
 pub mod shutdown;
 pub mod startup;

@@ -91,17 +91,9 @@ impl GrpcServer {
                 .set_service_status(*name, ServingStatus::Serving)
                 .await;
         }
-        // grpcurl 1.8 speaks only v1alpha; newer clients use v1. Serve both.
-        // `list` names only what this server serves; every contract stays describable.
-        let reflection = || {
-            service_names.iter().fold(
-                tonic_reflection::server::Builder::configure()
-                    .register_encoded_file_descriptor_set(billpay_contracts::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                    .with_service_name(tonic_health::pb::health_server::SERVICE_NAME),
-                |builder, name| builder.with_service_name(*name),
-            )
-        };
+        // grpcurl 1.8 speaks only v1alpha; newer clients use v1. Serve both, each with
+        // only this server's contract (plus health and the google.rpc error details).
+        let reflection = || crate::reflection::builder(service_names);
         routes
             .add_service(health_service)
             .add_service(reflection().build_v1()?)

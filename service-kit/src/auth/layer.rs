@@ -72,6 +72,23 @@ impl AuthLayer {
         self
     }
 
+    /// UNIMPLEMENTED for a path this server does not serve, naming what it does serve.
+    fn unknown_method(&self, path: &str) -> Status {
+        let mut services: Vec<&str> = self
+            .rules
+            .iter()
+            .filter_map(|rule| rule.path.trim_start_matches('/').split('/').next())
+            .collect();
+        services.dedup();
+        Status::unimplemented(bounded(
+            &format!(
+                "this server does not serve {path}; it serves {}",
+                services.join(", ")
+            ),
+            STATUS_MESSAGE_BYTES_MAX,
+        ))
+    }
+
     /// The caller for `path` and `authorization`, or the status that refuses them.
     /// `Ok(None)` for public paths.
     fn authorize(
@@ -85,6 +102,13 @@ impl AuthLayer {
         {
             return Ok(None);
         }
+        // Reflection already tells anyone what this server serves, so a path it does not
+        // serve (the other service's port, a typo) is named before any token is asked for.
+        let rule = self
+            .rules
+            .iter()
+            .find(|rule| rule.path == path)
+            .ok_or_else(|| (self.unknown_method(path), None))?;
         let token = authorization
             .and_then(|value| std::str::from_utf8(value).ok())
             .and_then(|value| value.strip_prefix("Bearer "))
@@ -99,16 +123,6 @@ impl AuthLayer {
             .verify(token.trim(), now_unix_seconds())
             .map_err(|error| (Status::unauthenticated(error.to_string()), None))?;
         let operator = (claims.role == super::Role::Operator).then(|| claims.sub.clone());
-        let rule = self
-            .rules
-            .iter()
-            .find(|rule| rule.path == path)
-            .ok_or_else(|| {
-                (
-                    Status::permission_denied(format!("no access rule for {path}")),
-                    operator.clone(),
-                )
-            })?;
         if !admits(rule, &claims) {
             return Err((
                 Status::permission_denied(format!(
@@ -310,7 +324,7 @@ mod tests {
 
     #[test]
     fn decides_by_role_scope_and_path() {
-        use tonic::Code::{PermissionDenied as Denied, Unauthenticated};
+        use tonic::Code::{PermissionDenied as Denied, Unauthenticated, Unimplemented};
         let service_read = bearer(Role::Service, &["x:read"], None);
         let operator = bearer(Role::Operator, &[], None);
         let customer = bearer(Role::Customer, &[], Some("acc_1"));
@@ -335,7 +349,9 @@ mod tests {
             ("/x.v1.S/Read", Some(b"Basic abc"), Some(Unauthenticated)),
             ("/x.v1.S/Read", Some(&service_read), None),
             ("/x.v1.S/Write", Some(&service_read), Some(Denied)),
-            ("/x.v1.S/Unknown", Some(&service_read), Some(Denied)),
+            // A path this server does not serve: named as such, token or not.
+            ("/x.v1.S/Unknown", Some(&service_read), Some(Unimplemented)),
+            ("/y.v1.Other/Read", None, Some(Unimplemented)),
             ("/x.v1.S/Read", Some(&operator), None),
             ("/x.v1.S/Write", Some(&operator), Some(Denied)),
             ("/x.v1.S/Pay", Some(&operator), Some(Denied)),
@@ -364,5 +380,17 @@ mod tests {
                 authorization.map(String::from_utf8_lossy)
             );
         }
+    }
+
+    #[test]
+    fn an_unknown_path_names_the_services_served() {
+        let (status, operator) = layer().authorize("/y.v1.Other/Read", None).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented);
+        assert!(
+            status.message().contains("it serves x.v1.S"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(operator, None);
     }
 }

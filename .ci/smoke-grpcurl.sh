@@ -8,7 +8,9 @@ billpay="$1"
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-"$billpay" up --data-dir "$work/data" >"$work/out" 2>"$work/log" &
+# Free ports (port 0): a busy default port on the machine cannot fail the smoke test.
+"$billpay" up --data-dir "$work/data" --billing-addr 127.0.0.1:0 --payment-addr 127.0.0.1:0 \
+  --notify-addr 127.0.0.1:0 --sim-addr 127.0.0.1:0 >"$work/out" 2>"$work/log" &
 pid=$!
 for _ in $(seq 1 100); do
   grep -q 'stops it cleanly' "$work/out" && break
@@ -27,7 +29,7 @@ while IFS= read -r command; do
   n=$((n + 1))
   bash -c "$command" >"$work/reply.$n" 2>&1 || true
 done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
-[ "$n" -ge 15 ] || { echo "expected at least 15 grpcurl commands, got $n"; exit 1; }
+[ "$n" -ge 17 ] || { echo "expected at least 17 grpcurl commands, got $n"; exit 1; }
 
 check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
 check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
@@ -45,15 +47,56 @@ check "CreatePlan"              "$work/reply.11" '"totalFee"'
 check "ListBills (customer)"    "$work/reply.12" '"status": "BILL_STATUS_UPCOMING"'
 check "ListBills pages"         "$work/reply.12" '"nextPageToken"'
 check "GetAccountSummary"       "$work/reply.13" '"availableCredit"'
-check "RunDayClose"             "$work/reply.14" '"asOf"'
-check "WatchEvents replays"     "$work/reply.15" 'EVENT_KIND_PLAN_CREATED'
+check "QuoteRepayment"          "$work/reply.14" '"amount": "100.00"'
+check "CreateRepayment"         "$work/reply.15" '"status": "PAYMENT_STATUS_SUCCEEDED"'
+check "RunDayClose"             "$work/reply.16" '"asOf"'
+check "WatchEvents replays"     "$work/reply.17" 'EVENT_KIND_PLAN_CREATED'
+check "WatchEvents ends by itself" "$work/reply.17" 'EVENT_KIND_REPAYMENT_APPLIED'
+if grep -q 'ERROR' "$work/reply.17"; then echo "FAIL WatchEvents one-shot ended in an error"; failures=$((failures + 1)); fi
+
+# Refusals, as grpcurl shows them: the google.rpc details decoded as JSON by reflection.
+billing_addr=$(sed -n 's/^  billing-svc  //p' "$work/out")
+payment_addr=$(sed -n 's/^  payment-svc  \([^ ]*\).*/\1/p' "$work/out")
+service_token=$(sed -n 's/^  service (all scopes but billing:apply)  //p' "$work/out")
+customer_token=$(sed -n 's/^  customer ([^)]*)  //p' "$work/out")
+account=$(sed -n 's/^  demo account //p' "$work/out")
+cny() { printf '{"currency_code":"CNY","amount":"%s"}' "$1"; }
+refusal() { # refusal <name> <grpcurl args...>: runs it, keeps and prints what it answered
+  local name="$1"; shift
+  grpcurl -plaintext "$@" >"$work/refusal.$name" 2>&1 || true
+  echo "---- grpcurl: $name"; sed 's/^/    /' "$work/refusal.$name"
+}
+refusal describe-errorinfo "$billing_addr" describe google.rpc.ErrorInfo
+check "describe google.rpc.ErrorInfo" "$work/refusal.describe-errorinfo" 'message ErrorInfo'
+refusal credit-limit -H "authorization: Bearer $service_token" \
+  -d "{\"account_id\":\"$account\",\"order_ref\":\"too-big\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":$(cny 999999.00)}" \
+  "$billing_addr" billing.v1.BillingService/CreatePlan
+check "CREDIT_LIMIT_EXCEEDED decoded" "$work/refusal.credit-limit" '"reason": "CREDIT_LIMIT_EXCEEDED"'
+refusal amount-changed -H "authorization: Bearer $customer_token" \
+  -d "{\"idempotency_key\":\"smoke-changed\",\"account_id\":\"$account\",\"target\":{\"amount\":$(cny 50.00)},\"expected_amount\":$(cny 60.00),\"method\":\"PAYMENT_METHOD_BANK_CARD\",\"instrument\":\"tok_6222020000004242\"}" \
+  "$payment_addr" payment.v1.PaymentService/CreateRepayment
+check "AMOUNT_CHANGED decoded" "$work/refusal.amount-changed" '"reason": "AMOUNT_CHANGED"'
+refusal bad-request -H "authorization: Bearer $service_token" \
+  -d "{\"customer_ref\":\"\",\"display_name\":\"Li Lei\",\"phone\":\"12\",\"credit_limit\":$(cny -5.00)}" \
+  "$billing_addr" billing.v1.BillingService/CreateAccount
+check "BadRequest decoded" "$work/refusal.bad-request" '"fieldViolations"'
+[ "$(grep -c '"field":' "$work/refusal.bad-request")" -ge 2 ] && echo "ok   two field violations" \
+  || { echo "FAIL expected two field violations"; failures=$((failures + 1)); }
+refusal wrong-port-list "$payment_addr" list
+if grep -q 'billing.v1' "$work/refusal.wrong-port-list"; then
+  echo "FAIL payment-svc reflects billing's contract"; failures=$((failures + 1))
+else
+  echo "ok   payment-svc reflects only its own contract"
+fi
+refusal wrong-port -import-path "$(dirname "$0")/../proto" -proto billing/v1/billing_service.proto \
+  -H "authorization: Bearer $service_token" -d "{\"account_id\":\"$account\"}" \
+  "$payment_addr" billing.v1.BillingService/GetAccount
+check "a call on the wrong port names the service" "$work/refusal.wrong-port" 'it serves payment.v1.PaymentService'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"
 
 # An independent oracle: numpy-financial against 250 random live quotes.
-billing_addr=$(sed -n 's/^  billing-svc  //p' "$work/out")
-service_token=$(sed -n 's/^  service (all scopes but billing:apply)  //p' "$work/out")
 if python3 "$(dirname "$0")/quote_oracle.py" --addr "$billing_addr" --token "$service_token" --count 250; then
   echo "ok   numpy-financial oracle"
 else

@@ -26,6 +26,22 @@ pub struct DayCloseSummary {
     pub credit_balance_applied: Money,
 }
 
+impl std::fmt::Display for DayCloseSummary {
+    /// The log's words: `2026-11-29: 3 accounts closed, 1 bill overdue, penalties
+    /// 1.23, credit balance applied 0.00`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} accounts closed, {} bills overdue, penalties {}, credit balance applied {}",
+            self.as_of,
+            self.accounts_closed,
+            self.bills_overdue,
+            self.penalties_posted,
+            self.credit_balance_applied
+        )
+    }
+}
+
 /// Closes `as_of` for every account it may change, each in its own transaction, and
 /// records the date as closed. Safe to run twice, and from several replicas.
 pub async fn close_day(
@@ -83,7 +99,7 @@ async fn close_day_unless(
         )?;
     }
     store.record_day_closed(as_of).await?;
-    tracing::info!(?summary, "day closed");
+    tracing::info!(%summary, "day closed");
     Ok(Some(summary))
 }
 

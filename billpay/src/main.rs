@@ -21,8 +21,20 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line, causes joined by ": ", never a backtrace: a CLI error is for
+            // the person at the terminal.
+            eprintln!("billpay: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
         Command::Up(args) => {
             service_kit::telemetry::init(args.json_logs);
             billpay::up::run(&args, service_kit::shutdown::signal()).await

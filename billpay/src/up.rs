@@ -48,6 +48,19 @@ pub struct UpArgs {
     pub tls: bool,
 }
 
+/// A service task's end, for the one-line error: its error's message, or that it ended.
+fn display_exit<E: std::fmt::Display>(result: Result<(), E>) -> String {
+    match result {
+        Ok(()) => "it returned without being asked to stop".to_owned(),
+        Err(error) => format!("{error:#}"),
+    }
+}
+
+/// What a failed start says: which part, where, and the flag that moves it.
+fn starting(part: &str, addr: SocketAddr, flag: &str) -> String {
+    format!("{part} cannot start on {addr} (change it with {flag}; port 0 picks a free one)")
+}
+
 /// Runs both services until `shutdown`, then drains both and returns.
 pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let sqlite_url = |file: &str| format!("sqlite://{}", args.data_dir.join(file).display());
@@ -60,7 +73,8 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         args.sim_addr,
         sqlite_url("provider-sim.db"),
     ))
-    .await?;
+    .await
+    .with_context(|| starting("provider-sim", args.sim_addr, "--sim-addr"))?;
     let pki = if args.tls {
         Some(crate::tls::DevPki::ensure(&args.data_dir).context("cannot make the dev CA")?)
     } else {
@@ -74,7 +88,9 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         billing_config.common.tls_key_file = Some(pki.server_key.clone());
         billing_config.common.tls_client_ca_file = Some(pki.ca.clone());
     }
-    let billing = billing_svc::app::Application::build(&billing_config).await?;
+    let billing = billing_svc::app::Application::build(&billing_config)
+        .await
+        .with_context(|| starting("billing-svc", args.billing_addr, "--billing-addr"))?;
     let billing_addr = billing.local_addr();
     let mut payment_config = payment_svc::config::Config::dev(
         args.payment_addr,
@@ -95,7 +111,15 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     payment_config.notify_listen_addr = args.notify_addr;
     payment_config.common.jwt_keys_file = Some(keys.keys_file.clone());
     payment_config.jwt_signing_key_file = Some(keys.payment_signing_key.clone());
-    let payment = payment_svc::app::Application::build(&payment_config).await?;
+    let payment = payment_svc::app::Application::build(&payment_config)
+        .await
+        .with_context(|| {
+            format!(
+                "payment-svc cannot start on {} and {} (change them with --payment-addr and --notify-addr; \
+                 port 0 picks a free one)",
+                args.payment_addr, args.notify_addr
+            )
+        })?;
     let payment_addr = payment.local_addr();
     let notify_addr = payment.notify_addr();
     let sim_addr = sim.local_addr();
@@ -133,9 +157,9 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
 
     tokio::select! {
         () = shutdown => {}
-        result = &mut billing_task => bail!("billing-svc stopped unexpectedly: {:?}", result?),
-        result = &mut payment_task => bail!("payment-svc stopped unexpectedly: {:?}", result?),
-        result = &mut sim_task => bail!("provider-sim stopped unexpectedly: {:?}", result?),
+        result = &mut billing_task => bail!("billing-svc stopped unexpectedly: {}", display_exit(result?)),
+        result = &mut payment_task => bail!("payment-svc stopped unexpectedly: {}", display_exit(result?)),
+        result = &mut sim_task => bail!("provider-sim stopped unexpectedly: {}", display_exit(result?)),
     }
     let _ = stop.send(());
     let _ = notifier.await;
@@ -262,8 +286,10 @@ Try (grpcurl):
   grpcurl {billing_tls} {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"order_ref\":\"demo-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":{{\"currency_code\":\"CNY\",\"amount\":\"5999.00\"}}}}' {billing} billing.v1.BillingService/CreatePlan
   grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"page_size\":3}}' {billing} billing.v1.BillingService/ListBills
   grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/GetAccountSummary
+  grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"target\":{{\"amount\":{{\"currency_code\":\"CNY\",\"amount\":\"100.00\"}}}}}}' {billing} billing.v1.BillingService/QuoteRepayment
+  grpcurl {payment_tls} {customer_auth} -d '{{\"idempotency_key\":\"banner-pay-1\",\"account_id\":\"{demo_account_id}\",\"target\":{{\"amount\":{{\"currency_code\":\"CNY\",\"amount\":\"100.00\"}}}},\"expected_amount\":{{\"currency_code\":\"CNY\",\"amount\":\"100.00\"}},\"method\":\"PAYMENT_METHOD_BANK_CARD\",\"instrument\":\"tok_6222020000004242\"}}' {payment} payment.v1.PaymentService/CreateRepayment
   grpcurl {billing_tls} {service_auth} -d '{{}}' {billing} billing.v1.BillingService/RunDayClose
-  grpcurl {billing_tls} {service_auth} -d '{{\"after_id\":0}}' -max-time 2 {billing} billing.v1.BillingService/WatchEvents
+  grpcurl {billing_tls} {service_auth} -d '{{\"after_id\":0,\"stop_at_end\":true}}' {billing} billing.v1.BillingService/WatchEvents
 
 Customer notifications (an SMS simulator following WatchEvents) appear in the log.
 

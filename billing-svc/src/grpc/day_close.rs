@@ -65,7 +65,8 @@ impl BillingApi {
     }
 
     /// Replays events after the cursor (of one account, if asked), then tails new
-    /// ones, until the client leaves or its token expires.
+    /// ones, until the client leaves or its token expires (or, with `stop_at_end`,
+    /// ends once caught up).
     pub(super) async fn handle_watch_events(
         &self,
         request: Request<wire::WatchEventsRequest>,
@@ -81,6 +82,7 @@ impl BillingApi {
         if after_id < 0 {
             return Err(invalid_field("after_id", "must not be negative"));
         }
+        let stop_at_end = message.stop_at_end;
         let account_filter = Some(message.account_id).filter(|id| !id.is_empty());
         if account_filter.as_ref().is_some_and(|id| id.len() > 64) {
             return Err(invalid_field("account_id", "must be at most 64 characters"));
@@ -109,6 +111,9 @@ impl BillingApi {
                         return;
                     }
                 };
+                if events.is_empty() && stop_at_end {
+                    return;
+                }
                 if events.is_empty() {
                     // Caught up: wait for the shared poller to see something newer.
                     tokio::select! {

@@ -101,3 +101,51 @@ async fn a_reader_waits_for_an_event_id_still_in_flight() {
     assert!(seen[0].0 < seen[1].0);
     app.stop().await;
 }
+
+/// `stop_at_end`: the replay ends with OK once caught up, so a script's one-shot read
+/// (the README's grpcurl line) exits cleanly instead of waiting for a deadline.
+async fn a_one_shot_watch_ends_once_caught_up(backend: Backend, test: &str) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let account_id = open_account(&app, "c-one-shot", "50000.00").await;
+    app.billing()
+        .await
+        .create_plan(authorized(
+            new_plan(&account_id, "order-1", "mall-free", 3, "300.00"),
+            &app.service_token(&["billing:write"]),
+        ))
+        .await
+        .unwrap();
+    let mut stream = app
+        .billing()
+        .await
+        .watch_events(authorized(
+            WatchEventsRequest {
+                after_id: 0,
+                stop_at_end: true,
+                ..Default::default()
+            },
+            &app.service_token(&["billing:events"]),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut kinds = Vec::new();
+    loop {
+        let next = tokio::time::timeout(POLL_DEADLINE, stream.message())
+            .await
+            .expect("the one-shot stream ends by itself");
+        match next.expect("it ends with OK, not an error") {
+            Some(message) => kinds.push(message.event.unwrap().kind()),
+            None => break,
+        }
+    }
+    assert!(
+        kinds.contains(&billpay_contracts::billing::v1::EventKind::PlanCreated),
+        "{kinds:?}"
+    );
+    app.stop().await;
+}
+
+crate::on_both_backends!(a_one_shot_watch_ends_once_caught_up);

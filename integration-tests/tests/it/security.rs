@@ -949,6 +949,7 @@ async fn watch_events_filters_caps_and_ends_with_the_token() {
         WatchEventsRequest {
             after_id: 0,
             account_id: mine.clone(),
+            ..Default::default()
         },
         &token,
     )

@@ -33,9 +33,10 @@ pub enum AccountFieldError {
 pub struct AccountId(String);
 
 impl AccountId {
-    /// A fresh id.
-    pub fn generate() -> Self {
-        Self(format!("acc_{}", uuid::Uuid::now_v7().simple()))
+    /// The id of a new account from a time-ordered UUID that storage draws (the domain
+    /// reads no clock).
+    pub fn from_uuid(uuid: uuid::Uuid) -> Self {
+        Self(format!("acc_{}", uuid.simple()))
     }
 
     /// An id as a caller sends it: non-empty, at most 64 of `[A-Za-z0-9_]`.
@@ -251,7 +252,7 @@ mod tests {
     fn available_credit_never_goes_negative() {
         let money = |amount| Money::parse("CNY", amount).unwrap();
         let mut account = Account {
-            account_id: AccountId::generate(),
+            account_id: AccountId::from_uuid(uuid::Uuid::nil()),
             customer_ref: CustomerRef::parse("c").unwrap(),
             display_name: DisplayName::parse("n").unwrap(),
             phone: Phone::parse("13812341234").unwrap(),

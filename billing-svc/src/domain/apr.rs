@@ -96,7 +96,7 @@ mod tests {
     use service_kit::money::Money;
 
     use super::*;
-    use crate::domain::product::InstallmentMethod;
+    use crate::domain::method::InstallmentMethod;
 
     fn apr(method: InstallmentMethod, principal: &str, n: u32, rate: &str) -> Apr {
         let principal = Money::parse("CNY", principal).unwrap();

@@ -7,6 +7,7 @@ pub mod apr;
 pub mod bill;
 pub mod calendar;
 pub mod day_close;
+pub mod method;
 pub mod payoff;
 pub mod plan;
 pub mod product;

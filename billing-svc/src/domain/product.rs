@@ -10,6 +10,7 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use service_kit::money::Money;
 
+pub use super::method::InstallmentMethod;
 use super::{
     apr::Apr,
     schedule::{Schedule, TERM_COUNT_MAX},
@@ -17,42 +18,6 @@ use super::{
 
 /// The demo product set, built in.
 const DEMO_CATALOG: &str = include_str!("../../products.toml");
-
-/// How a plan's bills are computed (SPEC §5.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum InstallmentMethod {
-    /// 等额本息.
-    EqualInstallment,
-    /// 等额本金.
-    EqualPrincipal,
-    /// 分期手续费.
-    FlatFee,
-    /// 免息.
-    InterestFree,
-}
-
-impl InstallmentMethod {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::EqualInstallment => "EQUAL_INSTALLMENT",
-            Self::EqualPrincipal => "EQUAL_PRINCIPAL",
-            Self::FlatFee => "FLAT_FEE",
-            Self::InterestFree => "INTEREST_FREE",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [
-            Self::EqualInstallment,
-            Self::EqualPrincipal,
-            Self::FlatFee,
-            Self::InterestFree,
-        ]
-        .into_iter()
-        .find(|method| method.as_str() == text)
-    }
-}
 
 /// What an early payoff of a FLAT_FEE plan owes in fees (SPEC §5.9).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -8,7 +8,7 @@ use chrono::{Months, NaiveDate};
 use rust_decimal::Decimal;
 use service_kit::money::{Currency, Money, MoneyError};
 
-use super::product::InstallmentMethod;
+use super::method::InstallmentMethod;
 
 /// The most bills one plan may have.
 pub const TERM_COUNT_MAX: u32 = 60;

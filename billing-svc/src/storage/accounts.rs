@@ -37,7 +37,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $8) \
              ON CONFLICT (customer_ref) DO NOTHING",
         )
-        .bind(AccountId::generate().as_str())
+        .bind(AccountId::from_uuid(uuid::Uuid::now_v7()).as_str())
         .bind(request.customer_ref.as_str())
         .bind(request.display_name.as_str())
         .bind(request.phone.as_str())

@@ -22,6 +22,7 @@ mod repayments;
 mod security;
 mod sim;
 mod support;
+mod tidy;
 
 /// Declares `$test` once per backend: `$test::sqlite` and `$test::postgres`.
 #[macro_export]

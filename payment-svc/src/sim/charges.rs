@@ -18,7 +18,7 @@ use super::{
     ledger::{Charge, Recorded},
     notify::Delivery,
     provider::Provider,
-    routes::{RequestError, SimState, authenticate, check_amount, check_id, parse_body},
+    request::{RequestError, SimState, authenticate, check_amount, check_id, parse_body},
     wire::{ChargeReply, ChargeRequest, Notification},
 };
 

@@ -21,6 +21,7 @@ mod ledger;
 mod notify;
 mod provider;
 mod refunds;
+mod request;
 mod routes;
 pub mod wire;
 
@@ -39,7 +40,7 @@ pub use config::{
     SimConfigError,
 };
 
-use self::{ledger::Ledger, routes::SimState};
+use self::{ledger::Ledger, request::SimState};
 
 /// The simulator, built and bound, not yet serving.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use super::{
     behaviour::Behaviour,
     charges::hold_reply,
     ledger::{Refund, RefundOutcome},
-    routes::{RequestError, SimState, authenticate, check_amount, check_id, parse_body},
+    request::{RequestError, SimState, authenticate, check_amount, check_id, parse_body},
     wire::{RefundReply, RefundRequest},
 };
 

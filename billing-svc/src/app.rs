@@ -86,6 +86,11 @@ impl Application {
         self.foundation.local_addr()
     }
 
+    /// The metrics port, when configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.foundation.metrics_addr()
+    }
+
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run_until_stopped(
         self,

@@ -63,6 +63,7 @@ async fn close_day_unless(
     as_of: NaiveDate,
     stop: impl Fn() -> bool,
 ) -> Result<Option<DayCloseSummary>, StorageError> {
+    let began = std::time::Instant::now();
     let zero = Money::zero(service_kit::money::Currency::Cny);
     let mut summary = DayCloseSummary {
         as_of,
@@ -99,6 +100,9 @@ async fn close_day_unless(
         )?;
     }
     store.record_day_closed(as_of).await?;
+    metrics::histogram!("billing_day_close_duration_seconds").record(began.elapsed().as_secs_f64());
+    metrics::counter!("billing_day_close_accounts_closed_total")
+        .increment(u64::from(summary.accounts_closed));
     tracing::info!(%summary, "day closed");
     Ok(Some(summary))
 }

@@ -42,6 +42,10 @@ pub struct UpArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "BILLPAY_JSON_LOGS")]
     pub json_logs: bool,
+    /// Serve Prometheus metrics of both services (one process, one registry) on
+    /// GET /metrics at this address; unset: none.
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Serve TLS (rustls) with a dev CA made in <data-dir>/tls: mutual TLS between
     /// payment-svc and billing-svc; grpcurl lines get -cacert.
     #[arg(long)]
@@ -83,6 +87,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     let mut billing_config =
         billing_svc::config::Config::dev(args.billing_addr, sqlite_url("billing.db"));
     billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
+    billing_config.common.metrics_addr = args.metrics_addr;
     if let Some(pki) = &pki {
         billing_config.common.tls_cert_file = Some(pki.server_cert.clone());
         billing_config.common.tls_key_file = Some(pki.server_key.clone());
@@ -92,6 +97,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         .await
         .with_context(|| starting("billing-svc", args.billing_addr, "--billing-addr"))?;
     let billing_addr = billing.local_addr();
+    let metrics_addr = billing.metrics_addr();
     let mut payment_config = payment_svc::config::Config::dev(
         args.payment_addr,
         sqlite_url("payment.db"),
@@ -154,6 +160,9 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
         &demo_account_id,
         pki.as_ref(),
     );
+    if let Some(addr) = metrics_addr {
+        println!("Metrics (both services, Prometheus text): curl http://{addr}/metrics");
+    }
 
     tokio::select! {
         () = shutdown => {}

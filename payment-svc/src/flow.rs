@@ -141,11 +141,13 @@ impl PaymentFlow {
             instrument,
             notify_url: &notify_url,
         };
+        let asked = std::time::Instant::now();
         let outcome = self
             .providers
             .for_method(payment.method)
             .charge(&request)
             .await;
+        record_charge(payment, &outcome, asked.elapsed());
         failpoint("payment-after-provider-answered");
         tracing::debug!(
             payment_id = %payment.payment_id,
@@ -451,4 +453,28 @@ impl PaymentFlow {
             QueryOutcome::Unknown { .. } => Ok(()),
         }
     }
+}
+
+/// `payment_charges_total{method, outcome}` and
+/// `provider_call_duration_seconds{provider, operation, outcome}` for one charge.
+fn record_charge(payment: &Payment, outcome: &ChargeOutcome, elapsed: std::time::Duration) {
+    let outcome = match outcome {
+        ChargeOutcome::Succeeded { .. } => "succeeded",
+        ChargeOutcome::Declined { .. } => "declined",
+        ChargeOutcome::Pending { .. } => "pending",
+        ChargeOutcome::Unknown { .. } => "unknown",
+    };
+    metrics::counter!(
+        "payment_charges_total",
+        "method" => payment.method.as_str(),
+        "outcome" => outcome
+    )
+    .increment(1);
+    metrics::histogram!(
+        "provider_call_duration_seconds",
+        "provider" => payment.method.provider_name(),
+        "operation" => "charge",
+        "outcome" => outcome
+    )
+    .record(elapsed.as_secs_f64());
 }

@@ -61,15 +61,37 @@ pub async fn run_outbox(
     timings: JobTimings,
     mut stopped: watch::Receiver<()>,
 ) {
+    let mut sampled: Option<std::time::Instant> = None;
     loop {
         if let Err(error) = outbox_pass(&flow).await {
             tracing::warn!(%error, "outbox pass failed");
+        }
+        if sampled.is_none_or(|at| at.elapsed() >= OUTBOX_SAMPLE) {
+            sampled = Some(std::time::Instant::now());
+            if let Err(error) = sample_outbox(&flow).await {
+                tracing::warn!(%error, "cannot sample the outbox for metrics");
+            }
         }
         tokio::select! {
             _ = stopped.changed() => return,
             () = tokio::time::sleep(timings.outbox_poll) => {}
         }
     }
+}
+
+/// How often the outbox gauges are refreshed.
+const OUTBOX_SAMPLE: Duration = Duration::from_secs(5);
+
+/// `payment_outbox_rows`, `payment_outbox_oldest_age_seconds`, `payment_dead_letters`.
+async fn sample_outbox(flow: &PaymentFlow) -> Result<(), crate::storage::StorageError> {
+    let (pending, oldest_micros, dead) = flow.store().outbox_gauges().await?;
+    let age_seconds = oldest_micros.map_or(0.0, |oldest| {
+        (now_micros().saturating_sub(oldest)).max(0) as f64 / 1e6
+    });
+    metrics::gauge!("payment_outbox_rows").set(pending as f64);
+    metrics::gauge!("payment_outbox_oldest_age_seconds").set(age_seconds);
+    metrics::gauge!("payment_dead_letters").set(dead as f64);
+    Ok(())
 }
 
 async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageError> {

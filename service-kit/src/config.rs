@@ -83,6 +83,10 @@ pub struct CommonArgs {
     /// Mutual TLS: clients must present a certificate this CA (PEM) signed.
     #[arg(long, env = "BILLPAY_TLS_CLIENT_CA_FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on GET /metrics at this address (port 0: a free one);
+    /// unset: no metrics port.
+    #[arg(long, env = "BILLPAY_METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// gRPC: a ping unanswered this long closes the connection.
     #[arg(
         long,
@@ -136,6 +140,7 @@ impl CommonArgs {
             tls_cert_file: None,
             tls_key_file: None,
             tls_client_ca_file: None,
+            metrics_addr: None,
         }
     }
 

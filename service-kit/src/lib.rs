@@ -11,6 +11,7 @@ pub mod db;
 pub mod deadline;
 pub mod errors;
 pub mod failpoint;
+pub mod metrics;
 pub mod money;
 pub mod reflection;
 pub mod server;

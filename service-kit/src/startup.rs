@@ -10,6 +10,7 @@ use crate::{
     auth::{AuthLayer, OwnedScope, RpcRule, TokenVerifier},
     config::CommonArgs,
     db::{Db, Migrations},
+    metrics::MetricsServer,
     server::{GrpcServer, ServeError, ServerLimits},
 };
 
@@ -21,13 +22,15 @@ pub struct Foundation {
     server: GrpcServer,
     limits: ServerLimits,
     owned_scopes: Vec<OwnedScope>,
+    service: &'static str,
+    metrics: Option<MetricsServer>,
 }
 
 impl Foundation {
     /// Fails with one clear message on any bad setting, unreachable database, failed
     /// migration or taken port.
     pub async fn build(
-        service: &str,
+        service: &'static str,
         common: &CommonArgs,
         database_url: &str,
         migrations: &Migrations,
@@ -51,12 +54,20 @@ impl Foundation {
             .with_context(|| format!("{service}: cannot listen on {listen_addr}"))?
             .with_connection_limits(connection_limits)
             .with_tls(tls);
+        let metrics = match common.metrics_addr {
+            Some(addr) => Some(MetricsServer::bind(addr).await.with_context(|| {
+                format!("{service}: cannot serve metrics on {addr} (--metrics-addr)")
+            })?),
+            None => None,
+        };
         Ok(Self {
             db,
             verifier,
             server,
             limits,
             owned_scopes: Vec::new(),
+            service,
+            metrics,
         })
     }
 
@@ -67,6 +78,11 @@ impl Foundation {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
+    }
+
+    /// The metrics port, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsServer::local_addr)
     }
 
     /// Serves `routes` behind auth (`rules`) until `shutdown`, then drains.
@@ -85,9 +101,36 @@ impl Foundation {
                 AuthLayer::grant_only_to,
             )
             .audit_operators_in(self.db.clone());
-        self.server
+        let (stop, stopped) = tokio::sync::watch::channel(());
+        let pool_sampler = tokio::spawn(crate::metrics::sample_pool(
+            self.service,
+            self.db.clone(),
+            stopped.clone(),
+        ));
+        let metrics = self.metrics.map(|server| {
+            tracing::info!(
+                service = self.service,
+                "metrics on http://{}/metrics",
+                server.local_addr()
+            );
+            let mut stopped = stopped.clone();
+            tokio::spawn(server.run_until_stopped(async move {
+                let _ = stopped.changed().await;
+            }))
+        });
+        let served = self
+            .server
             .run_until_stopped(routes, service_names, self.limits, auth, shutdown)
-            .await
+            .await;
+        let _ = stop.send(());
+        let _ = pool_sampler.await;
+        if let Some(Ok(Err(error))) = match metrics {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::warn!(%error, "the metrics port failed");
+        }
+        served
     }
 }
 

@@ -33,7 +33,7 @@ pub fn init(json: bool) {
     };
 }
 
-/// Wraps every RPC in one span carrying the method, the request id (taken from
+/// Counts and times every RPC ([`crate::metrics::record_rpc`]) and wraps it in one span carrying the method, the request id (taken from
 /// `x-request-id` or made fresh, and echoed in the response) and fields that handlers
 /// fill in (`caller`, `account_id`, `payment_id`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,6 +92,7 @@ where
         let clone = self.inner.clone();
         let mut ready = std::mem::replace(&mut self.inner, clone);
         let started = Instant::now();
+        let path = request.uri().path().to_owned();
         let future = {
             let _entered = span.enter();
             ready.call(request)
@@ -99,6 +100,16 @@ where
         Box::pin(
             async move {
                 let mut response = future.await?;
+                crate::metrics::record_rpc(
+                    &path,
+                    crate::metrics::code_label(
+                        response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|value| value.to_str().ok()),
+                    ),
+                    started.elapsed(),
+                );
                 if let Ok(value) = http::HeaderValue::from_str(&request_id) {
                     response.headers_mut().insert(REQUEST_ID_HEADER, value);
                 }

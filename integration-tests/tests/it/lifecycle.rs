@@ -41,6 +41,7 @@ async fn up_child() {
         notify_addr: "127.0.0.1:0".parse().unwrap(),
         sim_addr: "127.0.0.1:0".parse().unwrap(),
         json_logs: false,
+        metrics_addr: None,
         tls: false,
     };
     billpay::up::run(&args, service_kit::shutdown::signal())

@@ -183,6 +183,21 @@ impl Store {
         self.dead_letter_count().await
     }
 
+    /// For the metrics: undelivered rows still being tried, when the oldest of them
+    /// was written (None: there are none), and dead letters.
+    pub async fn outbox_gauges(&self) -> Result<(i64, Option<i64>, i64), StorageError> {
+        let row = sqlx::query(
+            "SELECT \
+               COALESCE(SUM(CASE WHEN dead_at_micros IS NULL THEN 1 ELSE 0 END), 0), \
+               MIN(CASE WHEN dead_at_micros IS NULL THEN created_at_micros END), \
+               COALESCE(SUM(CASE WHEN dead_at_micros IS NOT NULL THEN 1 ELSE 0 END), 0) \
+             FROM outbox WHERE delivered_at_micros IS NULL",
+        )
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+    }
+
     pub async fn dead_letter_count(&self) -> Result<i64, StorageError> {
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM outbox WHERE dead_at_micros IS NOT NULL AND delivered_at_micros IS NULL",

@@ -47,6 +47,9 @@ check "ListBills pages"         "$work/reply.12" '"nextPageToken"'
 check "GetAccountSummary"       "$work/reply.13" '"availableCredit"'
 check "RunDayClose"             "$work/reply.14" '"asOf"'
 check "WatchEvents replays"     "$work/reply.15" 'EVENT_KIND_PLAN_CREATED'
+check "UpdateCreditLimit"       "$work/reply.16" 'CREDIT_LIMIT_CHANGE_KIND_PERMANENT'
+check "ListCreditLimitChanges"  "$work/reply.17" '"changeId"'
+check "CancelPlan needs a plan" "$work/reply.18" 'NotFound'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"

@@ -126,3 +126,64 @@ fn credit_limit_message(event: &Event, amount: &str) -> String {
         _ => format!("your credit limit is now {amount} CNY (was {previous} CNY)"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use billpay_contracts::{billing::v1::CreditLimitChangeDetail, common::v1::Money};
+
+    use super::*;
+
+    fn event(
+        kind: EventKind,
+        amount: &str,
+        detail: Option<(CreditLimitChangeKind, &str)>,
+    ) -> Event {
+        Event {
+            kind: kind.into(),
+            amount: Some(Money::new("CNY", amount)),
+            credit_limit_change: detail.map(|(kind, until)| CreditLimitChangeDetail {
+                previous_limit: Some(Money::new("CNY", "5000.00")),
+                kind: kind.into(),
+                until: until.into(),
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn tells_the_customer_about_limits_and_cancelled_plans() {
+        let cases = [
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "8000.00",
+                    Some((CreditLimitChangeKind::Permanent, "")),
+                ),
+                "your credit limit is now 8000.00 CNY (was 5000.00 CNY)",
+            ),
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "12000.00",
+                    Some((CreditLimitChangeKind::Temporary, "2026-12-31")),
+                ),
+                "you have a temporary credit limit of 12000.00 CNY (was 5000.00 CNY) until the end of 2026-12-31",
+            ),
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "5000.00",
+                    Some((CreditLimitChangeKind::TemporaryLapsed, "2026-12-31")),
+                ),
+                "your temporary credit limit ended with 2026-12-31; your credit limit is 5000.00 CNY again",
+            ),
+            (
+                event(EventKind::PlanCancelled, "1071.82", None),
+                "your installment plan was cancelled (goods returned); 1071.82 CNY you paid on it is now credit balance for your next bills",
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(message(&event).as_deref(), Some(expected));
+        }
+    }
+}

@@ -29,7 +29,7 @@ while IFS= read -r command; do
   n=$((n + 1))
   bash -c "$command" >"$work/reply.$n" 2>&1 || true
 done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
-[ "$n" -ge 17 ] || { echo "expected at least 17 grpcurl commands, got $n"; exit 1; }
+[ "$n" -ge 20 ] || { echo "expected at least 20 grpcurl commands, got $n"; exit 1; }
 
 check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
 check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
@@ -92,6 +92,9 @@ refusal wrong-port -import-path "$(dirname "$0")/../proto" -proto billing/v1/bil
   -H "authorization: Bearer $service_token" -d "{\"account_id\":\"$account\"}" \
   "$payment_addr" billing.v1.BillingService/GetAccount
 check "a call on the wrong port names the service" "$work/refusal.wrong-port" 'it serves payment.v1.PaymentService'
+check "UpdateCreditLimit"       "$work/reply.18" 'CREDIT_LIMIT_CHANGE_KIND_PERMANENT'
+check "ListCreditLimitChanges"  "$work/reply.19" '"changeId"'
+check "CancelPlan needs a plan" "$work/reply.20" 'NotFound'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"

@@ -5,7 +5,8 @@
 use std::{path::PathBuf, time::Duration};
 
 use billpay_contracts::billing::v1::{
-    Event, EventKind, WatchEventsRequest, billing_service_client::BillingServiceClient,
+    CreditLimitChangeKind, Event, EventKind, WatchEventsRequest,
+    billing_service_client::BillingServiceClient,
 };
 use service_kit::auth::{Role, TokenSigner, mint};
 use tokio::sync::watch;
@@ -98,7 +99,91 @@ fn message(event: &Event) -> Option<String> {
         EventKind::RepaymentApplied => format!("we received your repayment of {amount} CNY"),
         EventKind::RepaymentReversed => format!("your repayment of {amount} CNY was refunded"),
         EventKind::PlanSettled => "your installment plan is fully repaid".to_owned(),
+        EventKind::CreditLimitChanged => credit_limit_message(event, amount),
+        EventKind::PlanCancelled => format!(
+            "your installment plan was cancelled (goods returned); {amount} CNY you paid on it is now credit balance for your next bills"
+        ),
         EventKind::Unspecified => return None,
     };
     Some(text)
+}
+
+/// The customer's message for a credit limit change: a new permanent limit, a
+/// temporary one until a date, or the end of a temporary one.
+fn credit_limit_message(event: &Event, amount: &str) -> String {
+    let detail = event.credit_limit_change.as_ref();
+    let previous = detail
+        .and_then(|detail| detail.previous_limit.as_ref())
+        .map_or("", |money| money.amount.as_str());
+    let until = detail.map_or("", |detail| detail.until.as_str());
+    match detail.map(|detail| detail.kind()) {
+        Some(CreditLimitChangeKind::Temporary) => format!(
+            "you have a temporary credit limit of {amount} CNY (was {previous} CNY) until the end of {until}"
+        ),
+        Some(CreditLimitChangeKind::TemporaryLapsed) => format!(
+            "your temporary credit limit ended with {until}; your credit limit is {amount} CNY again"
+        ),
+        _ => format!("your credit limit is now {amount} CNY (was {previous} CNY)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use billpay_contracts::{billing::v1::CreditLimitChangeDetail, common::v1::Money};
+
+    use super::*;
+
+    fn event(
+        kind: EventKind,
+        amount: &str,
+        detail: Option<(CreditLimitChangeKind, &str)>,
+    ) -> Event {
+        Event {
+            kind: kind.into(),
+            amount: Some(Money::new("CNY", amount)),
+            credit_limit_change: detail.map(|(kind, until)| CreditLimitChangeDetail {
+                previous_limit: Some(Money::new("CNY", "5000.00")),
+                kind: kind.into(),
+                until: until.into(),
+            }),
+            ..Event::default()
+        }
+    }
+
+    #[test]
+    fn tells_the_customer_about_limits_and_cancelled_plans() {
+        let cases = [
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "8000.00",
+                    Some((CreditLimitChangeKind::Permanent, "")),
+                ),
+                "your credit limit is now 8000.00 CNY (was 5000.00 CNY)",
+            ),
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "12000.00",
+                    Some((CreditLimitChangeKind::Temporary, "2026-12-31")),
+                ),
+                "you have a temporary credit limit of 12000.00 CNY (was 5000.00 CNY) until the end of 2026-12-31",
+            ),
+            (
+                event(
+                    EventKind::CreditLimitChanged,
+                    "5000.00",
+                    Some((CreditLimitChangeKind::TemporaryLapsed, "2026-12-31")),
+                ),
+                "your temporary credit limit ended with 2026-12-31; your credit limit is 5000.00 CNY again",
+            ),
+            (
+                event(EventKind::PlanCancelled, "1071.82", None),
+                "your installment plan was cancelled (goods returned); 1071.82 CNY you paid on it is now credit balance for your next bills",
+            ),
+        ];
+        for (event, expected) in cases {
+            assert_eq!(message(&event).as_deref(), Some(expected));
+        }
+    }
 }

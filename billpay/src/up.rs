@@ -299,6 +299,9 @@ Try (grpcurl):
   grpcurl {payment_tls} {customer_auth} -d '{{\"idempotency_key\":\"banner-pay-1\",\"account_id\":\"{demo_account_id}\",\"target\":{{\"amount\":{{\"currency_code\":\"CNY\",\"amount\":\"100.00\"}}}},\"expected_amount\":{{\"currency_code\":\"CNY\",\"amount\":\"100.00\"}},\"method\":\"PAYMENT_METHOD_BANK_CARD\",\"instrument\":\"tok_6222020000004242\"}}' {payment} payment.v1.PaymentService/CreateRepayment
   grpcurl {billing_tls} {service_auth} -d '{{}}' {billing} billing.v1.BillingService/RunDayClose
   grpcurl {billing_tls} {service_auth} -d '{{\"after_id\":0,\"stop_at_end\":true}}' {billing} billing.v1.BillingService/WatchEvents
+  grpcurl {billing_tls} {service_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"request_id\":\"risk-review-1\",\"new_limit\":{{\"currency_code\":\"CNY\",\"amount\":\"60000.00\"}},\"reason\":\"annual risk review\"}}' {billing} billing.v1.BillingService/UpdateCreditLimit
+  grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/ListCreditLimitChanges
+  grpcurl {billing_tls} {service_auth} -d '{{\"plan_id\":\"PLAN_ID_FROM_CREATEPLAN\",\"request_id\":\"return-1\",\"reason\":\"goods returned\"}}' {billing} billing.v1.BillingService/CancelPlan
 
 Customer notifications (an SMS simulator following WatchEvents) appear in the log.
 

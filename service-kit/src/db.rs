@@ -190,7 +190,7 @@ impl Db {
                 .execute(&mut *connection)
                 .await?;
         }
-        let result = apply_pending(&mut connection, list).await;
+        let result = apply_pending(&mut connection, self.dialect, list).await;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(POSTGRES_MIGRATION_LOCK_KEY)
@@ -201,8 +201,16 @@ impl Db {
     }
 }
 
+/// The first line of a SQLite schema file that must run with foreign keys off: one that
+/// rebuilds a table other tables reference (SQLite cannot alter a CHECK constraint, and
+/// a referenced table cannot be dropped with foreign keys on). The runner turns them
+/// off around that migration's transaction and refuses to commit it if any reference
+/// is left dangling (`PRAGMA foreign_key_check`), as SQLite's documented procedure says.
+pub const SQLITE_FOREIGN_KEYS_OFF: &str = "-- billpay: foreign_keys off";
+
 async fn apply_pending(
     connection: &mut sqlx::AnyConnection,
+    dialect: Dialect,
     list: &[Migration],
 ) -> Result<(), DbError> {
     connection
@@ -227,22 +235,57 @@ async fn apply_pending(
             name: migration.name,
             source,
         };
-        let mut transaction = connection.begin().await.map_err(failed)?;
-        for statement in statements(migration.sql) {
-            transaction.execute(statement).await.map_err(failed)?;
+        let foreign_keys_off =
+            dialect == Dialect::Sqlite && migration.sql.starts_with(SQLITE_FOREIGN_KEYS_OFF);
+        if foreign_keys_off {
+            // Outside a transaction: inside one, SQLite ignores this pragma.
+            connection
+                .execute("PRAGMA foreign_keys = OFF")
+                .await
+                .map_err(failed)?;
         }
-        sqlx::query(
-            "INSERT INTO schema_migrations (version, name, applied_at_micros) VALUES ($1, $2, $3)",
-        )
-        .bind(migration.version)
-        .bind(migration.name)
-        .bind(crate::clock::now_micros())
-        .execute(&mut *transaction)
-        .await
-        .map_err(failed)?;
-        transaction.commit().await.map_err(failed)?;
+        let applied = apply_one(connection, migration, foreign_keys_off).await;
+        if foreign_keys_off {
+            connection
+                .execute("PRAGMA foreign_keys = ON")
+                .await
+                .map_err(failed)?;
+        }
+        applied.map_err(failed)?;
     }
     Ok(())
+}
+
+/// Runs one migration and records it, in one transaction.
+async fn apply_one(
+    connection: &mut sqlx::AnyConnection,
+    migration: &Migration,
+    check_foreign_keys: bool,
+) -> Result<(), sqlx::Error> {
+    let mut transaction = connection.begin().await?;
+    for statement in statements(migration.sql) {
+        transaction.execute(statement).await?;
+    }
+    if check_foreign_keys {
+        let dangling = sqlx::query("PRAGMA foreign_key_check")
+            .fetch_all(&mut *transaction)
+            .await?;
+        if !dangling.is_empty() {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} rows reference missing rows after the rebuild",
+                dangling.len()
+            )));
+        }
+    }
+    sqlx::query(
+        "INSERT INTO schema_migrations (version, name, applied_at_micros) VALUES ($1, $2, $3)",
+    )
+    .bind(migration.version)
+    .bind(migration.name)
+    .bind(crate::clock::now_micros())
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await
 }
 
 /// Splits a schema file into statements at semicolons that end a line. Schema files

@@ -173,6 +173,14 @@ pub struct NewAccount {
     pub credit_limit: Money,
 }
 
+/// A temporary limit (临时额度) in force: above the permanent limit until the close of
+/// `until`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TemporaryLimit {
+    pub limit: Money,
+    pub until: chrono::NaiveDate,
+}
+
 /// A credit account as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -181,7 +189,12 @@ pub struct Account {
     pub display_name: DisplayName,
     pub phone: Phone,
     pub status: AccountStatus,
+    /// The permanent limit.
     pub credit_limit: Money,
+    /// The temporary limit in force, if any (day close ends it).
+    pub temporary_limit: Option<TemporaryLimit>,
+    /// The limit CreateAccount was called with.
+    pub opening_credit_limit: Money,
     /// Principal of all plans not yet repaid.
     pub principal_unpaid: Money,
     /// Overpaid money (溢缴款) waiting for the next bills.
@@ -190,10 +203,17 @@ pub struct Account {
 }
 
 impl Account {
-    /// `credit_limit - principal_unpaid`, never below zero (a limit lowered under
+    /// The limit in force: the temporary limit while one is in force, else the
+    /// permanent limit.
+    pub fn effective_limit(&self) -> Money {
+        self.temporary_limit
+            .map_or(self.credit_limit, |temporary| temporary.limit)
+    }
+
+    /// `effective_limit - principal_unpaid`, never below zero (a limit lowered under
     /// what is already borrowed leaves nothing available, not a negative amount).
     pub fn available_credit(&self) -> Money {
-        self.credit_limit
+        self.effective_limit()
             .checked_sub(self.principal_unpaid)
             .unwrap_or_else(|_| Money::zero(self.credit_limit.currency()))
     }
@@ -204,7 +224,7 @@ impl Account {
         self.customer_ref == request.customer_ref
             && self.display_name == request.display_name
             && self.phone == request.phone
-            && self.credit_limit == request.credit_limit
+            && self.opening_credit_limit == request.credit_limit
     }
 }
 
@@ -258,6 +278,8 @@ mod tests {
             phone: Phone::parse("13812341234").unwrap(),
             status: AccountStatus::Active,
             credit_limit: money("1000.00"),
+            temporary_limit: None,
+            opening_credit_limit: money("1000.00"),
             principal_unpaid: money("400.00"),
             credit_balance: money("0"),
             created_at_micros: 0,
@@ -265,5 +287,11 @@ mod tests {
         assert_eq!(account.available_credit(), money("600.00"));
         account.principal_unpaid = money("1200.00");
         assert_eq!(account.available_credit(), money("0"));
+        account.temporary_limit = Some(TemporaryLimit {
+            limit: money("1500.00"),
+            until: "2026-03-01".parse().unwrap(),
+        });
+        assert_eq!(account.effective_limit(), money("1500.00"));
+        assert_eq!(account.available_credit(), money("300.00"));
     }
 }

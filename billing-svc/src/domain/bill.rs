@@ -53,6 +53,8 @@ pub enum BillState {
     Paid,
     /// Closed by an early payoff.
     SettledEarly,
+    /// Closed by CancelPlan: owes nothing; what was paid on it went to credit balance.
+    Cancelled,
 }
 
 impl BillState {
@@ -62,13 +64,20 @@ impl BillState {
             Self::Overdue => "OVERDUE",
             Self::Paid => "PAID",
             Self::SettledEarly => "SETTLED_EARLY",
+            Self::Cancelled => "CANCELLED",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Open, Self::Overdue, Self::Paid, Self::SettledEarly]
-            .into_iter()
-            .find(|state| state.as_str() == text)
+        [
+            Self::Open,
+            Self::Overdue,
+            Self::Paid,
+            Self::SettledEarly,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == text)
     }
 }
 
@@ -80,16 +89,18 @@ pub enum BillStatus {
     Overdue,
     Paid,
     SettledEarly,
+    Cancelled,
 }
 
 impl BillStatus {
     /// Every status a bill can show, in the order of a bill's life.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Upcoming,
         Self::Due,
         Self::Overdue,
         Self::Paid,
         Self::SettledEarly,
+        Self::Cancelled,
     ];
     /// The statuses of unpaid bills (待还款): what ListBills shows without a filter.
     pub const UNPAID: [Self; 3] = [Self::Upcoming, Self::Due, Self::Overdue];
@@ -121,8 +132,12 @@ impl Bill {
         self.paid.total()
     }
 
-    /// What is still owed: amount_due − amount_paid, per component.
+    /// What is still owed: amount_due − amount_paid, per component; nothing once
+    /// its plan is cancelled.
     pub fn outstanding(&self) -> Result<Components, MoneyError> {
+        if self.state == BillState::Cancelled {
+            return Ok(Components::zero(self.charged.principal.currency()));
+        }
         self.charged.checked_sub(&self.paid)
     }
 
@@ -131,6 +146,7 @@ impl Bill {
         match self.state {
             BillState::Paid => BillStatus::Paid,
             BillState::SettledEarly => BillStatus::SettledEarly,
+            BillState::Cancelled => BillStatus::Cancelled,
             BillState::Overdue => BillStatus::Overdue,
             BillState::Open if self.due_date > today => BillStatus::Upcoming,
             BillState::Open => BillStatus::Due,
@@ -200,6 +216,16 @@ mod tests {
             bill("2026-03-15", BillState::Paid).status(today),
             BillStatus::Paid
         );
+    }
+
+    #[test]
+    fn a_cancelled_bill_owes_nothing_whatever_its_dates() {
+        let bill = bill("2026-01-15", BillState::Cancelled);
+        let today: NaiveDate = "2026-03-01".parse().unwrap();
+        assert_eq!(bill.status(today), BillStatus::Cancelled);
+        assert!(!BillStatus::UNPAID.contains(&bill.status(today)));
+        assert_eq!(bill.outstanding().unwrap().total().unwrap(), money("0"));
+        assert_eq!(bill.amount_paid().unwrap(), money("121.88"));
     }
 
     #[test]

@@ -6,6 +6,8 @@ pub mod allocation;
 pub mod apr;
 pub mod bill;
 pub mod calendar;
+pub mod cancellation;
+pub mod credit_limit;
 pub mod day_close;
 pub mod method;
 pub mod payoff;

@@ -55,7 +55,7 @@ pub fn payoff_lines(
         let status = bill.status(today);
         let outstanding = bill.outstanding()?;
         match status {
-            BillStatus::Paid | BillStatus::SettledEarly => {}
+            BillStatus::Paid | BillStatus::SettledEarly | BillStatus::Cancelled => {}
             BillStatus::Due | BillStatus::Overdue => lines.push(PayoffLine {
                 bill_id: bill.bill_id.clone(),
                 owed: outstanding,

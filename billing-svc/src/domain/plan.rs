@@ -155,6 +155,8 @@ pub enum PlanStatus {
     Active,
     Settled,
     SettledEarly,
+    /// Cancelled by CancelPlan (goods returned).
+    Cancelled,
 }
 
 impl PlanStatus {
@@ -163,13 +165,19 @@ impl PlanStatus {
             Self::Active => "ACTIVE",
             Self::Settled => "SETTLED",
             Self::SettledEarly => "SETTLED_EARLY",
+            Self::Cancelled => "CANCELLED",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Active, Self::Settled, Self::SettledEarly]
-            .into_iter()
-            .find(|status| status.as_str() == text)
+        [
+            Self::Active,
+            Self::Settled,
+            Self::SettledEarly,
+            Self::Cancelled,
+        ]
+        .into_iter()
+        .find(|status| status.as_str() == text)
     }
 }
 

@@ -71,6 +71,8 @@ pub enum Standing {
     Due,
     /// Unpaid after its grace days.
     Overdue,
+    /// Its plan was cancelled (goods returned): never late, never overdue.
+    Cancelled,
 }
 
 /// Days past due in the industry's buckets.
@@ -113,7 +115,8 @@ pub struct RecordEntry<'a> {
 /// date, and the worst bucket. A bill paid within `grace_days` of its due date is on
 /// time, as SPEC §5.8 says; grace is the product's, given per bill by `grace_days`.
 /// An unpaid bill is OVERDUE here exactly when day close has marked it so, keeping
-/// the record in step with the bills' statuses.
+/// the record in step with the bills' statuses. A cancelled plan's bills show as
+/// cancelled, with no days past due, and never count towards the worst bucket.
 pub fn credit_record<'a>(
     bills: &'a [Bill],
     today: NaiveDate,
@@ -125,6 +128,7 @@ pub fn credit_record<'a>(
         .map(|bill| {
             let grace = i64::from(grace_days(bill));
             let (standing, days_past_due) = match (bill.state, bill.paid_on) {
+                (BillState::Cancelled, _) => (Standing::Cancelled, 0),
                 (BillState::Paid, Some(paid_on)) => {
                     let days = (paid_on - bill.due_date).num_days().max(0);
                     (
@@ -157,7 +161,7 @@ pub fn credit_record<'a>(
     });
     let worst = entries
         .iter()
-        .filter(|entry| entry.standing != Standing::OnTime && entry.standing != Standing::Due)
+        .filter(|entry| matches!(entry.standing, Standing::Late | Standing::Overdue))
         .map(|entry| Bucket::of(entry.days_past_due))
         .max()
         .unwrap_or(Bucket::N);
@@ -230,6 +234,7 @@ mod tests {
             bill(3, "2026-07-30", "1", BillState::Open, None),
             bill(4, "2026-09-10", "1", BillState::Open, None),
             bill(5, "2026-06-01", "1", BillState::Overdue, None),
+            bill(6, "2026-01-01", "1", BillState::Cancelled, None),
         ];
         let (entries, worst) = credit_record(&bills, today, |_| 3);
         let standings: Vec<_> = entries
@@ -239,6 +244,7 @@ mod tests {
         assert_eq!(
             standings,
             [
+                (6, Standing::Cancelled, 0),
                 (1, Standing::OnTime, 3),
                 (2, Standing::Late, 40),
                 (5, Standing::Overdue, 61),

@@ -114,12 +114,12 @@ fn parse_new_account(request: &wire::CreateAccountRequest) -> Result<NewAccount,
 
 /// Whether the caller may see the phone in full.
 #[derive(Debug, Clone, Copy)]
-enum PhoneView {
+pub(super) enum PhoneView {
     Full,
     Masked,
 }
 
-fn account_to_wire(account: &Account, phone: PhoneView) -> wire::Account {
+pub(super) fn account_to_wire(account: &Account, phone: PhoneView) -> wire::Account {
     let status = match account.status {
         AccountStatus::Active => wire::AccountStatus::Active,
         AccountStatus::Delinquent => wire::AccountStatus::Delinquent,
@@ -134,9 +134,17 @@ fn account_to_wire(account: &Account, phone: PhoneView) -> wire::Account {
             PhoneView::Masked => account.phone.masked(),
         },
         status: status.into(),
-        credit_limit: Some(money_to_wire(account.credit_limit)),
+        credit_limit: Some(money_to_wire(account.effective_limit())),
         available_credit: Some(money_to_wire(account.available_credit())),
         credit_balance: Some(money_to_wire(account.credit_balance)),
         created_at: Some(timestamp_from_micros(account.created_at_micros)),
+        permanent_credit_limit: Some(money_to_wire(account.credit_limit)),
+        temporary_credit_limit: account
+            .temporary_limit
+            .map(|temporary| money_to_wire(temporary.limit)),
+        temporary_limit_until: account
+            .temporary_limit
+            .map(|temporary| temporary.until.to_string())
+            .unwrap_or_default(),
     }
 }

@@ -109,10 +109,15 @@ impl BillingApi {
             overdue_bill_count: i32::try_from(summary.overdue_bill_count).unwrap_or(i32::MAX),
             next_due_date,
             next_due_amount: Some(money_to_wire(next_due_amount)),
-            credit_limit: Some(money_to_wire(account.credit_limit)),
+            credit_limit: Some(money_to_wire(account.effective_limit())),
             available_credit: Some(money_to_wire(account.available_credit())),
             credit_balance: Some(money_to_wire(account.credit_balance)),
             business_date: today.to_string(),
+            permanent_credit_limit: Some(money_to_wire(account.credit_limit)),
+            temporary_limit_until: account
+                .temporary_limit
+                .map(|temporary| temporary.until.to_string())
+                .unwrap_or_default(),
         })
     }
 
@@ -192,6 +197,7 @@ fn standing_to_wire(standing: Standing) -> wire::RepaymentStanding {
         Standing::Late => wire::RepaymentStanding::Late,
         Standing::Due => wire::RepaymentStanding::Due,
         Standing::Overdue => wire::RepaymentStanding::Overdue,
+        Standing::Cancelled => wire::RepaymentStanding::Cancelled,
     }
 }
 

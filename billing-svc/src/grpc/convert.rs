@@ -48,6 +48,7 @@ pub fn bill_status_to_wire(status: BillStatus) -> billing::BillStatus {
         BillStatus::Overdue => billing::BillStatus::Overdue,
         BillStatus::Paid => billing::BillStatus::Paid,
         BillStatus::SettledEarly => billing::BillStatus::SettledEarly,
+        BillStatus::Cancelled => billing::BillStatus::Cancelled,
     }
 }
 
@@ -124,6 +125,7 @@ pub fn plan_to_wire(
         PlanStatus::Active => billing::PlanStatus::Active,
         PlanStatus::Settled => billing::PlanStatus::Settled,
         PlanStatus::SettledEarly => billing::PlanStatus::SettledEarly,
+        PlanStatus::Cancelled => billing::PlanStatus::Cancelled,
     };
     Ok(billing::Plan {
         plan_id: plan.plan_id.clone(),

@@ -171,6 +171,8 @@ fn event_to_wire(event: StoredEvent) -> wire::Event {
         EventKind::RepaymentApplied => wire::EventKind::RepaymentApplied,
         EventKind::RepaymentReversed => wire::EventKind::RepaymentReversed,
         EventKind::PlanSettled => wire::EventKind::PlanSettled,
+        EventKind::CreditLimitChanged => wire::EventKind::CreditLimitChanged,
+        EventKind::PlanCancelled => wire::EventKind::PlanCancelled,
     };
     wire::Event {
         event_id: event.event_id,
@@ -182,5 +184,15 @@ fn event_to_wire(event: StoredEvent) -> wire::Event {
         amount: event.amount.map(money_to_wire),
         due_date: event.due_date.unwrap_or_default(),
         created_at: Some(timestamp_from_micros(event.created_at_micros)),
+        credit_limit_change: event
+            .limit_change
+            .map(|detail| wire::CreditLimitChangeDetail {
+                previous_limit: Some(money_to_wire(detail.previous_limit)),
+                kind: super::credit_limits::change_kind_to_wire(detail.kind).into(),
+                until: detail
+                    .until
+                    .map(|date| date.to_string())
+                    .unwrap_or_default(),
+            }),
     }
 }

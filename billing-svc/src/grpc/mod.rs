@@ -4,7 +4,9 @@
 mod accounts;
 mod audit;
 mod bills;
+mod cancellations;
 mod convert;
+mod credit_limits;
 mod day_close;
 mod plans;
 mod repayments;
@@ -33,11 +35,14 @@ const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcR
 pub const RPC_RULES: &[RpcRule] = &[
     rule("/billing.v1.BillingService/CreateAccount", "billing:write", Access::ServiceOnly),
     rule("/billing.v1.BillingService/GetAccount", "billing:read", Access::Read),
+    rule("/billing.v1.BillingService/UpdateCreditLimit", "billing:limits", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/ListCreditLimitChanges", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/GetAccountSummary", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/GetCreditRecord", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/ListProducts", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/QuotePlan", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/CreatePlan", "billing:write", Access::ServiceOnly),
+    rule("/billing.v1.BillingService/CancelPlan", "billing:write", Access::ServiceOnly),
     rule("/billing.v1.BillingService/GetPlan", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/ListPlans", "billing:read", Access::Read),
     rule("/billing.v1.BillingService/ListBills", "billing:read", Access::Read),
@@ -114,11 +119,14 @@ macro_rules! delegate {
 delegate! {
     create_account => handle_create_account(wire::CreateAccountRequest) -> wire::CreateAccountResponse;
     get_account => handle_get_account(wire::GetAccountRequest) -> wire::GetAccountResponse;
+    update_credit_limit => handle_update_credit_limit(wire::UpdateCreditLimitRequest) -> wire::UpdateCreditLimitResponse;
+    list_credit_limit_changes => handle_list_credit_limit_changes(wire::ListCreditLimitChangesRequest) -> wire::ListCreditLimitChangesResponse;
     get_account_summary => handle_get_account_summary(wire::GetAccountSummaryRequest) -> wire::GetAccountSummaryResponse;
     get_credit_record => handle_get_credit_record(wire::GetCreditRecordRequest) -> wire::GetCreditRecordResponse;
     list_products => handle_list_products(wire::ListProductsRequest) -> wire::ListProductsResponse;
     quote_plan => handle_quote_plan(wire::QuotePlanRequest) -> wire::QuotePlanResponse;
     create_plan => handle_create_plan(wire::CreatePlanRequest) -> wire::CreatePlanResponse;
+    cancel_plan => handle_cancel_plan(wire::CancelPlanRequest) -> wire::CancelPlanResponse;
     get_plan => handle_get_plan(wire::GetPlanRequest) -> wire::GetPlanResponse;
     list_plans => handle_list_plans(wire::ListPlansRequest) -> wire::ListPlansResponse;
     list_bills => handle_list_bills(wire::ListBillsRequest) -> wire::ListBillsResponse;

@@ -7,12 +7,18 @@ use service_kit::{
 use sqlx::{Row, any::AnyRow};
 
 use super::{StorageError, Store};
-use crate::domain::account::{
-    Account, AccountId, AccountStatus, CustomerRef, DisplayName, NewAccount, Phone,
+use crate::domain::{
+    account::{
+        Account, AccountId, AccountStatus, CustomerRef, DisplayName, NewAccount, Phone,
+        TemporaryLimit,
+    },
+    calendar::parse_date,
 };
 
-const ACCOUNT_COLUMNS: &str = "account_id, customer_ref, display_name, phone, status, currency_code, \
-     credit_limit_minor, principal_unpaid_minor, credit_balance_minor, created_at_micros";
+pub(super) const ACCOUNT_COLUMNS: &str = "account_id, customer_ref, display_name, phone, status, currency_code, \
+     credit_limit_minor, temporary_limit_minor, temporary_limit_until, \
+     COALESCE(opening_credit_limit_minor, credit_limit_minor) AS opening_credit_limit_minor, \
+     principal_unpaid_minor, credit_balance_minor, created_at_micros";
 
 /// What CreateAccount found.
 #[derive(Debug)]
@@ -33,8 +39,9 @@ impl Store {
         let now = now_micros();
         let inserted = sqlx::query(
             "INSERT INTO accounts (account_id, customer_ref, display_name, phone, status, currency_code, \
-               credit_limit_minor, principal_unpaid_minor, credit_balance_minor, created_at_micros, updated_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, 0, $8, $8) \
+               credit_limit_minor, opening_credit_limit_minor, principal_unpaid_minor, credit_balance_minor, \
+               created_at_micros, updated_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, 0, 0, $8, $8) \
              ON CONFLICT (customer_ref) DO NOTHING",
         )
         .bind(AccountId::from_uuid(uuid::Uuid::now_v7()).as_str())
@@ -83,7 +90,7 @@ impl Store {
     }
 }
 
-fn account_from_row(row: &AnyRow) -> Result<Account, StorageError> {
+pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
     let currency =
         Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
@@ -100,8 +107,29 @@ fn account_from_row(row: &AnyRow) -> Result<Account, StorageError> {
         phone: Phone::parse(row.try_get("phone")?).map_err(|_| corrupt("phone"))?,
         status: AccountStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
         credit_limit: money("credit_limit_minor")?,
+        temporary_limit: temporary_limit(row, currency)?,
+        opening_credit_limit: money("opening_credit_limit_minor")?,
         principal_unpaid: money("principal_unpaid_minor")?,
         credit_balance: money("credit_balance_minor")?,
         created_at_micros: row.try_get("created_at_micros")?,
     })
+}
+
+/// The temporary limit columns: both set, or neither.
+fn temporary_limit(
+    row: &AnyRow,
+    currency: Currency,
+) -> Result<Option<TemporaryLimit>, StorageError> {
+    let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
+    let limit: Option<i64> = row.try_get("temporary_limit_minor")?;
+    let until: Option<String> = row.try_get("temporary_limit_until")?;
+    match (limit, until) {
+        (Some(limit), Some(until)) => Ok(Some(TemporaryLimit {
+            limit: Money::from_minor(currency, limit)
+                .map_err(|_| corrupt("temporary_limit_minor"))?,
+            until: parse_date(&until).map_err(|_| corrupt("temporary_limit_until"))?,
+        })),
+        (None, None) => Ok(None),
+        _ => Err(corrupt("temporary_limit_minor")),
+    }
 }

@@ -127,6 +127,7 @@ impl Store {
                 BillStatus::Overdue => "state = 'OVERDUE'".to_owned(),
                 BillStatus::Paid => "state = 'PAID'".to_owned(),
                 BillStatus::SettledEarly => "state = 'SETTLED_EARLY'".to_owned(),
+                BillStatus::Cancelled => "state = 'CANCELLED'".to_owned(),
             })
             .collect();
         let mut sql = format!(

@@ -1,6 +1,6 @@
 //! Closing a business day for one account, in one transaction under the account's
 //! lock: reminders, OVERDUE, penalties through the date, the credit balance paying
-//! due bills, and the account's standing.
+//! due bills, the account's standing, and the lapse of a temporary credit limit.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -12,6 +12,7 @@ use sqlx::Row;
 use super::{
     StorageError, Store,
     bills::{BILL_COLUMNS, bill_from_row},
+    credit_limits::lapse_temporary_limit,
     events::{EventKind, NewEvent, insert_event},
     repayments::{
         add, lock_account, money_error, refresh_account_status, set_paid, settle_plan_if_paid,
@@ -42,7 +43,7 @@ pub struct AccountClose {
 
 impl Store {
     /// Accounts a close of `as_of` may change: an unpaid bill due by `as_of` plus the
-    /// reminder window, or a credit balance to apply.
+    /// reminder window, a credit balance to apply, or a temporary limit that lapses.
     pub async fn accounts_to_close(
         &self,
         as_of: NaiveDate,
@@ -52,9 +53,11 @@ impl Store {
             .unwrap_or(as_of);
         let rows = sqlx::query(
             "SELECT DISTINCT account_id FROM bills WHERE state IN ('OPEN', 'OVERDUE') AND due_date <= $1 \
-             UNION SELECT account_id FROM accounts WHERE credit_balance_minor > 0",
+             UNION SELECT account_id FROM accounts WHERE credit_balance_minor > 0 \
+             UNION SELECT account_id FROM accounts WHERE temporary_limit_until <= $2",
         )
         .bind(horizon.to_string())
+        .bind(as_of.to_string())
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
@@ -75,6 +78,7 @@ impl Store {
         let now = now_micros();
         let mut transaction = self.db.begin_write().await?;
         lock_account(&mut transaction, account_id.as_str(), now).await?;
+        lapse_temporary_limit(&mut transaction, self.db.dialect(), account_id, as_of, now).await?;
         let rows = sqlx::query(&format!(
             "SELECT {BILL_COLUMNS}, penalty_through FROM bills \
              WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') ORDER BY due_date, plan_id, seq"
@@ -186,6 +190,7 @@ impl Store {
                     payment_id: None,
                     amount: Some(bill.amount_due().map_err(money_error)?),
                     due_date: Some(bill.due_date),
+                    limit_change: None,
                 };
                 insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
             }

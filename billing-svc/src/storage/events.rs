@@ -9,6 +9,15 @@ use service_kit::{
 use sqlx::{Any, Row, Transaction};
 
 use super::{StorageError, Store};
+use crate::domain::{calendar::parse_date, credit_limit::ChangeKind};
+
+/// What a CREDIT_LIMIT_CHANGED event says beside its amount (the new limit in force).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitChangeDetail {
+    pub previous_limit: Money,
+    pub kind: ChangeKind,
+    pub until: Option<NaiveDate>,
+}
 
 /// On PostgreSQL an event id is drawn from a sequence before its transaction commits,
 /// so ids can become visible out of order: a reader that saw id 11 while 10 was still
@@ -28,10 +37,12 @@ pub enum EventKind {
     RepaymentApplied,
     RepaymentReversed,
     PlanSettled,
+    CreditLimitChanged,
+    PlanCancelled,
 }
 
 impl EventKind {
-    pub const ALL: [Self; 7] = [
+    pub const ALL: [Self; 9] = [
         Self::PlanCreated,
         Self::BillDueSoon,
         Self::BillDue,
@@ -39,6 +50,8 @@ impl EventKind {
         Self::RepaymentApplied,
         Self::RepaymentReversed,
         Self::PlanSettled,
+        Self::CreditLimitChanged,
+        Self::PlanCancelled,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +63,8 @@ impl EventKind {
             Self::RepaymentApplied => "REPAYMENT_APPLIED",
             Self::RepaymentReversed => "REPAYMENT_REVERSED",
             Self::PlanSettled => "PLAN_SETTLED",
+            Self::CreditLimitChanged => "CREDIT_LIMIT_CHANGED",
+            Self::PlanCancelled => "PLAN_CANCELLED",
         }
     }
 
@@ -69,6 +84,7 @@ pub(super) struct NewEvent<'a> {
     pub payment_id: Option<&'a str>,
     pub amount: Option<Money>,
     pub due_date: Option<NaiveDate>,
+    pub limit_change: Option<LimitChangeDetail>,
 }
 
 /// An event as stored.
@@ -82,6 +98,7 @@ pub struct StoredEvent {
     pub payment_id: Option<String>,
     pub amount: Option<Money>,
     pub due_date: Option<String>,
+    pub limit_change: Option<LimitChangeDetail>,
     pub created_at_micros: i64,
 }
 
@@ -100,7 +117,8 @@ pub(super) async fn insert_event(
     }
     sqlx::query(
         "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
-           due_date, created_at_micros) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+           due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
          ON CONFLICT (kind, subject_id) DO NOTHING",
     )
     .bind(event.account_id)
@@ -113,6 +131,14 @@ pub(super) async fn insert_event(
     .bind(event.amount.map(|amount| amount.currency().code()))
     .bind(event.due_date.map(|date| date.to_string()))
     .bind(now)
+    .bind(event.limit_change.map(|detail| detail.previous_limit.minor()))
+    .bind(event.limit_change.map(|detail| detail.kind.as_str()))
+    .bind(
+        event
+            .limit_change
+            .and_then(|detail| detail.until)
+            .map(|date| date.to_string()),
+    )
     .execute(&mut **transaction)
     .await?;
     Ok(())
@@ -129,7 +155,7 @@ impl Store {
         let horizon = self.last_event_id().await?;
         let rows = sqlx::query(
             "SELECT event_id, kind, account_id, plan_id, bill_id, payment_id, amount_minor, currency_code, due_date, \
-               created_at_micros FROM events WHERE event_id > $1 AND event_id <= $3 ORDER BY event_id LIMIT $2",
+               created_at_micros, previous_amount_minor, limit_change_kind, until_date FROM events WHERE event_id > $1 AND event_id <= $3 ORDER BY event_id LIMIT $2",
         )
         .bind(after_id)
         .bind(i64::from(limit))
@@ -141,12 +167,28 @@ impl Store {
                 let corrupt = |what: &str| StorageError::Corrupt(format!("events.{what}"));
                 let amount_minor: Option<i64> = row.try_get("amount_minor")?;
                 let currency: Option<String> = row.try_get("currency_code")?;
+                let currency = currency
+                    .map(|code| Currency::parse(&code).map_err(|_| corrupt("currency_code")))
+                    .transpose()?;
                 let amount = match (amount_minor, currency) {
-                    (Some(minor), Some(code)) => Some(
-                        Currency::parse(&code)
-                            .and_then(|currency| Money::from_minor(currency, minor))
-                            .map_err(|_| corrupt("amount_minor"))?,
+                    (Some(minor), Some(currency)) => Some(
+                        Money::from_minor(currency, minor).map_err(|_| corrupt("amount_minor"))?,
                     ),
+                    _ => None,
+                };
+                let previous_minor: Option<i64> = row.try_get("previous_amount_minor")?;
+                let limit_kind: Option<String> = row.try_get("limit_change_kind")?;
+                let until: Option<String> = row.try_get("until_date")?;
+                let limit_change = match (previous_minor, limit_kind, currency) {
+                    (Some(minor), Some(kind), Some(currency)) => Some(LimitChangeDetail {
+                        previous_limit: Money::from_minor(currency, minor)
+                            .map_err(|_| corrupt("previous_amount_minor"))?,
+                        kind: ChangeKind::parse(&kind)
+                            .ok_or_else(|| corrupt("limit_change_kind"))?,
+                        until: until
+                            .map(|text| parse_date(&text).map_err(|_| corrupt("until_date")))
+                            .transpose()?,
+                    }),
                     _ => None,
                 };
                 Ok(StoredEvent {
@@ -158,6 +200,7 @@ impl Store {
                     payment_id: row.try_get("payment_id")?,
                     amount,
                     due_date: row.try_get("due_date")?,
+                    limit_change,
                     created_at_micros: row.try_get("created_at_micros")?,
                 })
             })

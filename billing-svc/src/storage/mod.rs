@@ -3,6 +3,8 @@
 mod accounts;
 mod bills;
 mod bulk;
+mod cancellations;
+mod credit_limits;
 mod day_close;
 mod events;
 mod plans;
@@ -12,6 +14,8 @@ use service_kit::db::{Db, Migration, Migrations};
 
 pub use accounts::CreateOutcome;
 pub use bills::BillPageKey;
+pub use cancellations::{CancelOutcome, Cancelled};
+pub use credit_limits::{LimitChangeRecord, LimitOutcome};
 pub use day_close::{AccountClose, ProductTerms};
 pub use events::{EventKind, StoredEvent};
 pub use plans::{CreatePlanOutcome, NewPlan};
@@ -46,6 +50,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             sql: include_str!("../../migrations/sqlite/0005_principal_paid_log.sql"),
         },
         Migration {
+            version: 6,
+            name: "credit_limits_and_cancellation",
+            sql: include_str!("../../migrations/sqlite/0006_credit_limits_and_cancellation.sql"),
+        },
+        Migration {
             version: 10,
             name: "audit_outcome",
             sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
@@ -76,6 +85,11 @@ pub const MIGRATIONS: Migrations = Migrations {
             version: 5,
             name: "principal_paid_log",
             sql: include_str!("../../migrations/postgres/0005_principal_paid_log.sql"),
+        },
+        Migration {
+            version: 6,
+            name: "credit_limits_and_cancellation",
+            sql: include_str!("../../migrations/postgres/0006_credit_limits_and_cancellation.sql"),
         },
         Migration {
             version: 10,

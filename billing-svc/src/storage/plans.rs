@@ -22,7 +22,7 @@ use crate::domain::{
     product::InstallmentMethod,
 };
 
-const PLAN_COLUMNS: &str = "plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
+pub(super) const PLAN_COLUMNS: &str = "plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
      term_count, rate, currency_code, price_minor, down_payment_minor, principal_minor, purchase_date, \
      apr, effective_rate, status, created_at_micros";
 
@@ -96,9 +96,12 @@ impl Store {
             return self.existing_plan(new).await;
         }
 
+        // The limit in force: a temporary limit while one is in force (day close ends
+        // it), else the permanent one.
         let reserved = sqlx::query(
             "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor + $1, updated_at_micros = $2 \
-             WHERE account_id = $3 AND status = 'ACTIVE' AND credit_limit_minor - principal_unpaid_minor >= $1",
+             WHERE account_id = $3 AND status = 'ACTIVE' \
+               AND COALESCE(temporary_limit_minor, credit_limit_minor) - principal_unpaid_minor >= $1",
         )
         .bind(priced.principal.minor())
         .bind(now)
@@ -127,6 +130,7 @@ impl Store {
             payment_id: None,
             amount: Some(priced.principal),
             due_date: None,
+            limit_change: None,
         };
         insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         transaction.commit().await?;
@@ -254,7 +258,7 @@ async fn insert_bills(
     Ok(())
 }
 
-fn plan_from_row(row: &AnyRow) -> Result<Plan, StorageError> {
+pub(super) fn plan_from_row(row: &AnyRow) -> Result<Plan, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("plans.{what}"));
     let currency =
         Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;

@@ -234,6 +234,7 @@ impl Store {
             payment_id: Some(payment_id),
             amount: Some(amount),
             due_date: None,
+            limit_change: None,
         };
         insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         sqlx::query(
@@ -337,7 +338,9 @@ async fn allocations_of<'e>(
 impl Store {
     /// Undoes exactly `payment_id`'s allocations: bills reopen, principal counts
     /// against the credit limit again (and bears penalty again from `today`), its
-    /// credit_balance share is taken back.
+    /// credit_balance share is taken back. What it paid on a plan cancelled since is
+    /// taken back from the credit balance the cancellation put it in (the bill stays
+    /// CANCELLED); when that balance has been spent, nothing is reversed.
     pub async fn reverse_repayment(
         &self,
         payment_id: &str,
@@ -378,6 +381,9 @@ impl Store {
         }
         let allocations = allocations_of(&mut *transaction, payment_id, currency).await?;
         let mut principal = Money::zero(currency);
+        // What the payment paid on bills of plans cancelled since: CancelPlan moved it
+        // to the credit balance, so that is where the reversal takes it back from.
+        let mut from_cancelled = Money::zero(currency);
         let mut plans = BTreeSet::new();
         for allocation in &allocations {
             let row = sqlx::query(&format!(
@@ -395,6 +401,13 @@ impl Store {
                 .paid
                 .checked_sub(&allocation.parts)
                 .map_err(money_error)?;
+            if bill.state == BillState::Cancelled {
+                set_paid(&mut transaction, &bill, &paid, bill.state, None, today, now).await?;
+                from_cancelled = from_cancelled
+                    .checked_add(allocation.parts.total().map_err(money_error)?)
+                    .map_err(money_error)?;
+                continue;
+            }
             let state = if bill.state == BillState::Paid {
                 BillState::Open
             } else {
@@ -412,16 +425,24 @@ impl Store {
              WHERE account_id = $3 AND credit_balance_minor >= $2",
         )
         .bind(principal.minor())
-        .bind(reversed.from_credit_balance.minor())
+        .bind(
+            reversed
+                .from_credit_balance
+                .checked_add(from_cancelled)
+                .map_err(money_error)?
+                .minor(),
+        )
         .bind(account_id.as_str())
         .execute(&mut *transaction)
         .await?
         .rows_affected();
         if updated != 1 {
             transaction.rollback().await?;
-            return Ok(ReverseOutcome::NotReversible(
-                "its credit balance share has already paid other bills",
-            ));
+            return Ok(ReverseOutcome::NotReversible(if from_cancelled.is_zero() {
+                "its credit balance share has already paid other bills"
+            } else {
+                "its plan was cancelled and the credit balance it left has already paid other bills"
+            }));
         }
         for plan_id in &plans {
             sqlx::query("UPDATE plans SET status = 'ACTIVE', updated_at_micros = $1 WHERE plan_id = $2 AND status = 'SETTLED'")
@@ -450,6 +471,7 @@ impl Store {
                     .map_err(money_error)?,
             ),
             due_date: None,
+            limit_change: None,
         };
         insert_event(&mut transaction, self.db.dialect(), &event, now).await?;
         transaction.commit().await?;
@@ -586,6 +608,7 @@ pub(super) async fn settle_plan_if_paid(
             payment_id: None,
             amount: None,
             due_date: None,
+            limit_change: None,
         };
         insert_event(transaction, dialect, &event, now).await?;
     }

@@ -9,8 +9,10 @@
 mod accounts;
 mod auth;
 mod bad_input;
+mod cancel_plan;
 mod chaos;
 mod crash;
+mod credit_limits;
 mod day_close;
 mod events;
 mod lifecycle;

@@ -34,6 +34,7 @@ pub const PAYMENT_SVC_SUBJECT: &str = "payment-svc";
 pub const DEFAULT_SERVICE_SCOPES: &[&str] = &[
     "billing:read",
     "billing:write",
+    "billing:limits",
     "billing:admin",
     "billing:events",
     "payment:read",
@@ -46,6 +47,7 @@ pub const DEFAULT_SERVICE_SCOPES: &[&str] = &[
 pub const ALL_SCOPES: &[&str] = &[
     "billing:read",
     "billing:write",
+    "billing:limits",
     "billing:apply",
     "billing:admin",
     "billing:events",

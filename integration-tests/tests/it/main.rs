@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
+mod autopay;
 mod auth;
 mod bad_input;
 mod chaos;

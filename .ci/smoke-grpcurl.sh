@@ -47,6 +47,10 @@ check "ListBills pages"         "$work/reply.12" '"nextPageToken"'
 check "GetAccountSummary"       "$work/reply.13" '"availableCredit"'
 check "RunDayClose"             "$work/reply.14" '"asOf"'
 check "WatchEvents replays"     "$work/reply.15" 'EVENT_KIND_PLAN_CREATED'
+check "CreateMandate (customer)" "$work/reply.16" 'MANDATE_STATUS_ACTIVE'
+check "ListMandates"            "$work/reply.17" '"instrumentLast4": "4242"'
+check "RunAutopay"              "$work/reply.20" '"asOf"'
+check "WatchPaymentEvents"      "$work/reply.21" 'PAYMENT_EVENT_KIND_MANDATE_CREATED'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"

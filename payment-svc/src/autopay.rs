@@ -24,8 +24,8 @@ use tonic::Status;
 use crate::{
     domain::{
         autopay::{
-            AttemptEnd, NextAttempt, SkipReason, debit_key, debit_window, end_of_decline,
-            next_attempt, notice_allows_debit, notice_window, ATTEMPTS_MAX,
+            ATTEMPTS_MAX, AttemptEnd, NextAttempt, SkipReason, debit_key, debit_window,
+            end_of_decline, next_attempt, notice_allows_debit, notice_window,
         },
         payment::{FingerprintKey, PaymentStatus, request_fingerprint},
     },
@@ -233,7 +233,8 @@ impl Autopay {
         }
         // At most one debit per mandate and run: it pays everything due (all_due).
         for due_date in due_dates.keys().copied() {
-            if debit_window(due_date, as_of) && self.debit(mandate, due_date, as_of, summary).await?
+            if debit_window(due_date, as_of)
+                && self.debit(mandate, due_date, as_of, summary).await?
             {
                 break;
             }

@@ -5,9 +5,8 @@
 use billpay_contracts::{
     billing::v1::{
         ApplyRepaymentRequest, ApplyRepaymentResponse, ListBillsRequest, ListBillsResponse,
-        QuoteRepaymentRequest,
-        QuoteRepaymentResponse, ReverseRepaymentRequest, ReverseRepaymentResponse,
-        billing_service_client::BillingServiceClient,
+        QuoteRepaymentRequest, QuoteRepaymentResponse, ReverseRepaymentRequest,
+        ReverseRepaymentResponse, billing_service_client::BillingServiceClient,
     },
     common::v1::RepaymentTarget,
 };

@@ -186,10 +186,9 @@ pub async fn run_autopay(
     loop {
         if let Some((today, into_day)) = business_moment(now_micros(), offset)
             && into_day >= AUTOPAY_AFTER_MIDNIGHT
+            && let Err(error) = autopay_day(&autopay, today).await
         {
-            if let Err(error) = autopay_day(&autopay, today).await {
-                tracing::warn!(%error, %today, "automatic autopay failed; will retry");
-            }
+            tracing::warn!(%error, %today, "automatic autopay failed; will retry");
         }
         tokio::select! {
             _ = stopped.changed() => return,

@@ -49,7 +49,9 @@ impl InstrumentSeal {
     /// `instrument` sealed for `account_id`: base64 of nonce ‖ ciphertext ‖ tag.
     pub fn seal(&self, instrument: &Instrument, account_id: &str) -> Result<String, SealError> {
         let mut nonce = [0_u8; NONCE_LEN];
-        self.random.fill(&mut nonce).map_err(|_| SealError::Random)?;
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| SealError::Random)?;
         let mut sealed = instrument.expose().as_bytes().to_vec();
         self.key
             .seal_in_place_append_tag(
@@ -93,7 +95,11 @@ mod tests {
         let card = Instrument::parse("tok_4111111111111111").unwrap();
         let sealed = seal.seal(&card, "acc_1").unwrap();
         assert!(!sealed.contains("4111111111"));
-        assert_ne!(sealed, seal.seal(&card, "acc_1").unwrap(), "a fresh nonce each time");
+        assert_ne!(
+            sealed,
+            seal.seal(&card, "acc_1").unwrap(),
+            "a fresh nonce each time"
+        );
         assert_eq!(seal.open(&sealed, "acc_1").unwrap(), card);
         assert_eq!(seal.open(&sealed, "acc_2"), Err(SealError::Open));
         let other = InstrumentSeal::new(&FingerprintKey::new(&[7; 32]).unwrap()).unwrap();

@@ -67,7 +67,14 @@ pub(super) async fn chapter(clients: &mut Clients, key: &TokenSigner) -> anyhow:
         amount(first.amount_due.as_ref()),
     );
 
-    let customer = mint(key, "demo-customer", Role::Customer, &[], Some(&account_id), 600);
+    let customer = mint(
+        key,
+        "demo-customer",
+        Role::Customer,
+        &[],
+        Some(&account_id),
+        600,
+    );
     let mandate = clients
         .payment
         .create_mandate(as_bearer(
@@ -164,7 +171,10 @@ fn as_bearer<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     Ok(request)
 }
 
-async fn run_autopay(clients: &mut Clients, as_of: NaiveDate) -> anyhow::Result<RunAutopayResponse> {
+async fn run_autopay(
+    clients: &mut Clients,
+    as_of: NaiveDate,
+) -> anyhow::Result<RunAutopayResponse> {
     let request = clients.request(RunAutopayRequest {
         as_of: as_of.to_string(),
     })?;

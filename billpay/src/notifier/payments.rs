@@ -142,11 +142,17 @@ mod tests {
             ..PaymentEvent::default()
         };
         let notice = message(&event(PaymentEventKind::AutopayNotice, "")).unwrap();
-        assert!(notice.contains("100.00") && notice.contains("4242") && notice.contains("2026-06-15"));
+        assert!(
+            notice.contains("100.00") && notice.contains("4242") && notice.contains("2026-06-15")
+        );
         assert!(notice.contains("revoke autopay mdt_1"), "{notice}");
         let skipped = message(&event(PaymentEventKind::AutopaySkipped, "OVER_CAP")).unwrap();
         assert!(skipped.contains("pay it by hand"), "{skipped}");
-        let failed = message(&event(PaymentEventKind::AutopayFailed, "INSUFFICIENT_FUNDS")).unwrap();
+        let failed = message(&event(
+            PaymentEventKind::AutopayFailed,
+            "INSUFFICIENT_FUNDS",
+        ))
+        .unwrap();
         assert!(failed.contains("attempt 3"), "{failed}");
         assert_eq!(message(&event(PaymentEventKind::Unspecified, "")), None);
     }

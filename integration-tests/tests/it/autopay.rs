@@ -10,11 +10,10 @@ use billpay_contracts::{
     },
     common::v1::Money,
     payment::v1::{
-        Consent, CreateMandateRequest, GetMandateRequest, ListMandatesRequest,
-        ListPaymentsRequest, Mandate, MandateStatus, Payment, PaymentEvent, PaymentEventKind,
-        PaymentMethod, PaymentStatus, RevokeMandateRequest, RunAutopayRequest,
-        RunAutopayResponse, WatchPaymentEventsRequest,
-        payment_service_client::PaymentServiceClient,
+        Consent, CreateMandateRequest, GetMandateRequest, ListMandatesRequest, ListPaymentsRequest,
+        Mandate, MandateStatus, Payment, PaymentEvent, PaymentEventKind, PaymentMethod,
+        PaymentStatus, RevokeMandateRequest, RunAutopayRequest, RunAutopayResponse,
+        WatchPaymentEventsRequest, payment_service_client::PaymentServiceClient,
     },
 };
 use chrono::NaiveDate;
@@ -60,8 +59,13 @@ async fn spawn(backend: Backend, test: &str, pause_at: Option<&'static str>) -> 
 /// 100.00 due on DUE, a month later and two months later.
 async fn account_with_plan(app: &TestApp, customer_ref: &str) -> (String, Vec<Bill>) {
     let account_id = open_account(app, customer_ref, "50000.00").await;
-    let mut request: CreatePlanRequest =
-        new_plan(&account_id, &format!("o-{customer_ref}"), "mall-free", 3, "300.00");
+    let mut request: CreatePlanRequest = new_plan(
+        &account_id,
+        &format!("o-{customer_ref}"),
+        "mall-free",
+        3,
+        "300.00",
+    );
     request.purchase_date = PURCHASE.into();
     let plan = app
         .billing()
@@ -76,7 +80,12 @@ async fn account_with_plan(app: &TestApp, customer_ref: &str) -> (String, Vec<Bi
     (account_id, plan.bills)
 }
 
-fn mandate_request(account_id: &str, key: &str, instrument: &str, cap: &str) -> CreateMandateRequest {
+fn mandate_request(
+    account_id: &str,
+    key: &str,
+    instrument: &str,
+    cap: &str,
+) -> CreateMandateRequest {
     CreateMandateRequest {
         account_id: account_id.into(),
         idempotency_key: key.into(),
@@ -255,7 +264,10 @@ async fn consent_notice_debit_once_then_revoke_and_no_debit(backend: Backend, te
     let created = consent(&app, &account_id, CARD, "500.00").await;
     assert_eq!(created.status(), MandateStatus::Active);
     assert_eq!(created.instrument_last4, "4242");
-    assert_eq!(created.consent.as_ref().unwrap().text_version, "autopay-consent-v1");
+    assert_eq!(
+        created.consent.as_ref().unwrap().text_version,
+        "autopay-consent-v1"
+    );
     // The same request again is the same mandate; another with the key is refused.
     let again = consent(&app, &account_id, CARD, "500.00").await;
     assert_eq!(again.mandate_id, created.mandate_id);
@@ -272,7 +284,10 @@ async fn consent_notice_debit_once_then_revoke_and_no_debit(backend: Backend, te
 
     // Three days before: the notice, once.
     let run = run_on(&app, day(-3)).await;
-    assert_eq!((run.mandates, run.notices_sent, run.debits_started), (1, 1, 0));
+    assert_eq!(
+        (run.mandates, run.notices_sent, run.debits_started),
+        (1, 1, 0)
+    );
     assert_eq!(run_on(&app, day(-3)).await.notices_sent, 0, "sent once");
     let events = payment_events(&app, &account_id, has(PaymentEventKind::AutopayNotice)).await;
     let notice = events
@@ -282,12 +297,23 @@ async fn consent_notice_debit_once_then_revoke_and_no_debit(backend: Backend, te
     assert_eq!(notice.due_date, DUE);
     assert_eq!(notice.amount.as_ref().unwrap().amount, "100.00");
     assert_eq!(notice.instrument_last4, "4242");
-    assert_eq!(notice.mandate_id, created.mandate_id, "says which mandate to revoke");
-    assert_eq!(run_on(&app, day(-1)).await.debits_started, 0, "not before the due date");
+    assert_eq!(
+        notice.mandate_id, created.mandate_id,
+        "says which mandate to revoke"
+    );
+    assert_eq!(
+        run_on(&app, day(-1)).await.debits_started,
+        0,
+        "not before the due date"
+    );
 
     // The due date: debited once, the bill PAID.
     let run = run_on(&app, day(0)).await;
-    assert_eq!((run.debits_started, run.debits_succeeded), (1, 1), "{run:?}");
+    assert_eq!(
+        (run.debits_started, run.debits_succeeded),
+        (1, 1),
+        "{run:?}"
+    );
     assert_eq!(bill_status(&app, &bills[0].bill_id).await, BillStatus::Paid);
     let paid = payments(&app, &account_id).await;
     assert_eq!(paid.len(), 1);
@@ -301,7 +327,12 @@ async fn consent_notice_debit_once_then_revoke_and_no_debit(backend: Backend, te
     assert_eq!(rerun.debits_started, 0, "{rerun:?}");
     if backend == Backend::Postgres {
         let replica = app.spawn_payment_replica().await;
-        let other = run_at(PaymentServiceClient::new(connect(replica).await), &app, day(0)).await;
+        let other = run_at(
+            PaymentServiceClient::new(connect(replica).await),
+            &app,
+            day(0),
+        )
+        .await;
         assert_eq!(other.debits_started, 0, "{other:?}");
     }
     assert_eq!(payments(&app, &account_id).await.len(), 1);
@@ -486,20 +517,35 @@ async fn insufficient_funds_three_days_then_stop_and_expired_suspends(
     assert_eq!((run.debits_started, run.debits_failed), (2, 2), "{run:?}");
     assert_eq!(run_on(&app, day(0)).await.debits_started, 0, "once a day");
     // The expired card suspends its mandate and tells the customer.
-    assert_eq!(mandate(&app, &expired.mandate_id).await.status(), MandateStatus::Suspended);
-    let events =
-        payment_events(&app, &expired_account, has(PaymentEventKind::MandateSuspended)).await;
+    assert_eq!(
+        mandate(&app, &expired.mandate_id).await.status(),
+        MandateStatus::Suspended
+    );
+    let events = payment_events(
+        &app,
+        &expired_account,
+        has(PaymentEventKind::MandateSuspended),
+    )
+    .await;
     assert!(kinds(&events).contains(&PaymentEventKind::AutopayFailed));
     // Insufficient funds: tried again on the next two days, then stopped.
     for offset in [1, 2] {
         let run = run_on(&app, day(offset)).await;
-        assert_eq!((run.debits_started, run.debits_failed), (1, 1), "day {offset}: {run:?}");
+        assert_eq!(
+            (run.debits_started, run.debits_failed),
+            (1, 1),
+            "day {offset}: {run:?}"
+        );
     }
     assert_eq!(run_on(&app, day(3)).await.debits_started, 0);
     let tried = payments(&app, &poor_account).await;
     assert_eq!(tried.len(), 3);
-    assert!(tried.iter().all(|payment| payment.status() == PaymentStatus::Failed
-        && payment.failure_code == "INSUFFICIENT_FUNDS"));
+    assert!(
+        tried
+            .iter()
+            .all(|payment| payment.status() == PaymentStatus::Failed
+                && payment.failure_code == "INSUFFICIENT_FUNDS")
+    );
     assert_eq!(payments(&app, &expired_account).await.len(), 1);
     let failed = payment_events(&app, &poor_account, |events| {
         events
@@ -512,7 +558,10 @@ async fn insufficient_funds_three_days_then_stop_and_expired_suspends(
     let last = failed.last().unwrap();
     assert_eq!(last.attempt, 3);
     assert!(last.reason.contains("stopped"), "{}", last.reason);
-    assert_eq!(bill_status(&app, &poor_bills[0].bill_id).await, BillStatus::Due);
+    assert_eq!(
+        bill_status(&app, &poor_bills[0].bill_id).await,
+        BillStatus::Due
+    );
     assert_eq!(captured_minor(&app).await, 0);
     app.stop().await;
 }
@@ -576,7 +625,11 @@ async fn a_debit_started_before_the_revocation_completes_once(backend: Backend, 
     let (account_id, bills) = account_with_plan(&app, "c-race-2").await;
     let created = consent(&app, &account_id, CARD, "500.00").await;
     let (run, _) = race(&app, &created.mandate_id, &account_id).await;
-    assert_eq!((run.debits_started, run.debits_succeeded), (1, 1), "{run:?}");
+    assert_eq!(
+        (run.debits_started, run.debits_succeeded),
+        (1, 1),
+        "{run:?}"
+    );
     assert_eq!(bill_status(&app, &bills[0].bill_id).await, BillStatus::Paid);
     assert_eq!(run_on(&app, day(0)).await.debits_started, 0);
     assert_eq!(run_on(&app, day(1)).await.debits_started, 0);
@@ -584,7 +637,10 @@ async fn a_debit_started_before_the_revocation_completes_once(backend: Backend, 
     assert_eq!(paid.len(), 1);
     assert_eq!(paid[0].status(), PaymentStatus::Succeeded);
     assert_eq!(captured_minor(&app).await, 10_000);
-    assert_eq!(mandate(&app, &created.mandate_id).await.status(), MandateStatus::Revoked);
+    assert_eq!(
+        mandate(&app, &created.mandate_id).await.status(),
+        MandateStatus::Revoked
+    );
     let events = payment_events(&app, &account_id, has(PaymentEventKind::AutopayDebited)).await;
     assert!(kinds(&events).contains(&PaymentEventKind::MandateRevoked));
     app.stop().await;

@@ -7,8 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod accounts;
-mod autopay;
 mod auth;
+mod autopay;
 mod bad_input;
 mod chaos;
 mod crash;

@@ -156,7 +156,11 @@ mod tests {
             (&[], true, NextAttempt::Nothing),
             (&[Retryable], false, NextAttempt::Try(2)),
             (&[Retryable, Retryable], false, NextAttempt::Try(3)),
-            (&[Retryable, Retryable, Retryable], false, NextAttempt::Nothing),
+            (
+                &[Retryable, Retryable, Retryable],
+                false,
+                NextAttempt::Nothing,
+            ),
             (&[Open], false, NextAttempt::Nothing),
             (&[Succeeded], false, NextAttempt::Nothing),
             (&[Retryable, Final], false, NextAttempt::Nothing),

@@ -126,8 +126,14 @@ impl PaymentApi {
         );
         let accepted_at = accepted_at_micros(&mut violations, consent);
         violations.into_result()?;
-        let (Some(key), Some(method), Some(instrument), Some(cap), Some(version), Some(accepted_at)) =
-            (key, method, instrument, cap, version, accepted_at)
+        let (
+            Some(key),
+            Some(method),
+            Some(instrument),
+            Some(cap),
+            Some(version),
+            Some(accepted_at),
+        ) = (key, method, instrument, cap, version, accepted_at)
         else {
             return Err(Status::internal("refused without a violation"));
         };

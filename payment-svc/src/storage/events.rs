@@ -16,7 +16,7 @@ use super::{StorageError, Store};
 /// before they draw an id until they commit; a reader takes it *exclusively* for a
 /// moment to learn the horizon (the highest id whose writer has finished) and reads
 /// only up to it, so "after n" misses nothing.
-const PAYMENT_EVENTS_LOCK_KEY: i64 = 0x7065_7665_6e74_73; // "pevents" in ASCII
+const PAYMENT_EVENTS_LOCK_KEY: i64 = 0x0070_6576_656e_7473; // "pevents" in ASCII
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentEventKind {

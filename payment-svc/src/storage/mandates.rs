@@ -121,7 +121,10 @@ impl Store {
     /// Records `new` as the account's ACTIVE mandate, the previous one REPLACED, with
     /// a MANDATE_CREATED event, in one transaction — unless the account's key was
     /// used before (that mandate is returned, nothing written).
-    pub async fn insert_mandate(&self, new: &NewMandate<'_>) -> Result<MandateInsert, StorageError> {
+    pub async fn insert_mandate(
+        &self,
+        new: &NewMandate<'_>,
+    ) -> Result<MandateInsert, StorageError> {
         if let Some(existing) = self
             .mandate_by_key(new.account_id, new.idempotency_key)
             .await?

@@ -271,7 +271,13 @@ mod admits_tests {
             (&revoke, &customer, true),
         ];
         for (rule, claims, admitted) in cases {
-            assert_eq!(admits(rule, claims), admitted, "{} {:?}", rule.path, claims.role);
+            assert_eq!(
+                admits(rule, claims),
+                admitted,
+                "{} {:?}",
+                rule.path,
+                claims.role
+            );
         }
     }
 }

@@ -488,6 +488,35 @@ async fn refusals_write_nothing_and_charge_nothing(backend: Backend, test: &str)
     assert_eq!(app.payment_rows("payments").await, 0);
     assert_eq!(app.payment_rows("autopay_attempts").await, 0);
     assert_eq!(captured_minor(&app).await, 0);
+    // Revocation: not by a reader or another customer; by a service with payment:write.
+    for token in [
+        app.service_token(&["payment:read"]),
+        app.customer_token(&account_id),
+    ] {
+        let refused = app
+            .payment()
+            .await
+            .revoke_mandate(authorized(
+                RevokeMandateRequest {
+                    mandate_id: late.mandate_id.clone(),
+                    reason: String::new(),
+                },
+                &token,
+            ))
+            .await;
+        expect_code(refused, Code::PermissionDenied);
+    }
+    assert_eq!(
+        mandate(&app, &late.mandate_id).await.status(),
+        MandateStatus::Active
+    );
+    let by_service = revoke(
+        &app,
+        &late.mandate_id,
+        &app.service_token(&["payment:write"]),
+    )
+    .await;
+    assert_eq!(by_service.status(), MandateStatus::Revoked);
     // The operator's revocation was audited.
     let audited: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM operator_audit WHERE rpc LIKE '%RevokeMandate' AND account_id = $1",

@@ -29,7 +29,7 @@ while IFS= read -r command; do
   n=$((n + 1))
   bash -c "$command" >"$work/reply.$n" 2>&1 || true
 done < <(sed -n 's/^  \(grpcurl .*\)$/\1/p' "$work/out")
-[ "$n" -ge 20 ] || { echo "expected at least 20 grpcurl commands, got $n"; exit 1; }
+[ "$n" -ge 26 ] || { echo "expected at least 26 grpcurl commands, got $n"; exit 1; }
 
 check "billing list"            "$work/reply.1" 'billing.v1.BillingService'
 check "billing list health"     "$work/reply.1" 'grpc.health.v1.Health'
@@ -95,6 +95,10 @@ check "a call on the wrong port names the service" "$work/refusal.wrong-port" 'i
 check "UpdateCreditLimit"       "$work/reply.18" 'CREDIT_LIMIT_CHANGE_KIND_PERMANENT'
 check "ListCreditLimitChanges"  "$work/reply.19" '"changeId"'
 check "CancelPlan needs a plan" "$work/reply.20" 'NotFound'
+check "CreateMandate (customer)" "$work/reply.21" 'MANDATE_STATUS_ACTIVE'
+check "ListMandates"            "$work/reply.22" '"instrumentLast4": "4242"'
+check "RunAutopay"              "$work/reply.25" '"asOf"'
+check "WatchPaymentEvents"      "$work/reply.26" 'PAYMENT_EVENT_KIND_MANDATE_CREATED'
 
 bash -c "$(sed -n 's/^  \(grpcurl .*CreateAccount\)$/\1/p' "$work/out")" >"$work/again" 2>&1
 check "CreateAccount again is the same account" "$work/again" "$(grep -o '"accountId": "[^"]*"' "$work/reply.6")"

@@ -1,6 +1,9 @@
 //! `billpay demo`: the customer's journey against a running stack, printed as it
 //! goes — open an account, buy a phone on installments, see what is due, confirm the
-//! amount, pay one bill with each method, and watch the bills turn PAID.
+//! amount, pay one bill with each method, and watch the bills turn PAID; then autopay
+//! (`demo/autopay.rs`): consent, notice, the debit on the due date, revocation.
+
+mod autopay;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -155,7 +158,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<()> {
             paid.len()
         );
     }
-    Ok(())
+    autopay::chapter(&mut clients, &key).await
 }
 
 async fn pay_bill(

@@ -1,6 +1,9 @@
 //! The notifier `billpay up` runs: a WatchEvents consumer that "sends" each customer
 //! message by logging it (an SMS simulator). It keeps its cursor in a file beside the
 //! data, so a restart resumes where it stopped: nothing missed, nothing sent twice.
+//! `payments` follows payment-svc's stream (autopay) the same way.
+
+pub mod payments;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -76,7 +79,7 @@ async fn follow(
     Ok(())
 }
 
-fn read_cursor(cursor_file: &PathBuf) -> i64 {
+pub(crate) fn read_cursor(cursor_file: &PathBuf) -> i64 {
     std::fs::read_to_string(cursor_file)
         .ok()
         .and_then(|text| text.trim().parse().ok())

@@ -147,10 +147,20 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
             .transpose()?,
     };
     let demo_account_id = open_demo_account(&billing_endpoint, &key).await?;
+    let payment_endpoint = crate::tls::BillingEndpoint {
+        addr: payment_addr,
+        tls: billing_endpoint.tls.clone(),
+    };
     let notifier = tokio::spawn(crate::notifier::run(
         billing_endpoint,
         key.clone(),
         args.data_dir.join("notifier.cursor"),
+        stopped_notifier.clone(),
+    ));
+    let payment_notifier = tokio::spawn(crate::notifier::payments::run(
+        payment_endpoint,
+        key.clone(),
+        args.data_dir.join("notifier-payments.cursor"),
         stopped_notifier,
     ));
     print_banner(
@@ -172,6 +182,7 @@ pub async fn run(args: &UpArgs, shutdown: impl Future<Output = ()>) -> anyhow::R
     }
     let _ = stop.send(());
     let _ = notifier.await;
+    let _ = payment_notifier.await;
     payment_task.await??;
     billing_task.await??;
     sim_task.await??;
@@ -303,7 +314,15 @@ Try (grpcurl):
   grpcurl {billing_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {billing} billing.v1.BillingService/ListCreditLimitChanges
   grpcurl {billing_tls} {service_auth} -d '{{\"plan_id\":\"PLAN_ID_FROM_CREATEPLAN\",\"request_id\":\"return-1\",\"reason\":\"goods returned\"}}' {billing} billing.v1.BillingService/CancelPlan
 
-Customer notifications (an SMS simulator following WatchEvents) appear in the log.
+Autopay (consent is the customer's alone; revoke as customer, operator or service):
+  grpcurl {payment_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\",\"idempotency_key\":\"consent-1\",\"method\":\"PAYMENT_METHOD_BANK_CARD\",\"instrument\":\"tok_4242424242424242\",\"max_amount_per_debit\":{{\"currency_code\":\"CNY\",\"amount\":\"1000.00\"}},\"consent\":{{\"text_version\":\"autopay-v1\",\"accepted_at\":\"{consent_time}\"}}}}' {payment} payment.v1.PaymentService/CreateMandate
+  grpcurl {payment_tls} {customer_auth} -d '{{\"account_id\":\"{demo_account_id}\"}}' {payment} payment.v1.PaymentService/ListMandates
+  grpcurl {payment_tls} {customer_auth} -d '{{\"mandate_id\":\"<mandate_id>\"}}' {payment} payment.v1.PaymentService/GetMandate
+  grpcurl {payment_tls} {operator_auth} -d '{{\"mandate_id\":\"<mandate_id>\",\"reason\":\"customer called\"}}' {payment} payment.v1.PaymentService/RevokeMandate
+  grpcurl {payment_tls} {service_auth} -d '{{\"as_of\":\"{today}\"}}' {payment} payment.v1.PaymentService/RunAutopay
+  grpcurl {payment_tls} {service_auth} -d '{{\"after_id\":0,\"stop_at_end\":true}}' {payment} payment.v1.PaymentService/WatchPaymentEvents
+
+Customer notifications (an SMS simulator following WatchEvents and WatchPaymentEvents) appear in the log.
 
 Ctrl-C (or SIGTERM) stops it cleanly.",
         data = args.data_dir.display(),
@@ -312,6 +331,10 @@ Ctrl-C (or SIGTERM) stops it cleanly.",
         operator_auth = auth(&operator),
         customer_auth = auth(&customer),
         tls_note = if pki.is_some() { ", TLS with the dev CA" } else { "" },
+        consent_time = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ"),
+        today = chrono::Utc::now()
+            .with_timezone(&payment_svc::config::shanghai())
+            .date_naive(),
         billing_tls = billing_tls,
         payment_tls = payment_tls,
     );

@@ -77,6 +77,9 @@ pub struct StackOptions {
     pub payment_failpoints: &'static str,
     /// Close connections idle this long (every listener), instead of the default 60 s.
     pub connection_idle_timeout_ms: Option<u64>,
+    /// The first autopay run to reach this point stops there until
+    /// [`TestApp::autopay_pause`] releases it (`before-claim`, `after-claim`).
+    pub autopay_pause_at: Option<&'static str>,
 }
 
 impl TestApp {
@@ -126,6 +129,8 @@ pub struct TestApp {
     tasks: Vec<JoinHandle<Result<(), ServeError>>>,
     /// billing-svc's clock: the wall clock unless spawned with `today`.
     clock: billing_svc::clock::BusinessClock,
+    /// Where payment-svc's autopay run stops, when spawned with `autopay_pause_at`.
+    pub autopay_pause: payment_svc::autopay::Pause,
     children: Children,
     _data_dir: tempfile::TempDir,
 }
@@ -237,6 +242,11 @@ impl TestApp {
         if let Some(after) = options.reconcile_after_ms {
             payment_config.reconcile_after_ms = after;
         }
+        let autopay_pause = options
+            .autopay_pause_at
+            .map(payment_svc::autopay::Pause::at)
+            .unwrap_or_default();
+        payment_config.autopay_pause = autopay_pause.clone();
         if let Some(idle) = options.connection_idle_timeout_ms {
             set_idle_timeout(&mut payment_config.common, idle);
         }
@@ -272,6 +282,7 @@ impl TestApp {
             postgres_databases,
             tasks,
             clock,
+            autopay_pause,
             children: Children::default(),
             _data_dir: data_dir,
         })
@@ -348,6 +359,7 @@ impl TestApp {
             tasks: Vec::new(),
             // Children follow the wall clock: a fixed "today" cannot reach them.
             clock: billing_svc::clock::BusinessClock::default(),
+            autopay_pause: payment_svc::autopay::Pause::default(),
             children,
             _data_dir: data_dir,
         }
@@ -697,6 +709,8 @@ pub fn fast_payment_config(
     config.reconcile_after_ms = 1_000;
     config.reconcile_interval_ms = 100;
     config.outbox_poll_ms = 50;
+    // Each test decides which business days autopay runs (RunAutopay).
+    config.auto_autopay = false;
     config
 }
 

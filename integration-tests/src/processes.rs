@@ -243,6 +243,8 @@ pub fn payment_args(
         "100",
         "--outbox-poll-ms",
         "50",
+        "--auto-autopay",
+        "false",
     ]
     .map(str::to_owned)
     .to_vec();

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tonic::service::Routes;
 
 use crate::{
+    autopay::Autopay,
     billing::BillingClient,
     config::Config,
     domain::payment::FingerprintKey,
@@ -32,6 +33,8 @@ pub struct Application {
     notify_addr: SocketAddr,
     flow: Arc<PaymentFlow>,
     fingerprint_key: FingerprintKey,
+    autopay: Arc<Autopay>,
+    auto_autopay: Option<chrono::FixedOffset>,
     timings: JobTimings,
 }
 
@@ -76,12 +79,21 @@ impl Application {
             billing,
             notify_base_url,
         );
+        let flow = Arc::new(flow);
+        let autopay = Autopay::new(
+            Arc::clone(&flow),
+            fingerprint_key.clone(),
+            config.autopay_pause.clone(),
+        )
+        .context("payment-svc: cannot derive the instrument sealing key")?;
         Ok(Self {
             foundation,
             notify,
             notify_addr,
-            flow: Arc::new(flow),
+            flow,
             fingerprint_key,
+            autopay: Arc::new(autopay),
+            auto_autopay: config.auto_autopay.then_some(config.business_utc_offset),
             timings,
         })
     }
@@ -116,6 +128,14 @@ impl Application {
             self.timings,
             stopped.clone(),
         ));
+        let mut background = vec![outbox, reconciler];
+        if let Some(offset) = self.auto_autopay {
+            background.push(tokio::spawn(jobs::run_autopay(
+                Arc::clone(&self.autopay),
+                offset,
+                stopped.clone(),
+            )));
+        }
         let notify = tokio::spawn(
             self.notify
                 .run_until_stopped(Arc::clone(&self.flow), until_stopped(stopped.clone())),
@@ -125,6 +145,7 @@ impl Application {
             PaymentServiceServer::new(PaymentApi::new(
                 Arc::clone(&self.flow),
                 self.fingerprint_key.clone(),
+                Arc::clone(&self.autopay),
             ))
             .max_decoding_message_size(REQUEST_BYTES_MAX),
         );
@@ -133,7 +154,7 @@ impl Application {
             .run_until_stopped(routes, &[SERVICE_NAME], RPC_RULES, shutdown)
             .await;
         let _ = stop.send(());
-        for job in [outbox, reconciler] {
+        for job in background {
             if let Err(error) = job.await {
                 tracing::error!(%error, "a background job failed");
             }

@@ -4,9 +4,9 @@
 
 use billpay_contracts::{
     billing::v1::{
-        ApplyRepaymentRequest, ApplyRepaymentResponse, QuoteRepaymentRequest,
-        QuoteRepaymentResponse, ReverseRepaymentRequest, ReverseRepaymentResponse,
-        billing_service_client::BillingServiceClient,
+        ApplyRepaymentRequest, ApplyRepaymentResponse, ListBillsRequest, ListBillsResponse,
+        QuoteRepaymentRequest, QuoteRepaymentResponse, ReverseRepaymentRequest,
+        ReverseRepaymentResponse, billing_service_client::BillingServiceClient,
     },
     common::v1::RepaymentTarget,
 };
@@ -91,6 +91,26 @@ impl BillingClient {
         // Sent as grpc-timeout: billing stops when the caller no longer waits.
         request.set_timeout(budget);
         let response = self.client.clone().quote_repayment(request).await?;
+        Ok(response.into_inner())
+    }
+
+    /// One page of the account's unpaid bills (UPCOMING, DUE, OVERDUE), by due date.
+    pub async fn unpaid_bills(
+        &self,
+        account_id: &str,
+        page_token: &str,
+    ) -> Result<ListBillsResponse, Status> {
+        let message = ListBillsRequest {
+            account_id: account_id.to_owned(),
+            statuses: Vec::new(),
+            page_size: 100,
+            page_token: page_token.to_owned(),
+        };
+        let response = self
+            .client
+            .clone()
+            .list_bills(self.request(message, None))
+            .await?;
         Ok(response.into_inner())
     }
 

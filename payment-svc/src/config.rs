@@ -112,8 +112,36 @@ pub struct Config {
     pub reconcile_interval_ms: u64,
     #[arg(long, env = "PAYMENT_OUTBOX_POLL_MS", default_value_t = 500)]
     pub outbox_poll_ms: u64,
+    /// Run autopay on its own once each business day, after billing's day close (see
+    /// ARCHITECTURE.md, "Autopay"); off, only RunAutopay runs it.
+    #[arg(
+        long,
+        env = "PAYMENT_AUTO_AUTOPAY",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub auto_autopay: bool,
+    /// The business time zone (billing-svc's): autopay's business date turns at its
+    /// midnight.
+    #[arg(
+        long,
+        env = "PAYMENT_BUSINESS_UTC_OFFSET",
+        default_value = "+08:00",
+        allow_hyphen_values = true
+    )]
+    pub business_utc_offset: chrono::FixedOffset,
+    /// Tests only: where an autopay run stops until released. No flag sets it.
+    #[arg(skip)]
+    pub autopay_pause: crate::autopay::Pause,
     #[command(flatten)]
     pub common: CommonArgs,
+}
+
+/// UTC+8, the business zone by default.
+pub fn shanghai() -> chrono::FixedOffset {
+    use chrono::Offset as _;
+    // 8 hours is within the ±24 h east_opt accepts; the fallback is never taken.
+    chrono::FixedOffset::east_opt(8 * 3600).unwrap_or(chrono::Utc.fix())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -162,6 +190,9 @@ impl Config {
             reconcile_after_ms: 30_000,
             reconcile_interval_ms: 5_000,
             outbox_poll_ms: 500,
+            auto_autopay: true,
+            business_utc_offset: shanghai(),
+            autopay_pause: crate::autopay::Pause::default(),
             common: CommonArgs::dev(),
         }
     }

@@ -9,7 +9,12 @@ use std::{sync::Arc, time::Duration};
 use service_kit::clock::now_micros;
 use tokio::sync::watch;
 
-use crate::flow::{DeliveryError, PaymentFlow};
+use chrono::{FixedOffset, NaiveDate};
+
+use crate::{
+    autopay::{Autopay, AutopayError},
+    flow::{DeliveryError, PaymentFlow},
+};
 
 /// Rows one dispatcher pass handles at most.
 const OUTBOX_BATCH_MAX: u32 = 32;
@@ -179,9 +184,66 @@ async fn reconcile_pass(
     Ok(())
 }
 
+/// How often the automatic autopay looks for a business day to run.
+const AUTOPAY_PERIOD: Duration = Duration::from_secs(60);
+/// The automatic run of a business day starts this long after its midnight: billing's
+/// automatic close of the day before looks every minute, so it has finished by then
+/// (and a run before it would only charge a bill the close's credit balance pays).
+pub const AUTOPAY_AFTER_MIDNIGHT: Duration = Duration::from_secs(30 * 60);
+
+/// The business date at `now_micros` in `offset`, and how far into it that is.
+pub fn business_moment(now_micros: i64, offset: FixedOffset) -> Option<(NaiveDate, Duration)> {
+    let local = chrono::DateTime::from_timestamp_micros(now_micros)?.with_timezone(&offset);
+    let since_midnight = local.time() - chrono::NaiveTime::MIN;
+    Some((local.date_naive(), since_midnight.to_std().ok()?))
+}
+
+/// Runs autopay once per business day, [`AUTOPAY_AFTER_MIDNIGHT`] into it, unless a
+/// replica has finished that day's run; until `stopped` changes.
+pub async fn run_autopay(
+    autopay: Arc<Autopay>,
+    offset: FixedOffset,
+    mut stopped: watch::Receiver<()>,
+) {
+    loop {
+        if let Some((today, into_day)) = business_moment(now_micros(), offset)
+            && into_day >= AUTOPAY_AFTER_MIDNIGHT
+            && let Err(error) = autopay_day(&autopay, today).await
+        {
+            tracing::warn!(%error, %today, "automatic autopay failed; will retry");
+        }
+        tokio::select! {
+            _ = stopped.changed() => return,
+            () = tokio::time::sleep(AUTOPAY_PERIOD) => {}
+        }
+    }
+}
+
+async fn autopay_day(autopay: &Autopay, today: NaiveDate) -> Result<(), AutopayError> {
+    let store = autopay.store();
+    if store.autopay_run_finished(today).await? {
+        return Ok(());
+    }
+    let summary = autopay.run(today).await?;
+    if summary.errors == 0 {
+        store.record_autopay_run(today).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_business_day_turns_at_midnight_in_the_business_zone() {
+        let shanghai = crate::config::shanghai();
+        // 2026-11-29T16:10:00Z is 00:10 on the 30th in Shanghai.
+        let micros = 1_795_968_600_000_000;
+        let (date, into) = business_moment(micros, shanghai).unwrap();
+        assert_eq!(date, "2026-11-30".parse::<NaiveDate>().unwrap());
+        assert_eq!(into, Duration::from_secs(600));
+    }
 
     #[test]
     fn retries_back_off_to_a_bound() {

@@ -8,6 +8,7 @@
 
 mod accounts;
 mod auth;
+mod autopay;
 mod bad_input;
 mod cancel_plan;
 mod chaos;

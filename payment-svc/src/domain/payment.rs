@@ -172,6 +172,30 @@ impl FingerprintKey {
     }
 }
 
+impl FingerprintKey {
+    /// A 32-byte key for another purpose (`label`), derived from this one by HMAC, so
+    /// one configured secret serves both and neither reveals the other.
+    pub fn derive_key(&self, label: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(label);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The keyed digest of length-prefixed `parts`, in hex.
+    pub fn digest(&self, parts: &[&[u8]]) -> String {
+        let mut mac = self.0.clone();
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect()
+    }
+}
+
 /// What makes two CreateRepayment requests "the same request": an HMAC-SHA256 under
 /// `key`, so the instrument is compared without being stored, and the stored digest
 /// reveals nothing of it to whoever lacks the key.

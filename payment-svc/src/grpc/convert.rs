@@ -18,7 +18,7 @@ pub fn method_from_wire(value: i32) -> Option<PaymentMethod> {
     }
 }
 
-fn method_to_wire(method: PaymentMethod) -> wire::PaymentMethod {
+pub fn method_to_wire(method: PaymentMethod) -> wire::PaymentMethod {
     match method {
         PaymentMethod::BankCard => wire::PaymentMethod::BankCard,
         PaymentMethod::Alipay => wire::PaymentMethod::Alipay,

@@ -1,9 +1,12 @@
 //! The wire edge of payment-svc: the only module that knows prost types (besides the
 //! billing client and the target it forwards).
 
+mod autopay;
 mod convert;
 mod dead_letters;
+mod mandates;
 mod repayments;
+mod watch;
 
 use std::sync::Arc;
 
@@ -11,7 +14,7 @@ use billpay_contracts::payment::v1::{self as wire, payment_service_server::Payme
 use service_kit::auth::{Access, RpcRule};
 use tonic::{Request, Response, Status};
 
-use crate::{domain::payment::FingerprintKey, flow::PaymentFlow};
+use crate::{autopay::Autopay, domain::payment::FingerprintKey, flow::PaymentFlow};
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
     RpcRule {
@@ -54,6 +57,39 @@ pub const RPC_RULES: &[RpcRule] = &[
         "payment:admin",
         Access::ServiceOnly,
     ),
+    // Consent is the customer's own act: no service or operator may give it.
+    rule(
+        "/payment.v1.PaymentService/CreateMandate",
+        "payment:write",
+        Access::CustomerOnly,
+    ),
+    // The one write operators may do (audited), on the customer's call.
+    rule(
+        "/payment.v1.PaymentService/RevokeMandate",
+        "payment:write",
+        Access::OperatorWrite,
+    ),
+    rule(
+        "/payment.v1.PaymentService/GetMandate",
+        "payment:read",
+        Access::Read,
+    ),
+    rule(
+        "/payment.v1.PaymentService/ListMandates",
+        "payment:read",
+        Access::Read,
+    ),
+    rule(
+        "/payment.v1.PaymentService/RunAutopay",
+        "payment:admin",
+        Access::ServiceOnly,
+    ),
+    // Customers see their own account's events only.
+    rule(
+        "/payment.v1.PaymentService/WatchPaymentEvents",
+        "payment:read",
+        Access::Read,
+    ),
 ];
 
 /// The PaymentService implementation.
@@ -61,13 +97,21 @@ pub const RPC_RULES: &[RpcRule] = &[
 pub struct PaymentApi {
     flow: Arc<PaymentFlow>,
     fingerprint_key: FingerprintKey,
+    autopay: Arc<Autopay>,
+    watch: Arc<watch::EventWatch>,
 }
 
 impl PaymentApi {
-    pub fn new(flow: Arc<PaymentFlow>, fingerprint_key: FingerprintKey) -> Self {
+    pub fn new(
+        flow: Arc<PaymentFlow>,
+        fingerprint_key: FingerprintKey,
+        autopay: Arc<Autopay>,
+    ) -> Self {
         Self {
             flow,
             fingerprint_key,
+            autopay,
+            watch: Arc::new(watch::EventWatch::default()),
         }
     }
 }
@@ -118,6 +162,52 @@ impl PaymentService for PaymentApi {
         request: Request<wire::RetryDeadLetterRequest>,
     ) -> Result<Response<wire::RetryDeadLetterResponse>, Status> {
         self.handle_retry_dead_letter(request)
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_mandate(
+        &self,
+        request: Request<wire::CreateMandateRequest>,
+    ) -> Result<Response<wire::CreateMandateResponse>, Status> {
+        self.handle_create_mandate(request).await.map(Response::new)
+    }
+
+    async fn revoke_mandate(
+        &self,
+        request: Request<wire::RevokeMandateRequest>,
+    ) -> Result<Response<wire::RevokeMandateResponse>, Status> {
+        self.handle_revoke_mandate(request).await.map(Response::new)
+    }
+
+    async fn get_mandate(
+        &self,
+        request: Request<wire::GetMandateRequest>,
+    ) -> Result<Response<wire::GetMandateResponse>, Status> {
+        self.handle_get_mandate(request).await.map(Response::new)
+    }
+
+    async fn list_mandates(
+        &self,
+        request: Request<wire::ListMandatesRequest>,
+    ) -> Result<Response<wire::ListMandatesResponse>, Status> {
+        self.handle_list_mandates(request).await.map(Response::new)
+    }
+
+    async fn run_autopay(
+        &self,
+        request: Request<wire::RunAutopayRequest>,
+    ) -> Result<Response<wire::RunAutopayResponse>, Status> {
+        self.handle_run_autopay(request).await.map(Response::new)
+    }
+
+    type WatchPaymentEventsStream = autopay::PaymentEventStream;
+
+    async fn watch_payment_events(
+        &self,
+        request: Request<wire::WatchPaymentEventsRequest>,
+    ) -> Result<Response<Self::WatchPaymentEventsStream>, Status> {
+        self.handle_watch_payment_events(request)
             .await
             .map(Response::new)
     }

@@ -144,6 +144,12 @@ pub enum Access {
     Read,
     /// Also the customer, for their own account; not operators.
     CustomerWrite,
+    /// The customer alone, for their own account: an act only they may do (consent);
+    /// no service or operator, whatever its scopes.
+    CustomerOnly,
+    /// The customer, services with the scope, and operators acting on the customer's
+    /// call (audited): a write operators may do, the one exception to read-only.
+    OperatorWrite,
 }
 
 /// The rule for one RPC, by its full gRPC path.
@@ -215,8 +221,65 @@ pub fn methods_without_rules(service: &str, rules: &[RpcRule]) -> Vec<String> {
 /// Decides whether `claims` may call the RPC `rule` describes.
 fn admits(rule: &RpcRule, claims: &Claims) -> bool {
     match claims.role {
-        Role::Service => claims.scopes.iter().any(|scope| scope == rule.scope),
-        Role::Operator => rule.access == Access::Read,
+        Role::Service => {
+            rule.access != Access::CustomerOnly
+                && claims.scopes.iter().any(|scope| scope == rule.scope)
+        }
+        Role::Operator => matches!(rule.access, Access::Read | Access::OperatorWrite),
         Role::Customer => claims.account_id.is_some() && rule.access != Access::ServiceOnly,
+    }
+}
+
+#[cfg(test)]
+mod admits_tests {
+    use super::*;
+
+    fn claims(role: Role, scopes: &[&str], account_id: Option<&str>) -> Claims {
+        Claims {
+            iss: "t".into(),
+            sub: "t".into(),
+            aud: Audience::One("x".into()),
+            role,
+            scopes: scopes.iter().map(|scope| (*scope).to_owned()).collect(),
+            account_id: account_id.map(str::to_owned),
+            exp: 0,
+            iat: 0,
+            nbf: None,
+        }
+    }
+
+    #[test]
+    fn consent_is_the_customers_alone_and_revocation_admits_operators() {
+        let consent = RpcRule {
+            path: "/x.v1.S/Consent",
+            scope: "x:write",
+            access: Access::CustomerOnly,
+        };
+        let revoke = RpcRule {
+            path: "/x.v1.S/Revoke",
+            scope: "x:write",
+            access: Access::OperatorWrite,
+        };
+        let service = claims(Role::Service, &["x:write"], None);
+        let operator = claims(Role::Operator, &[], None);
+        let customer = claims(Role::Customer, &[], Some("acc_1"));
+        let cases = [
+            (&consent, &service, false),
+            (&consent, &operator, false),
+            (&consent, &customer, true),
+            (&revoke, &service, true),
+            (&revoke, &claims(Role::Service, &["x:read"], None), false),
+            (&revoke, &operator, true),
+            (&revoke, &customer, true),
+        ];
+        for (rule, claims, admitted) in cases {
+            assert_eq!(
+                admits(rule, claims),
+                admitted,
+                "{} {:?}",
+                rule.path,
+                claims.role
+            );
+        }
     }
 }

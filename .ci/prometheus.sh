@@ -41,7 +41,7 @@ account=$(call -d "{\"customer_ref\":\"prom-1\",\"display_name\":\"Li Lei\",\"ph
   "$billing" billing.v1.BillingService/CreateAccount | python3 -c 'import json,sys; print(json.load(sys.stdin)["account"]["accountId"])')
 call -d "{\"account_id\":\"$account\",\"order_ref\":\"prom-phone\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":$(cny 5999.00)}" \
   "$billing" billing.v1.BillingService/CreatePlan >/dev/null
-call -d "{\"account_id\":\"$account\",\"order_ref\":\"prom-too-big\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":$(cny 99999.00)}" \
+call -d "{\"account_id\":\"$account\",\"order_ref\":\"prom-too-big\",\"product_id\":\"mall-fee\",\"term_count\":12,\"price\":$(cny 30000.00)}" \
   "$billing" billing.v1.BillingService/CreatePlan >/dev/null 2>&1 || true
 customer=$("$bin/billpay" token --role customer --account "$account")
 grpcurl -plaintext -H "authorization: Bearer $customer" \

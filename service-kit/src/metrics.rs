@@ -28,16 +28,68 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 /// recorder first, the handle renders nothing and recording goes there instead.
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets(LATENCY_BUCKETS)
-            .expect("the latency buckets are not empty")
-            .build_recorder();
+        // set_buckets refuses only an empty list; LATENCY_BUCKETS is not one.
+        let recorder = match PrometheusBuilder::new().set_buckets(LATENCY_BUCKETS) {
+            Ok(builder) => builder,
+            Err(_) => PrometheusBuilder::new(),
+        }
+        .build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
         }
+        describe();
         handle
     })
+}
+
+/// Every series' help text (Prometheus' `# HELP`), in one place for both services.
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "grpc_server_requests_total",
+        "gRPC calls answered, by service, method and status code"
+    );
+    describe_histogram!(
+        "grpc_server_request_duration_seconds",
+        Unit::Seconds,
+        "time from a call's arrival to its answer's headers"
+    );
+    describe_counter!(
+        "payment_charges_total",
+        "provider charges answered, by payment method and outcome"
+    );
+    describe_histogram!(
+        "provider_call_duration_seconds",
+        Unit::Seconds,
+        "time a provider took to answer, by provider, operation and outcome"
+    );
+    describe_gauge!(
+        "payment_outbox_rows",
+        "outbox rows billing has not acknowledged yet (dead letters excluded)"
+    );
+    describe_gauge!(
+        "payment_outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "age of the oldest undelivered outbox row (0 when there is none)"
+    );
+    describe_gauge!(
+        "payment_dead_letters",
+        "outbox rows given up on: an operator must look (ListDeadLetters)"
+    );
+    describe_histogram!(
+        "billing_day_close_duration_seconds",
+        Unit::Seconds,
+        "time one business day's close took"
+    );
+    describe_counter!(
+        "billing_day_close_accounts_closed_total",
+        "accounts closed by day closes"
+    );
+    describe_gauge!(
+        "db_pool_connections",
+        "database pool connections, by service, pool and state"
+    );
 }
 
 /// A bound metrics port, not yet serving.

@@ -10,9 +10,8 @@ use prost_types::{FileDescriptorProto, FileDescriptorSet};
 
 /// The files of billpay's contracts that define `service_names` (full names such as
 /// `billing.v1.BillingService`), with everything they import.
-pub fn contract_files(service_names: &[&str]) -> FileDescriptorSet {
-    let all = FileDescriptorSet::decode(billpay_contracts::FILE_DESCRIPTOR_SET)
-        .expect("the contracts' descriptor set is built by build.rs and decodes");
+pub fn contract_files(service_names: &[&str]) -> Result<FileDescriptorSet, prost::DecodeError> {
+    let all = FileDescriptorSet::decode(billpay_contracts::FILE_DESCRIPTOR_SET)?;
     let by_name: HashMap<&str, &FileDescriptorProto> =
         all.file.iter().map(|file| (file.name(), file)).collect();
     let mut wanted: Vec<&str> = all
@@ -28,13 +27,13 @@ pub fn contract_files(service_names: &[&str]) -> FileDescriptorSet {
         .collect();
     let mut kept = BTreeSet::new();
     while let Some(name) = wanted.pop() {
-        if kept.insert(name) {
-            if let Some(file) = by_name.get(name) {
-                wanted.extend(file.dependency.iter().map(String::as_str));
-            }
+        if kept.insert(name)
+            && let Some(file) = by_name.get(name)
+        {
+            wanted.extend(file.dependency.iter().map(String::as_str));
         }
     }
-    FileDescriptorSet {
+    Ok(FileDescriptorSet {
         // The set's order (dependencies first) is kept.
         file: all
             .file
@@ -42,19 +41,21 @@ pub fn contract_files(service_names: &[&str]) -> FileDescriptorSet {
             .filter(|file| kept.contains(file.name()))
             .cloned()
             .collect(),
-    }
+    })
 }
 
 /// The v1 and v1alpha reflection builders' common configuration.
-pub fn builder(service_names: &[&str]) -> tonic_reflection::server::Builder<'static> {
-    service_names.iter().fold(
+pub fn builder(
+    service_names: &[&str],
+) -> Result<tonic_reflection::server::Builder<'static>, prost::DecodeError> {
+    Ok(service_names.iter().fold(
         tonic_reflection::server::Builder::configure()
-            .register_file_descriptor_set(contract_files(service_names))
+            .register_file_descriptor_set(contract_files(service_names)?)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
             .with_service_name(tonic_health::pb::health_server::SERVICE_NAME),
         |builder, name| builder.with_service_name(*name),
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -73,7 +74,7 @@ mod tests {
 
     #[test]
     fn billing_reflects_its_own_contract_and_not_payments() {
-        let set = contract_files(&["billing.v1.BillingService"]);
+        let set = contract_files(&["billing.v1.BillingService"]).unwrap();
         assert!(defines_service(&set, "billing.v1"), "{:?}", names(&set));
         assert!(!defines_service(&set, "payment.v1"), "{:?}", names(&set));
         // What billing's messages import comes along.
@@ -82,7 +83,7 @@ mod tests {
 
     #[test]
     fn payment_reflects_its_own_contract_and_not_billings() {
-        let set = contract_files(&["payment.v1.PaymentService"]);
+        let set = contract_files(&["payment.v1.PaymentService"]).unwrap();
         assert!(defines_service(&set, "payment.v1"), "{:?}", names(&set));
         assert!(!defines_service(&set, "billing.v1"), "{:?}", names(&set));
         assert!(!names(&set).iter().any(|name| name.starts_with("billing/")));
@@ -90,7 +91,7 @@ mod tests {
 
     #[test]
     fn every_kept_file_has_its_imports() {
-        let set = contract_files(&["billing.v1.BillingService"]);
+        let set = contract_files(&["billing.v1.BillingService"]).unwrap();
         let kept = names(&set);
         for file in &set.file {
             for dependency in &file.dependency {

@@ -30,6 +30,8 @@ pub struct ServerLimits {
 pub enum ServeError {
     #[error("cannot build the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the contracts' descriptor set does not decode: {0}")]
+    Contracts(#[from] prost::DecodeError),
     #[error(transparent)]
     Transport(#[from] tonic::transport::Error),
     #[error("the server task failed: {0}")]
@@ -94,10 +96,11 @@ impl GrpcServer {
         // grpcurl 1.8 speaks only v1alpha; newer clients use v1. Serve both, each with
         // only this server's contract (plus health and the google.rpc error details).
         let reflection = || crate::reflection::builder(service_names);
+        let (v1, v1alpha) = (reflection()?.build_v1()?, reflection()?.build_v1alpha()?);
         routes
             .add_service(health_service)
-            .add_service(reflection().build_v1()?)
-            .add_service(reflection().build_v1alpha()?);
+            .add_service(v1)
+            .add_service(v1alpha);
 
         let (stop_sender, stop_receiver) = tokio::sync::oneshot::channel::<()>();
         let builder = match self.tls {

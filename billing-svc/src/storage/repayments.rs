@@ -189,6 +189,32 @@ impl Store {
                 .map_err(money_error)?;
             plans.insert(bill.plan_id.clone());
         }
+        // A bill the payoff settles that owes nothing once its charge is cut (its
+        // principal was paid ahead, say) gets no allocation, but is settled early all
+        // the same: otherwise it would stay open, paid in full, with a due date.
+        for (bill_id, charge) in &decision.settled_charges {
+            if allocations
+                .iter()
+                .any(|allocation| &allocation.bill_id == bill_id)
+            {
+                continue;
+            }
+            if let Some(bill) = bills.iter().find(|bill| &bill.bill_id == bill_id)
+                && bill.paid == *charge
+            {
+                set_paid(
+                    &mut transaction,
+                    bill,
+                    &bill.paid,
+                    BillState::SettledEarly,
+                    Some((now, today)),
+                    today,
+                    now,
+                )
+                .await?;
+                plans.insert(bill.plan_id.clone());
+            }
+        }
         let updated = sqlx::query(
             "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
                credit_balance_minor = credit_balance_minor + $2 \

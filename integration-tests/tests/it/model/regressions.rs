@@ -156,9 +156,11 @@ async fn a_repayment_lowers_the_penalty_only_from_its_own_day(backend: Backend, 
     .await;
 }
 
-/// Found by the 100,000-sequence run (seed 13, sequence 65139), shrunk to 6 steps:
-/// a payoff after a reversal left a fully paid future bill UPCOMING instead of
-/// SETTLED_EARLY (the model: every future bill a payoff pays is settled early).
+/// Found by the 100,000-sequence run (seed 13, sequence 65139), shrunk to 6 steps.
+/// Bill 5's principal was paid ahead and only part of its fee; the payoff cut its fee
+/// to what was paid, so it owed nothing and got no allocation — and stayed UPCOMING,
+/// paid in full, with a next due date. Every bill a payoff settles is SETTLED_EARLY,
+/// allocation or not.
 async fn a_payoff_after_a_reversal_settles_every_future_bill(backend: Backend, test: &str) {
     replay(
         backend,
@@ -191,33 +193,8 @@ async fn a_payoff_after_a_reversal_settles_every_future_bill(backend: Backend, t
     .await;
 }
 
-/// Open: the defect above is reproduced, not fixed yet. Run it with
-/// `cargo test -p integration-tests --test it open_defect -- --ignored`.
-mod open_defect_a_payoff_after_a_reversal {
-    use integration_tests::Backend;
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "open defect found by the model run (issue 13): a payoff after a reversal leaves a paid future bill UPCOMING"]
-    async fn sqlite() {
-        super::a_payoff_after_a_reversal_settles_every_future_bill(
-            Backend::Sqlite,
-            concat!(module_path!(), "::sqlite"),
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[ignore = "open defect found by the model run (issue 13): a payoff after a reversal leaves a paid future bill UPCOMING"]
-    async fn postgres() {
-        super::a_payoff_after_a_reversal_settles_every_future_bill(
-            Backend::Postgres,
-            concat!(module_path!(), "::postgres"),
-        )
-        .await;
-    }
-}
-
 crate::on_both_backends!(
+    a_payoff_after_a_reversal_settles_every_future_bill,
     a_repayment_lowers_the_penalty_only_from_its_own_day,
     flat_fee_payoff_with_the_current_bill_prepaid_owes_no_later_fee,
     flat_fee_payoff_in_a_paid_period_charges_no_fee,

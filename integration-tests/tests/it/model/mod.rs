@@ -1,5 +1,5 @@
 //! The randomized model test (issue 13): seeded random sequences of purchases,
-//! repayments, day closes and reversals run through the real stack over gRPC — on
+//! repayments, day closes, reversals, cancellations and credit limit changes run through the real stack over gRPC — on
 //! SQLite and PostgreSQL — and after every step every bill, plan status and account
 //! figure is compared with [`reference`], a model written from SPEC §5 alone.
 //!
@@ -48,6 +48,7 @@ const SCOPES: &[&str] = &[
     "billing:write",
     "billing:admin",
     "billing:apply",
+    "billing:limits",
 ];
 
 /// How a Pay step picks its target.
@@ -110,6 +111,16 @@ pub enum Step {
     Reverse {
         payment: u8,
     },
+    /// CancelPlan (goods returned).
+    Cancel {
+        plan: u8,
+    },
+    /// UpdateCreditLimit to `share` ‰ of the opening limit: permanent when
+    /// `until_days` is 0, else temporary until that many days after today.
+    Limit {
+        share: u16,
+        until_days: u8,
+    },
 }
 
 /// A sequence: the business date it starts on, and its steps.
@@ -157,7 +168,7 @@ pub fn generate(seed: u64, index: usize, start: NaiveDate) -> Case {
     for i in 0..length {
         let kind = if i == 0 { 0 } else { rng.below(100) };
         let step = match kind {
-            0..=17 => {
+            0..=16 => {
                 let price = match rng.below(4) {
                     0 => rng.range(10_000, 50_000),
                     1 => rng.range(10_000, 5_000_000),
@@ -179,7 +190,7 @@ pub fn generate(seed: u64, index: usize, start: NaiveDate) -> Case {
                     },
                 }
             }
-            18..=47 => Step::Pay {
+            17..=45 => Step::Pay {
                 plan: rng.below(4) as u8,
                 how: match rng.below(10) {
                     0..=2 => {
@@ -192,10 +203,10 @@ pub fn generate(seed: u64, index: usize, start: NaiveDate) -> Case {
                     _ => How::Payoff,
                 },
             },
-            48..=52 => Step::Overpay {
+            46..=50 => Step::Overpay {
                 extra: rng.range(1, 300_000),
             },
-            53..=74 => Step::Advance {
+            51..=71 => Step::Advance {
                 days: match rng.below(10) {
                     0..=4 => rng.range(1, 3),
                     5..=7 => rng.range(4, 15),
@@ -203,13 +214,29 @@ pub fn generate(seed: u64, index: usize, start: NaiveDate) -> Case {
                 } as u16,
                 close: close_mode(&mut rng),
             },
-            75..=91 => Step::AdvanceToDue {
+            72..=87 => Step::AdvanceToDue {
                 plan: rng.below(4) as u8,
                 offset: rng.range(-1, 5) as i8,
                 close: close_mode(&mut rng),
             },
-            _ => Step::Reverse {
+            88..=92 => Step::Reverse {
                 payment: rng.below(8) as u8,
+            },
+            93..=95 => Step::Cancel {
+                plan: rng.below(4) as u8,
+            },
+            _ => Step::Limit {
+                // Mostly around what the sequences borrow, sometimes far below or above.
+                share: match rng.below(4) {
+                    0 => rng.range(1, 100),
+                    1 => rng.range(1000, 3000),
+                    _ => rng.range(100, 1000),
+                } as u16,
+                until_days: if rng.below(2) == 0 {
+                    0
+                } else {
+                    rng.range(1, 60) as u8
+                },
             },
         };
         steps.push(step);
@@ -328,6 +355,8 @@ impl<'a> Run<'a> {
                 self.advance(to, close).await
             }
             Step::Reverse { payment } => self.reverse(payment).await,
+            Step::Cancel { plan } => self.cancel(plan).await,
+            Step::Limit { share, until_days } => self.change_limit(share, until_days).await,
         }
     }
 
@@ -548,6 +577,60 @@ impl<'a> Run<'a> {
         }
     }
 
+    async fn cancel(&mut self, plan: u8) -> Outcome {
+        if self.model.plans.is_empty() {
+            return Ok(());
+        }
+        let p = plan as usize % self.model.plans.len();
+        let expected = self.model.cancel(p);
+        let request = wire::CancelPlanRequest {
+            plan_id: self.model.plans[p].plan_id.clone(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            reason: "goods returned".into(),
+        };
+        let answer = self.billing.cancel_plan(self.request(request)).await;
+        match (expected, answer) {
+            (Ok(()), Ok(_)) => Ok(()),
+            (Err(Refusal::NotCancellable), Err(status))
+                if reason(&status).as_deref() == Some("PLAN_NOT_CANCELLABLE") =>
+            {
+                Ok(())
+            }
+            (expected, answer) => Err(format!(
+                "CancelPlan of plan #{p}: the model says {expected:?}, the service {answer:?}"
+            )),
+        }
+    }
+
+    async fn change_limit(&mut self, share: u16, until_days: u8) -> Outcome {
+        let limit = (CREDIT_LIMIT * i64::from(share) / 1000).max(100);
+        let until = (until_days > 0).then(|| self.model.today + Days::new(u64::from(until_days)));
+        let expected = self.model.change_limit(limit, until);
+        let request = wire::UpdateCreditLimitRequest {
+            account_id: self.account_id.clone(),
+            request_id: uuid::Uuid::now_v7().to_string(),
+            new_limit: money(limit),
+            reason: "risk review".into(),
+            until: until.map(|date| date.to_string()).unwrap_or_default(),
+        };
+        let answer = self
+            .billing
+            .update_credit_limit(self.request(request))
+            .await;
+        match (expected, answer) {
+            (Ok(()), Ok(_)) => Ok(()),
+            (Err(Refusal::TemporaryNotAbove), Err(status))
+                if status.code() == Code::InvalidArgument =>
+            {
+                Ok(())
+            }
+            (expected, answer) => Err(format!(
+                "UpdateCreditLimit to {} until {until:?}: the model says {expected:?}, the service {answer:?}",
+                show(limit)
+            )),
+        }
+    }
+
     async fn close(&mut self, as_of: NaiveDate) -> Outcome {
         let request = RunDayCloseRequest {
             as_of: as_of.to_string(),
@@ -701,6 +784,7 @@ impl<'a> Run<'a> {
                 PlanStatus::Active => "ACTIVE",
                 PlanStatus::Settled => "SETTLED",
                 PlanStatus::SettledEarly => "SETTLED_EARLY",
+                PlanStatus::Cancelled => "CANCELLED",
             };
             if status
                 != got
@@ -721,6 +805,7 @@ impl<'a> Run<'a> {
                     Status::Overdue => "OVERDUE",
                     Status::Paid => "PAID",
                     Status::SettledEarly => "SETTLED_EARLY",
+                    Status::Cancelled => "CANCELLED",
                 };
                 let paid = wire.paid.clone().unwrap_or_default();
                 let model = format!(

@@ -164,6 +164,8 @@ pub enum State {
     Overdue,
     Paid,
     SettledEarly,
+    /// Its plan was cancelled (§5.4 CancelPlan).
+    Cancelled,
 }
 
 /// §5.5 statuses.
@@ -174,6 +176,7 @@ pub enum Status {
     Overdue,
     Paid,
     SettledEarly,
+    Cancelled,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -181,6 +184,7 @@ pub enum PlanStatus {
     Active,
     Settled,
     SettledEarly,
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +211,7 @@ impl Bill {
         match self.state {
             State::Paid => Status::Paid,
             State::SettledEarly => Status::SettledEarly,
+            State::Cancelled => Status::Cancelled,
             State::Overdue => Status::Overdue,
             State::Open if self.due > today => Status::Upcoming,
             State::Open => Status::Due,
@@ -259,13 +264,21 @@ pub enum Refusal {
     CreditLimitExceeded,
     Delinquent,
     NotReversible,
+    /// §5.4: CancelPlan of a SETTLED_EARLY or CANCELLED plan.
+    NotCancellable,
+    /// §5.1.1: a temporary limit not above the permanent one.
+    TemporaryNotAbove,
 }
 
 /// One account (the model runs one per sequence).
 #[derive(Debug, Clone)]
 pub struct Account {
     pub today: NaiveDate,
-    pub credit_limit: Fen,
+    /// The permanent limit, and a temporary one (limit, until) while in force (§5.1.1).
+    pub permanent_limit: Fen,
+    pub temporary_limit: Option<(Fen, NaiveDate)>,
+    /// How many CREDIT_LIMIT_CHANGED events were written (grants, changes, lapses).
+    pub limit_changes: usize,
     pub credit_balance: Fen,
     pub plans: Vec<Plan>,
     pub payments: Vec<Payment>,
@@ -292,12 +305,61 @@ impl Account {
     pub fn new(today: NaiveDate, credit_limit: Fen) -> Self {
         Self {
             today,
-            credit_limit,
+            permanent_limit: credit_limit,
+            temporary_limit: None,
+            limit_changes: 0,
             credit_balance: 0,
             plans: Vec::new(),
             payments: Vec::new(),
             events: BTreeSet::new(),
         }
+    }
+
+    /// The limit in force: a temporary limit while it lasts, else the permanent one.
+    pub fn credit_limit(&self) -> Fen {
+        self.temporary_limit
+            .map_or(self.permanent_limit, |(limit, _)| limit)
+    }
+
+    /// §5.1.1 UpdateCreditLimit: `until` None sets the permanent limit (and ends a
+    /// temporary one, the choice ARCHITECTURE states); Some grants a temporary limit,
+    /// which must be above the permanent one.
+    pub fn change_limit(&mut self, limit: Fen, until: Option<NaiveDate>) -> Result<(), Refusal> {
+        match until {
+            None => {
+                self.permanent_limit = limit;
+                self.temporary_limit = None;
+            }
+            Some(_) if limit <= self.permanent_limit => return Err(Refusal::TemporaryNotAbove),
+            Some(until) => self.temporary_limit = Some((limit, until)),
+        }
+        self.limit_changes += 1;
+        self.events
+            .insert(("CREDIT_LIMIT_CHANGED", self.limit_changes, 0));
+        Ok(())
+    }
+
+    /// §5.4 CancelPlan: the plan's bills become CANCELLED (all of them, paid ones too:
+    /// the choice ARCHITECTURE states, since their money is given back), its unpaid
+    /// principal no longer counts, and everything paid on it becomes credit balance.
+    /// Refused for SETTLED_EARLY and CANCELLED plans.
+    pub fn cancel(&mut self, p: usize) -> Result<(), Refusal> {
+        let plan = &mut self.plans[p];
+        if matches!(
+            plan.status,
+            PlanStatus::SettledEarly | PlanStatus::Cancelled
+        ) {
+            return Err(Refusal::NotCancellable);
+        }
+        let mut refunded = 0;
+        for bill in &mut plan.bills {
+            refunded += bill.paid.total();
+            bill.state = State::Cancelled;
+        }
+        plan.status = PlanStatus::Cancelled;
+        self.credit_balance += refunded;
+        self.events.insert(("PLAN_CANCELLED", p, 0));
+        Ok(())
     }
 
     /// Unpaid principal of all plans (§5.1).
@@ -346,8 +408,8 @@ impl Account {
             overdue_amount: 0,
             overdue_bill_count: 0,
             next_due: None,
-            credit_limit: self.credit_limit,
-            available_credit: (self.credit_limit - self.unpaid_principal()).max(0),
+            credit_limit: self.credit_limit(),
+            available_credit: (self.credit_limit() - self.unpaid_principal()).max(0),
             credit_balance: self.credit_balance,
             delinquent: self.delinquent(),
         };
@@ -372,7 +434,7 @@ impl Account {
                     figures.overdue_amount += owed;
                     figures.overdue_bill_count += 1;
                 }
-                Status::Paid | Status::SettledEarly => {}
+                Status::Paid | Status::SettledEarly | Status::Cancelled => {}
             }
         }
         figures
@@ -393,7 +455,7 @@ impl Account {
         if self.delinquent() {
             refusals.push(Refusal::Delinquent);
         }
-        if principal > (self.credit_limit - self.unpaid_principal()).max(0) {
+        if principal > (self.credit_limit() - self.unpaid_principal()).max(0) {
             refusals.push(Refusal::CreditLimitExceeded);
         }
         if !refusals.is_empty() {
@@ -450,7 +512,7 @@ impl Account {
         for (b, bill) in plan.bills.iter().enumerate() {
             let owed = bill.outstanding();
             match bill.status(today) {
-                Status::Paid | Status::SettledEarly => {}
+                Status::Paid | Status::SettledEarly | Status::Cancelled => {}
                 Status::Due | Status::Overdue => lines.push((b, owed, None)),
                 Status::Upcoming => {
                     let mut pays = Parts {
@@ -636,17 +698,31 @@ impl Account {
         if payment.reversed {
             return Ok(());
         }
+        // What it paid on bills cancelled since is in the credit balance now (CancelPlan
+        // put it there), so that is where the reversal takes it from, as it does its
+        // own credit-balance share; refused whole when the balance is short.
+        let from_cancelled: Fen = payment
+            .allocations
+            .iter()
+            .filter(|(p, b, _)| self.plans[*p].bills[*b].state == State::Cancelled)
+            .map(|(_, _, parts)| parts.total())
+            .sum();
         if payment
             .allocations
             .iter()
             .any(|(p, b, _)| self.plans[*p].bills[*b].state == State::SettledEarly)
-            || payment.to_credit > self.credit_balance
+            || payment.to_credit + from_cancelled > self.credit_balance
         {
             return Err(Refusal::NotReversible);
         }
+        self.credit_balance -= from_cancelled;
         for (p, b, parts) in &payment.allocations {
             let bill = &mut self.plans[*p].bills[*b];
             bill.paid = bill.paid.minus(parts);
+            if bill.state == State::Cancelled {
+                bill.paid_on = None;
+                continue;
+            }
             if parts.principal != 0 {
                 bill.principal_paid.push((today, -parts.principal));
             }
@@ -668,6 +744,17 @@ impl Account {
     /// §5.8 the close of `as_of`: OVERDUE after grace, penalties day by day on the
     /// principal unpaid at the end of each day, then credit balance to due bills.
     pub fn close(&mut self, as_of: NaiveDate) {
+        // §5.1.1: a temporary limit lapses at the close of its until date (or a later
+        // close, when closes were skipped).
+        if self
+            .temporary_limit
+            .is_some_and(|(_, until)| until <= as_of)
+        {
+            self.temporary_limit = None;
+            self.limit_changes += 1;
+            self.events
+                .insert(("CREDIT_LIMIT_CHANGED", self.limit_changes, 0));
+        }
         let rate: Decimal = PENALTY_DAILY_RATE.parse().unwrap();
         let order: Vec<(usize, usize)> = self.bills().map(|(p, b, _)| (p, b)).collect();
         for &(p, b) in &order {

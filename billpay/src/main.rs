@@ -36,13 +36,14 @@ async fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => {
-            service_kit::telemetry::init(args.json_logs);
+            let endpoint = args.otlp_endpoint.as_deref().filter(|url| !url.is_empty());
+            let _telemetry = service_kit::telemetry::init(args.json_logs, "billpay", endpoint);
             billpay::up::run(&args, service_kit::shutdown::signal()).await
         }
         Command::Demo(args) => billpay::demo::run(&args).await,
         Command::Bench(args) => {
             // The same logging as `up`, so its cost is part of what is measured.
-            service_kit::telemetry::init(false);
+            let _telemetry = service_kit::telemetry::init(false, "billpay", None);
             billpay::bench::run(&args).await
         }
         Command::Token(args) => {

@@ -46,6 +46,10 @@ pub struct UpArgs {
     /// GET /metrics at this address; unset: none.
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
+    /// Export both services' spans over OTLP/gRPC to this collector (one process:
+    /// service name `billpay`); unset: none.
+    #[arg(long, env = "BILLPAY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Serve TLS (rustls) with a dev CA made in <data-dir>/tls: mutual TLS between
     /// payment-svc and billing-svc; grpcurl lines get -cacert.
     #[arg(long)]

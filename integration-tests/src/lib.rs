@@ -80,6 +80,9 @@ pub struct StackOptions {
     /// The first autopay run to reach this point stops there until
     /// [`TestApp::autopay_pause`] releases it (`before-claim`, `after-claim`).
     pub autopay_pause_at: Option<&'static str>,
+    /// With `processes`: every service (the provider simulator too, then a child as
+    /// well) logs, and exports its spans over OTLP/gRPC to a collector at this address.
+    pub otlp_collector: Option<SocketAddr>,
 }
 
 impl TestApp {
@@ -95,6 +98,21 @@ impl TestApp {
             billing.run_until_stopped(wait_for(self.stopped.clone())),
         ));
         addr
+    }
+}
+
+/// The provider simulator: a task of the test's process, or a child process.
+enum Sim {
+    Task(JoinHandle<anyhow::Result<()>>),
+    Child(Box<processes::ServiceProcess>),
+}
+
+impl Sim {
+    fn task(self) -> Option<JoinHandle<anyhow::Result<()>>> {
+        match self {
+            Self::Task(task) => Some(task),
+            Self::Child(_) => None,
+        }
     }
 }
 
@@ -139,6 +157,8 @@ pub struct TestApp {
 /// ports), when the stack runs them as processes.
 #[derive(Default)]
 struct Children {
+    /// The provider simulator, when it runs as a child.
+    sim: Option<processes::ServiceProcess>,
     billing: Option<processes::ServiceProcess>,
     billing_args: Vec<String>,
     payment: Option<processes::ServiceProcess>,
@@ -157,7 +177,7 @@ impl TestApp {
         let flaky_billing = options.flaky_billing;
         if std::env::var_os("BILLPAY_TEST_LOG").is_some() {
             // The services' logs, for debugging a test: BILLPAY_TEST_LOG=1 RUST_LOG=debug.
-            service_kit::telemetry::init(false);
+            let _ = service_kit::telemetry::init(false, "integration-tests", None);
         }
         let data_dir = tempfile::tempdir().unwrap();
         let keys = DevKeys::ensure(data_dir.path()).unwrap();
@@ -196,17 +216,30 @@ impl TestApp {
         if let Some(delay) = options.sim_notify_delay_ms {
             sim_config.notify_delay_ms = delay;
         }
-        let sim = ProviderSim::build(&sim_config).await.unwrap();
-        let sim_addr = sim.local_addr();
         let (stop, stopped) = watch::channel(());
-        let sim_task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
+        let otlp_endpoint = options
+            .otlp_collector
+            .filter(|_| options.processes)
+            .map(|addr| format!("http://{addr}"));
+        let (sim_addr, sim) = if let Some(endpoint) = &otlp_endpoint {
+            sim_config.otlp_endpoint = Some(endpoint.clone());
+            let child =
+                processes::ServiceProcess::start("sim", &processes::sim_args(&sim_config), "")
+                    .await;
+            (child.grpc_addr, Sim::Child(Box::new(child)))
+        } else {
+            let sim = ProviderSim::build(&sim_config).await.unwrap();
+            let addr = sim.local_addr();
+            let task = tokio::spawn(sim.run_until_stopped(wait_for(stopped.clone())));
+            (addr, Sim::Task(task))
+        };
         if options.processes {
             return Some(
                 Self::spawn_processes(
                     backend,
                     options,
                     (billing_url, payment_url),
-                    (sim_addr, sim_task),
+                    (sim_addr, sim),
                     (stop, stopped),
                     (data_dir, postgres_databases),
                 )
@@ -273,7 +306,7 @@ impl TestApp {
             payment_notify_addr,
             payment_db: Db::connect(&payment_url_for_counts, 2).await.unwrap(),
             sim_addr,
-            sim_task: Some(sim_task),
+            sim_task: sim.task(),
             stopped,
             key: load_signer(&keys.dev_signing_key).unwrap(),
             payment_key: load_signer(&keys.payment_signing_key).unwrap(),
@@ -293,7 +326,7 @@ impl TestApp {
         backend: Backend,
         options: StackOptions,
         (billing_url, payment_url): (String, String),
-        (sim_addr, sim_task): (SocketAddr, JoinHandle<anyhow::Result<()>>),
+        (sim_addr, sim): (SocketAddr, Sim),
         (stop, stopped): (watch::Sender<()>, watch::Receiver<()>),
         (data_dir, postgres_databases): (tempfile::TempDir, Vec<String>),
     ) -> Self {
@@ -301,9 +334,19 @@ impl TestApp {
         assert!(options.today.is_none(), "no fixed today with processes");
         let keys = DevKeys::ensure(data_dir.path()).unwrap();
         let any_port: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let (sim_task, sim_child) = match sim {
+            Sim::Task(task) => (Some(task), None),
+            Sim::Child(child) => (None, Some(*child)),
+        };
+        let traced = |mut args: Vec<String>| {
+            if let Some(addr) = options.otlp_collector {
+                args.extend(["--otlp-endpoint".to_owned(), format!("http://{addr}")]);
+            }
+            args
+        };
         let billing = processes::ServiceProcess::start(
             "billing",
-            &processes::billing_args(&keys, &billing_url, any_port),
+            &traced(processes::billing_args(&keys, &billing_url, any_port)),
             options.billing_failpoints,
         )
         .await;
@@ -311,30 +354,31 @@ impl TestApp {
         let billing_url_for_payment = format!("http://{billing_addr}");
         let payment = processes::ServiceProcess::start(
             "payment",
-            &processes::payment_args(
+            &traced(processes::payment_args(
                 &keys,
                 &payment_url,
                 any_port,
                 any_port,
                 &billing_url_for_payment,
                 sim_addr,
-            ),
+            )),
             options.payment_failpoints,
         )
         .await;
         let (payment_addr, payment_notify_addr) = (payment.grpc_addr, payment.notify_addr.unwrap());
         let children = Children {
+            sim: sim_child,
             billing: Some(billing),
-            billing_args: processes::billing_args(&keys, &billing_url, billing_addr),
+            billing_args: traced(processes::billing_args(&keys, &billing_url, billing_addr)),
             payment: Some(payment),
-            payment_args: processes::payment_args(
+            payment_args: traced(processes::payment_args(
                 &keys,
                 &payment_url,
                 payment_addr,
                 payment_notify_addr,
                 &billing_url_for_payment,
                 sim_addr,
-            ),
+            )),
         };
         Self {
             backend,
@@ -349,7 +393,7 @@ impl TestApp {
             payment_task: None,
             payment_notify_addr,
             sim_addr,
-            sim_task: Some(sim_task),
+            sim_task,
             stopped,
             key: load_signer(&keys.dev_signing_key).unwrap(),
             payment_key: load_signer(&keys.payment_signing_key).unwrap(),
@@ -363,6 +407,19 @@ impl TestApp {
             children,
             _data_dir: data_dir,
         }
+    }
+
+    /// The log lines a child (`billing`, `payment` or `sim`) wrote so far.
+    pub fn child_logs(&self, service: &str) -> Vec<String> {
+        let child = match service {
+            "billing" => &self.children.billing,
+            "payment" => &self.children.payment,
+            _ => &self.children.sim,
+        };
+        child
+            .as_ref()
+            .map(processes::ServiceProcess::stderr_lines)
+            .unwrap_or_default()
     }
 
     /// Waits until the billing-svc child stands at fail point `name`.
@@ -620,9 +677,13 @@ impl TestApp {
     /// Stops both services and waits for them to drain; fails if either failed.
     /// PostgreSQL test databases are dropped afterwards.
     pub async fn stop(self) {
-        for child in [self.children.billing, self.children.payment]
-            .into_iter()
-            .flatten()
+        for child in [
+            self.children.billing,
+            self.children.payment,
+            self.children.sim,
+        ]
+        .into_iter()
+        .flatten()
         {
             child.kill9().await;
         }

@@ -20,7 +20,7 @@ use tokio::{
     time::timeout,
 };
 
-/// Which service a child runs: `billing` or `payment`.
+/// Which service a child runs: `billing`, `payment` or `sim` (the provider simulator).
 const CHILD_SERVICE_VAR: &str = "BILLPAY_IT_CHILD_SERVICE";
 /// The child's command-line arguments, separated by U+001F.
 const CHILD_ARGS_VAR: &str = "BILLPAY_IT_CHILD_ARGS";
@@ -40,9 +40,15 @@ pub async fn run_child() {
         return;
     };
     let args: Vec<&str> = args.split(ARG_SEPARATOR).collect();
+    // Logging and tracing only when a test asks for spans: other children stay quiet.
     match service.as_str() {
         "billing" => {
             let config = billing_svc::config::Config::parse_from(args);
+            let _telemetry = config
+                .common
+                .otlp_endpoint
+                .is_some()
+                .then(|| config.common.telemetry("billing-svc"));
             let app = billing_svc::app::Application::build(&config).await.unwrap();
             println!("{LISTENING} {} -", app.local_addr());
             app.run_until_stopped(service_kit::shutdown::signal())
@@ -51,9 +57,23 @@ pub async fn run_child() {
         }
         "payment" => {
             let config = payment_svc::config::Config::parse_from(args);
+            let _telemetry = config
+                .common
+                .otlp_endpoint
+                .is_some()
+                .then(|| config.common.telemetry("payment-svc"));
             let app = payment_svc::app::Application::build(&config).await.unwrap();
             println!("{LISTENING} {} {}", app.local_addr(), app.notify_addr());
             app.run_until_stopped(service_kit::shutdown::signal())
+                .await
+                .unwrap();
+        }
+        "sim" => {
+            let config = payment_svc::sim::SimConfig::parse_from(args);
+            let _telemetry = config.otlp_endpoint.is_some().then(|| config.telemetry());
+            let sim = payment_svc::sim::ProviderSim::build(&config).await.unwrap();
+            println!("{LISTENING} {} -", sim.local_addr());
+            sim.run_until_stopped(service_kit::shutdown::signal())
                 .await
                 .unwrap();
         }
@@ -68,6 +88,8 @@ pub struct ServiceProcess {
     pub notify_addr: Option<SocketAddr>,
     /// Fail points the child said it reached.
     reached: Arc<Mutex<Vec<String>>>,
+    /// Everything else it wrote on stderr (its log lines), so far.
+    stderr: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServiceProcess {
@@ -96,7 +118,12 @@ impl ServiceProcess {
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let stderr = BufReader::new(child.stderr.take().unwrap()).lines();
         let reached = Arc::new(Mutex::new(Vec::new()));
-        tokio::spawn(collect_failpoints(stderr, Arc::clone(&reached)));
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        tokio::spawn(collect_stderr(
+            stderr,
+            Arc::clone(&reached),
+            Arc::clone(&lines),
+        ));
         let (grpc_addr, notify_addr) = loop {
             let line = timeout(CHILD_DEADLINE, stdout.next_line())
                 .await
@@ -118,7 +145,13 @@ impl ServiceProcess {
             grpc_addr,
             notify_addr,
             reached,
+            stderr: lines,
         }
+    }
+
+    /// The child's stderr lines so far (its log lines, without fail point reports).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// Waits (with a deadline) until the child stands at fail point `name`.
@@ -173,15 +206,17 @@ pub async fn run_to_end(
     )
 }
 
-async fn collect_failpoints(
+async fn collect_stderr(
     mut stderr: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
     reached: Arc<Mutex<Vec<String>>>,
+    lines: Arc<Mutex<Vec<String>>>,
 ) {
     while let Ok(Some(line)) = stderr.next_line().await {
         if let Some(name) = line.strip_prefix(REACHED_PREFIX) {
             reached.lock().unwrap().push(name.trim().to_owned());
         } else {
             eprintln!("child: {line}");
+            lines.lock().unwrap().push(line);
         }
     }
 }
@@ -254,5 +289,24 @@ pub fn payment_args(
         "--jwt-signing-key-file".to_owned(),
         keys.payment_signing_key.display().to_string(),
     ]);
+    args
+}
+
+/// provider-sim's flags for a child with `config`'s settings (dev secrets).
+pub fn sim_args(config: &payment_svc::sim::SimConfig) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "provider-sim".into(),
+        "--listen-addr".into(),
+        config.listen_addr.to_string(),
+        "--database-url".into(),
+        config.database_url.clone(),
+        "--notify-delay-ms".into(),
+        config.notify_delay_ms.to_string(),
+        "--lost-reply-delay-ms".into(),
+        config.lost_reply_delay_ms.to_string(),
+    ];
+    if let Some(endpoint) = &config.otlp_endpoint {
+        args.extend(["--otlp-endpoint".into(), endpoint.clone()]);
+    }
     args
 }

@@ -12,7 +12,7 @@ use billpay_contracts::{
 };
 use service_kit::{
     auth::{APPLY_SCOPE, PAYMENT_SVC_SUBJECT, Role, TokenSigner, mint},
-    telemetry::REQUEST_ID_HEADER,
+    telemetry::{REQUEST_ID_HEADER, outgoing_trace_headers},
 };
 use std::time::Duration;
 
@@ -72,6 +72,14 @@ impl BillingClient {
         }
         if let Some(value) = request_id.and_then(|id| id.parse().ok()) {
             request.metadata_mut().insert(REQUEST_ID_HEADER, value);
+        }
+        for (name, value) in outgoing_trace_headers() {
+            if let (Ok(name), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(name.as_bytes()),
+                value.parse(),
+            ) {
+                request.metadata_mut().insert(name, value);
+            }
         }
         request
     }

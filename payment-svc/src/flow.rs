@@ -149,11 +149,13 @@ impl PaymentFlow {
             .await;
         record_charge(payment, &outcome, asked.elapsed());
         failpoint("payment-after-provider-answered");
-        tracing::debug!(
+        // One line per charge: money moved (or not) is what an operator looks for.
+        tracing::info!(
             payment_id = %payment.payment_id,
             method = payment.method.as_str(),
+            amount = %payment.amount,
             last4 = %payment.instrument_last4,
-            outcome = ?outcome,
+            outcome = outcome_label(&outcome),
             "charge answered"
         );
         match outcome {
@@ -455,15 +457,20 @@ impl PaymentFlow {
     }
 }
 
-/// `payment_charges_total{method, outcome}` and
-/// `provider_call_duration_seconds{provider, operation, outcome}` for one charge.
-fn record_charge(payment: &Payment, outcome: &ChargeOutcome, elapsed: std::time::Duration) {
-    let outcome = match outcome {
+/// A charge's answer in one word, for logs and metric labels.
+fn outcome_label(outcome: &ChargeOutcome) -> &'static str {
+    match outcome {
         ChargeOutcome::Succeeded { .. } => "succeeded",
         ChargeOutcome::Declined { .. } => "declined",
         ChargeOutcome::Pending { .. } => "pending",
         ChargeOutcome::Unknown { .. } => "unknown",
-    };
+    }
+}
+
+/// `payment_charges_total{method, outcome}` and
+/// `provider_call_duration_seconds{provider, operation, outcome}` for one charge.
+fn record_charge(payment: &Payment, outcome: &ChargeOutcome, elapsed: std::time::Duration) {
+    let outcome = outcome_label(outcome);
     metrics::counter!(
         "payment_charges_total",
         "method" => payment.method.as_str(),

@@ -32,6 +32,10 @@ pub struct CommonArgs {
     /// Log JSON lines instead of text.
     #[arg(long, env = "BILLPAY_JSON_LOGS")]
     pub json_logs: bool,
+    /// Export spans over OTLP/gRPC to this collector (e.g. `http://127.0.0.1:4317`);
+    /// unset or empty: no export (trace ids are still logged and propagated).
+    #[arg(long, env = "BILLPAY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Per-RPC timeout in milliseconds.
     #[arg(long, env = "BILLPAY_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
@@ -128,6 +132,7 @@ impl CommonArgs {
             jwt_secret: None,
             dev: true,
             json_logs: false,
+            otlp_endpoint: None,
             request_timeout_ms: 10_000,
             concurrency_per_connection: 256,
             drain_timeout_ms: 10_000,
@@ -142,6 +147,13 @@ impl CommonArgs {
             tls_client_ca_file: None,
             metrics_addr: None,
         }
+    }
+
+    /// Installs logging and tracing for `service` as these flags say
+    /// ([`crate::telemetry::init`]); keep what it returns while the service runs.
+    pub fn telemetry(&self, service: &'static str) -> crate::telemetry::Telemetry {
+        let endpoint = self.otlp_endpoint.as_deref().filter(|url| !url.is_empty());
+        crate::telemetry::init(self.json_logs, service, endpoint)
     }
 
     /// The token verifier for `audience`: the keys file's public keys; without one,

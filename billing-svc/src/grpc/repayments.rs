@@ -122,12 +122,15 @@ impl BillingApi {
             }
             ApplyOutcome::UnknownAccount => return Err(unknown_account(&account_id)),
         };
-        tracing::debug!(
-            applied = %applied.applied_to_bills,
-            credit_balance = %applied.added_to_credit_balance,
-            replayed,
-            "repayment applied"
-        );
+        if replayed {
+            tracing::debug!("repayment already applied; answering the first result");
+        } else {
+            tracing::info!(
+                to_bills = %applied.applied_to_bills,
+                to_credit_balance = %applied.added_to_credit_balance,
+                "repayment applied"
+            );
+        }
         Ok(wire::ApplyRepaymentResponse {
             payment_id: applied.payment_id,
             applied_to_bills: Some(money_to_wire(applied.applied_to_bills)),

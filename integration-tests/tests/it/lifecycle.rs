@@ -42,6 +42,7 @@ async fn up_child() {
         sim_addr: "127.0.0.1:0".parse().unwrap(),
         json_logs: false,
         metrics_addr: None,
+        otlp_endpoint: None,
         tls: false,
     };
     billpay::up::run(&args, service_kit::shutdown::signal())

@@ -26,6 +26,7 @@ mod security;
 mod sim;
 mod support;
 mod tidy;
+mod traces;
 
 /// Declares `$test` once per backend: `$test::sqlite` and `$test::postgres`.
 #[macro_export]

@@ -9,7 +9,7 @@ async fn main() -> anyhow::Result<()> {
     // Listening from the start means a signal during start-up is not lost.
     let shutdown = service_kit::shutdown::signal();
     let config = SimConfig::parse();
-    service_kit::telemetry::init(false);
+    let _telemetry = config.telemetry();
     let sim = ProviderSim::build(&config).await?;
     sim.run_until_stopped(shutdown).await
 }

@@ -96,6 +96,7 @@ impl HttpProvider {
             .post(format!("{}{path}", self.base_url))
             .header(SIGNATURE_HEADER, sign(&self.secret, &body))
             .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .headers(trace_headers())
             .body(body)
             .send()
             .await
@@ -106,6 +107,7 @@ impl HttpProvider {
         self.client
             .get(format!("{}{path}", self.base_url))
             .header(SIGNATURE_HEADER, sign(&self.secret, signed_path.as_bytes()))
+            .headers(trace_headers())
             .send()
             .await
     }
@@ -143,6 +145,15 @@ impl HttpProvider {
             },
         }
     }
+}
+
+/// The current span's W3C trace context, so the provider's side of a call joins the
+/// repayment's trace.
+fn trace_headers() -> reqwest::header::HeaderMap {
+    service_kit::telemetry::outgoing_trace_headers()
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.parse().ok()?, value.parse().ok()?)))
+        .collect()
 }
 
 fn charge_outcome(reply: ChargeReply) -> ChargeOutcome {

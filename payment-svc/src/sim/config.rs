@@ -50,6 +50,9 @@ pub struct SimConfig {
         default_value_t = 10_000
     )]
     pub lost_reply_delay_ms: u64,
+    /// Export spans over OTLP/gRPC to this collector; unset or empty: no export.
+    #[arg(long, env = "BILLPAY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Each provider's shared secret for signing requests and notifications.
@@ -102,7 +105,14 @@ impl SimConfig {
             secrets: ProviderSecrets::dev(),
             notify_delay_ms: 200,
             lost_reply_delay_ms: 10_000,
+            otlp_endpoint: None,
         }
+    }
+
+    /// Installs logging and tracing as these flags say; keep what it returns.
+    pub fn telemetry(&self) -> service_kit::telemetry::Telemetry {
+        let endpoint = self.otlp_endpoint.as_deref().filter(|url| !url.is_empty());
+        service_kit::telemetry::init(false, "provider-sim", endpoint)
     }
 
     /// Refuses settings the simulator cannot honour.

@@ -4,10 +4,13 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, State},
+    extract::{DefaultBodyLimit, Request, State},
     http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
     routing::{get, post},
 };
+use tracing::{Instrument as _, field::Empty};
 
 use super::{
     charges,
@@ -29,7 +32,22 @@ pub fn router(state: Arc<SimState>) -> Router {
         .route("/{provider}/charges/{payment_id}", get(charges::get_charge))
         .route("/{provider}/refunds", post(refunds::refund))
         .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .layer(middleware::from_fn(traced))
         .with_state(state)
+}
+
+/// Each request in one span that continues the caller's trace (its `traceparent`), as
+/// a real provider's tracing would: the repayment's trace id is in the simulator's
+/// log lines too.
+async fn traced(request: Request, next: Next) -> Response {
+    let span = tracing::info_span!(
+        "provider_request",
+        method = %request.method(),
+        path = request.uri().path(),
+        trace_id = Empty,
+    );
+    service_kit::telemetry::continue_trace(&span, request.headers());
+    next.run(request).instrument(span).await
 }
 async fn health() -> StatusCode {
     StatusCode::OK

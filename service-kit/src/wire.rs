@@ -6,7 +6,7 @@ use billpay_contracts::common::v1 as wire;
 use tonic::Status;
 
 use crate::{
-    errors::{FieldViolations, invalid_field},
+    errors::{Checked, FieldViolations, invalid_field},
     money::{Currency, Money},
 };
 
@@ -20,10 +20,9 @@ pub fn money_field(
     violations: &mut FieldViolations,
     field: &str,
     money: Option<&wire::Money>,
-) -> Option<Money> {
+) -> Checked<Money> {
     let Some(money) = money else {
-        violations.add(field, "is required");
-        return None;
+        return Err(violations.add(field, "is required"));
     };
     let subfield = match Currency::parse(&money.currency_code) {
         Ok(_) => "amount",

@@ -5,7 +5,7 @@ use service_kit::{
     audit::admit_account,
     auth::Caller,
     clock::timestamp_from_micros,
-    errors::{FieldViolations, refusal},
+    errors::{AllChecked as _, FieldViolations, refusal},
 };
 use tonic::{Code, Request, Status};
 
@@ -84,8 +84,7 @@ impl BillingApi {
 pub(super) fn parse_account_id(text: &str) -> Result<AccountId, Status> {
     let mut violations = FieldViolations::new();
     let account_id = violations.check("account_id", AccountId::parse(text));
-    violations.into_result()?;
-    account_id.ok_or_else(|| Status::internal("account_id checked but missing"))
+    violations.finish(account_id)
 }
 
 fn parse_new_account(request: &wire::CreateAccountRequest) -> Result<NewAccount, Status> {
@@ -98,18 +97,14 @@ fn parse_new_account(request: &wire::CreateAccountRequest) -> Result<NewAccount,
         "credit_limit",
         request.credit_limit.as_ref(),
     );
-    violations.into_result()?;
-    match (customer_ref, display_name, phone, credit_limit) {
-        (Some(customer_ref), Some(display_name), Some(phone), Some(credit_limit)) => {
-            Ok(NewAccount {
-                customer_ref,
-                display_name,
-                phone,
-                credit_limit,
-            })
-        }
-        _ => Err(Status::internal("a field was refused without a violation")),
-    }
+    let (customer_ref, display_name, phone, credit_limit) =
+        violations.finish((customer_ref, display_name, phone, credit_limit).all())?;
+    Ok(NewAccount {
+        customer_ref,
+        display_name,
+        phone,
+        credit_limit,
+    })
 }
 
 /// Whether the caller may see the phone in full.

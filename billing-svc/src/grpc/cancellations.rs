@@ -1,7 +1,7 @@
 //! CancelPlan.
 
 use billpay_contracts::billing::v1 as wire;
-use service_kit::errors::{FieldViolations, refusal};
+use service_kit::errors::{AllChecked as _, FieldViolations, refusal};
 use tonic::{Code, Request, Status};
 
 use super::{
@@ -24,10 +24,8 @@ impl BillingApi {
         // A request id follows the same rules as a customer reference.
         let request_id = violations.check("request_id", CustomerRef::parse(&message.request_id));
         let reason = violations.check("reason", Reason::parse(&message.reason));
-        violations.into_result()?;
-        let (Some(plan_id), Some(request_id), Some(reason)) = (plan_id, request_id, reason) else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (plan_id, request_id, reason) =
+            violations.finish((plan_id, request_id, reason).all())?;
         let today = self.today();
         let outcome = self
             .store

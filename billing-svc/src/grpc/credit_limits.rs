@@ -6,7 +6,7 @@ use service_kit::{
     audit::admit_account,
     auth::Caller,
     clock::timestamp_from_micros,
-    errors::{FieldViolations, invalid_field, refusal},
+    errors::{AllChecked as _, FieldViolations, invalid_field, refusal},
 };
 use tonic::{Code, Request, Status};
 
@@ -112,36 +112,28 @@ fn parse_update_request(
     let new_limit = money_field(&mut violations, "new_limit", message.new_limit.as_ref());
     let reason = violations.check("reason", Reason::parse(&message.reason));
     let until = if message.until.is_empty() {
-        Some(None)
+        Ok(None)
     } else {
         match parse_date(&message.until) {
-            Ok(until) if until > today => Some(Some(until)),
-            Ok(_) => {
-                violations.add(
-                    "until",
-                    format!("must be after today ({today}); omit it for a permanent limit"),
-                );
-                None
-            }
-            Err(_) => {
-                violations.add("until", "must be a date YYYY-MM-DD");
-                None
-            }
+            Ok(until) if until > today => Ok(Some(until)),
+            Ok(_) => Err(violations.add(
+                "until",
+                format!("must be after today ({today}); omit it for a permanent limit"),
+            )),
+            Err(_) => Err(violations.add("until", "must be a date YYYY-MM-DD")),
         }
     };
-    violations.into_result()?;
-    match (account_id, request_id, new_limit, reason, until) {
-        (Some(account_id), Some(request_id), Some(new_limit), Some(reason), Some(until)) => Ok((
-            account_id,
-            request_id,
-            LimitRequest {
-                new_limit,
-                until,
-                reason,
-            },
-        )),
-        _ => Err(Status::internal("a field was refused without a violation")),
-    }
+    let (account_id, request_id, new_limit, reason, until) =
+        violations.finish((account_id, request_id, new_limit, reason, until).all())?;
+    Ok((
+        account_id,
+        request_id,
+        LimitRequest {
+            new_limit,
+            until,
+            reason,
+        },
+    ))
 }
 
 pub(super) fn change_kind_to_wire(kind: ChangeKind) -> wire::CreditLimitChangeKind {

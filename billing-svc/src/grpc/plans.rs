@@ -4,7 +4,7 @@ use billpay_contracts::billing::v1 as wire;
 use service_kit::{
     audit::{admit_account, record},
     auth::Caller,
-    errors::{FieldViolations, invalid_field, refusal},
+    errors::{AllChecked as _, Checked, FieldViolations, invalid_field, refusal},
     money::Money,
 };
 use tonic::{Code, Request, Status};
@@ -52,9 +52,15 @@ impl BillingApi {
         let caller = Caller::of(&request)?;
         let message = request.get_ref();
         let mut violations = FieldViolations::new();
-        let account_id = (!message.account_id.is_empty())
-            .then(|| violations.check("account_id", AccountId::parse(&message.account_id)))
-            .flatten();
+        // Optional: a quote for an account checks that account (and audits an
+        // operator's look at it).
+        let account_id = if message.account_id.is_empty() {
+            Ok(None)
+        } else {
+            violations
+                .check("account_id", AccountId::parse(&message.account_id))
+                .map(Some)
+        };
         let plan_request = parse_plan_request(
             &mut violations,
             &message.product_id,
@@ -63,9 +69,7 @@ impl BillingApi {
             message.down_payment.as_ref(),
             &message.purchase_date,
         );
-        violations.into_result()?;
-        let plan_request =
-            plan_request.ok_or_else(|| Status::internal("refused without a violation"))?;
+        let (account_id, plan_request) = violations.finish((account_id, plan_request).all())?;
         if let Some(account_id) = &account_id {
             admit_account(self.store.db(), caller, "QuotePlan", account_id.as_str()).await?;
             self.existing_account(account_id).await?;
@@ -93,12 +97,8 @@ impl BillingApi {
             message.down_payment.as_ref(),
             &message.purchase_date,
         );
-        violations.into_result()?;
-        let (Some(account_id), Some(order_ref), Some(plan_request)) =
-            (account_id, order_ref, plan_request)
-        else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (account_id, order_ref, plan_request) =
+            violations.finish((account_id, order_ref, plan_request).all())?;
         tracing::Span::current().record("account_id", account_id.as_str());
         let today = self.today();
         let priced = price_plan(&self.catalog, &plan_request, today).map_err(plan_error)?;
@@ -209,7 +209,7 @@ fn parse_plan_request(
     price: Option<&billpay_contracts::common::v1::Money>,
     down_payment: Option<&billpay_contracts::common::v1::Money>,
     purchase_date: &str,
-) -> Option<PlanRequest> {
+) -> Checked<PlanRequest> {
     if product_id.is_empty() {
         violations.add("product_id", "must not be empty");
     } else if product_id.len() > PRODUCT_ID_BYTES_MAX {
@@ -218,20 +218,19 @@ fn parse_plan_request(
             format!("must be at most {PRODUCT_ID_BYTES_MAX} bytes"),
         );
     }
-    let term_count = u32::try_from(term_count).ok().filter(|n| *n > 0);
-    if term_count.is_none() {
-        violations.add("term_count", "must be a positive number of terms");
-    }
+    let term_count = u32::try_from(term_count)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| violations.add("term_count", "must be a positive number of terms"));
     let price = money_field(violations, "price", price);
-    if price.is_some_and(|price| price.is_zero()) {
+    if price.is_ok_and(|price| price.is_zero()) {
         violations.add("price", "must be greater than zero");
     }
     let down_payment = match (down_payment, price) {
-        (None, Some(price)) => Some(Money::zero(price.currency())),
-        (None, None) => None,
+        (None, price) => price.map(|price| Money::zero(price.currency())),
         (Some(money), _) => money_field(violations, "down_payment", Some(money)),
     };
-    Some(PlanRequest {
+    Ok(PlanRequest {
         product_id: product_id.to_owned(),
         term_count: term_count?,
         price: price?,

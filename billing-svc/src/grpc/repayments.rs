@@ -5,7 +5,7 @@ use service_kit::{
     audit::admit_account,
     auth::Caller,
     clock::{now_micros, timestamp_from_micros},
-    errors::{FieldViolations, invalid_field, refusal},
+    errors::{AllChecked as _, Checked, FieldViolations, invalid_field, refusal},
 };
 use tonic::{Code, Request, Status};
 
@@ -36,10 +36,7 @@ impl BillingApi {
         let mut violations = FieldViolations::new();
         let account_id = violations.check("account_id", AccountId::parse(&message.account_id));
         let target = parse_target(&mut violations, message.target.as_ref());
-        violations.into_result()?;
-        let (Some(account_id), Some(target)) = (account_id, target) else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (account_id, target) = violations.finish((account_id, target).all())?;
         admit_account(
             self.store.db(),
             caller,
@@ -78,16 +75,12 @@ impl BillingApi {
         let payment_id = violations.check("payment_id", check_id(&message.payment_id));
         let account_id = violations.check("account_id", AccountId::parse(&message.account_id));
         let amount = money_field(&mut violations, "amount", message.amount.as_ref());
-        if amount.is_some_and(|amount| amount.is_zero()) {
+        if amount.is_ok_and(|amount| amount.is_zero()) {
             violations.add("amount", "must be greater than zero");
         }
         let target = parse_target(&mut violations, message.target.as_ref());
-        violations.into_result()?;
-        let (Some(payment_id), Some(account_id), Some(amount), Some(target)) =
-            (payment_id, account_id, amount, target)
-        else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (payment_id, account_id, amount, target) =
+            violations.finish((payment_id, account_id, amount, target).all())?;
         let span = tracing::Span::current();
         span.record("account_id", account_id.as_str());
         span.record("payment_id", payment_id);
@@ -243,45 +236,40 @@ fn decide(
 fn parse_target(
     violations: &mut FieldViolations,
     target: Option<&billpay_contracts::common::v1::RepaymentTarget>,
-) -> Option<Target> {
+) -> Checked<Target> {
     match target.and_then(|target| target.kind.as_ref()) {
-        None => {
-            violations.add(
-                "target",
-                "is required: one of bills, all_due, plan_payoff, amount",
-            );
-            None
-        }
+        None => Err(violations.add(
+            "target",
+            "is required: one of bills, all_due, plan_payoff, amount",
+        )),
         Some(Kind::Bills(selection)) => {
             let ids = &selection.bill_ids;
             if ids.is_empty() {
-                violations.add("target.bills.bill_ids", "must name at least one bill");
-                return None;
+                return Err(violations.add("target.bills.bill_ids", "must name at least one bill"));
             }
             if ids.len() > 100 || ids.iter().any(|id| id.is_empty() || id.len() > 64) {
-                violations.add(
+                return Err(violations.add(
                     "target.bills.bill_ids",
                     "at most 100 ids of 1 to 64 characters",
-                );
-                return None;
+                ));
             }
-            Some(Target::Bills(ids.clone()))
+            Ok(Target::Bills(ids.clone()))
         }
-        Some(Kind::AllDue(_)) => Some(Target::AllDue),
+        Some(Kind::AllDue(_)) => Ok(Target::AllDue),
         Some(Kind::PlanPayoff(payoff)) => {
             if payoff.plan_id.is_empty() || payoff.plan_id.len() > 64 {
-                violations.add("target.plan_payoff.plan_id", "must be 1 to 64 characters");
-                return None;
+                return Err(
+                    violations.add("target.plan_payoff.plan_id", "must be 1 to 64 characters")
+                );
             }
-            Some(Target::PlanPayoff(payoff.plan_id.clone()))
+            Ok(Target::PlanPayoff(payoff.plan_id.clone()))
         }
         Some(Kind::Amount(money)) => {
             let amount = money_field(violations, "target.amount", Some(money))?;
             if amount.is_zero() {
-                violations.add("target.amount", "must be greater than zero");
-                return None;
+                return Err(violations.add("target.amount", "must be greater than zero"));
             }
-            Some(Target::Amount(amount))
+            Ok(Target::Amount(amount))
         }
     }
 }

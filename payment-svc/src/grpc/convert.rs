@@ -1,7 +1,10 @@
 //! Payments on the wire.
 
 use billpay_contracts::{common::v1 as common, payment::v1 as wire};
-use service_kit::clock::timestamp_from_micros;
+use service_kit::{
+    clock::timestamp_from_micros,
+    errors::{Checked, FieldViolations},
+};
 
 use crate::{
     domain::payment::{PaymentMethod, PaymentStatus},
@@ -9,13 +12,23 @@ use crate::{
     storage::Payment,
 };
 
-pub fn method_from_wire(value: i32) -> Option<PaymentMethod> {
+fn method_from_wire(value: i32) -> Option<PaymentMethod> {
     match wire::PaymentMethod::try_from(value).ok()? {
         wire::PaymentMethod::BankCard => Some(PaymentMethod::BankCard),
         wire::PaymentMethod::Alipay => Some(PaymentMethod::Alipay),
         wire::PaymentMethod::WechatPay => Some(PaymentMethod::WechatPay),
         wire::PaymentMethod::Unspecified => None,
     }
+}
+
+/// The `method` field: one of the three, else a violation.
+pub fn checked_method(violations: &mut FieldViolations, value: i32) -> Checked<PaymentMethod> {
+    method_from_wire(value).ok_or_else(|| {
+        violations.add(
+            "method",
+            "must be PAYMENT_METHOD_BANK_CARD, _ALIPAY or _WECHAT_PAY",
+        )
+    })
 }
 
 pub fn method_to_wire(method: PaymentMethod) -> wire::PaymentMethod {

@@ -5,14 +5,14 @@ use service_kit::{
     audit::admit_account,
     auth::Caller,
     clock::{now_micros, timestamp_from_micros},
-    errors::{FieldViolations, invalid_field, refusal},
+    errors::{AllChecked as _, Checked, FieldViolations, invalid_field, refusal},
     wire::{money_field, money_to_wire},
 };
 use tonic::{Code, Request, Status};
 
 use super::{
     PaymentApi,
-    convert::{method_from_wire, method_to_wire},
+    convert::{checked_method, method_to_wire},
 };
 use crate::{
     domain::{
@@ -67,10 +67,9 @@ pub fn mandate_to_wire(mandate: &Mandate) -> wire::Mandate {
 fn accepted_at_micros(
     violations: &mut FieldViolations,
     consent: Option<&wire::Consent>,
-) -> Option<i64> {
+) -> Checked<i64> {
     let Some(accepted_at) = consent.and_then(|consent| consent.accepted_at.as_ref()) else {
-        violations.add("consent.accepted_at", "is required");
-        return None;
+        return Err(violations.add("consent.accepted_at", "is required"));
     };
     let micros = accepted_at
         .seconds
@@ -78,15 +77,11 @@ fn accepted_at_micros(
         .and_then(|micros| micros.checked_add(i64::from(accepted_at.nanos / 1_000)))
         .filter(|micros| *micros > 0 && (0..1_000_000_000).contains(&accepted_at.nanos));
     match micros {
-        None => {
-            violations.add("consent.accepted_at", "is not a valid time");
-            None
-        }
+        None => Err(violations.add("consent.accepted_at", "is not a valid time")),
         Some(micros) if micros > now_micros() + CONSENT_CLOCK_SKEW_MICROS => {
-            violations.add("consent.accepted_at", "must not be in the future");
-            None
+            Err(violations.add("consent.accepted_at", "must not be in the future"))
         }
-        Some(micros) => Some(micros),
+        Some(micros) => Ok(micros),
     }
 }
 
@@ -103,20 +98,14 @@ impl PaymentApi {
             "idempotency_key",
             parse_idempotency_key(&message.idempotency_key),
         );
-        let method = method_from_wire(message.method);
-        if method.is_none() {
-            violations.add(
-                "method",
-                "must be PAYMENT_METHOD_BANK_CARD, _ALIPAY or _WECHAT_PAY",
-            );
-        }
+        let method = checked_method(&mut violations, message.method);
         let instrument = violations.check("instrument", Instrument::parse(&message.instrument));
         let cap = money_field(
             &mut violations,
             "max_amount_per_debit",
             message.max_amount_per_debit.as_ref(),
         );
-        if cap.is_some_and(|cap| cap.is_zero()) {
+        if cap.is_ok_and(|cap| cap.is_zero()) {
             violations.add("max_amount_per_debit", "must be greater than zero");
         }
         let consent = message.consent.as_ref();
@@ -125,18 +114,8 @@ impl PaymentApi {
             parse_consent_version(consent.map_or("", |consent| consent.text_version.as_str())),
         );
         let accepted_at = accepted_at_micros(&mut violations, consent);
-        violations.into_result()?;
-        let (
-            Some(key),
-            Some(method),
-            Some(instrument),
-            Some(cap),
-            Some(version),
-            Some(accepted_at),
-        ) = (key, method, instrument, cap, version, accepted_at)
-        else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (key, method, instrument, cap, version, accepted_at) =
+            violations.finish((key, method, instrument, cap, version, accepted_at).all())?;
         caller.check_account(&message.account_id)?;
         tracing::Span::current().record("account_id", message.account_id.as_str());
 

@@ -6,7 +6,7 @@ use service_kit::{
     audit::admit_account,
     auth::{Caller, Role},
     deadline::Deadline,
-    errors::{FieldViolations, invalid_field, refusal},
+    errors::{AllChecked as _, FieldViolations, invalid_field, refusal},
     failpoint::failpoint,
     telemetry::RequestId,
     wire::{decode_page_token, encode_page_token, money_field, page_size},
@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 
 use super::{
     PaymentApi,
-    convert::{method_from_wire, payment_to_wire},
+    convert::{checked_method, payment_to_wire},
 };
 use crate::{
     domain::payment::{Instrument, PaymentStatus, parse_idempotency_key, request_fingerprint},
@@ -82,38 +82,29 @@ impl PaymentApi {
             parse_idempotency_key(&message.idempotency_key),
         );
         check_id(&mut violations, "account_id", &message.account_id);
-        let target = message
+        let target = match message
             .target
             .clone()
-            .filter(|target| target.kind.is_some());
-        if target.is_none() {
-            violations.add(
+            .filter(|target| target.kind.is_some())
+        {
+            Some(target) => Ok(target),
+            None => Err(violations.add(
                 "target",
                 "is required: one of bills, all_due, plan_payoff, amount",
-            );
-        }
+            )),
+        };
         let expected = money_field(
             &mut violations,
             "expected_amount",
             message.expected_amount.as_ref(),
         );
-        if expected.is_some_and(|amount| amount.is_zero()) {
+        if expected.is_ok_and(|amount| amount.is_zero()) {
             violations.add("expected_amount", "must be greater than zero");
         }
-        let method = method_from_wire(message.method);
-        if method.is_none() {
-            violations.add(
-                "method",
-                "must be PAYMENT_METHOD_BANK_CARD, _ALIPAY or _WECHAT_PAY",
-            );
-        }
+        let method = checked_method(&mut violations, message.method);
         let instrument = violations.check("instrument", Instrument::parse(&message.instrument));
-        violations.into_result()?;
-        let (Some(key), Some(target), Some(expected), Some(method), Some(instrument)) =
-            (key, target, expected, method, instrument)
-        else {
-            return Err(Status::internal("refused without a violation"));
-        };
+        let (key, target, expected, method, instrument) =
+            violations.finish((key, target, expected, method, instrument).all())?;
         caller.check_account(&message.account_id)?;
         tracing::Span::current().record("account_id", message.account_id.as_str());
 
@@ -351,8 +342,7 @@ impl PaymentApi {
         if message.reason.len() > 500 {
             violations.add("reason", "must be at most 500 bytes");
         }
-        violations.into_result()?;
-        let key = key.ok_or_else(|| Status::internal("refused without a violation"))?;
+        let key = violations.finish(key)?;
         let payment = self.reload(&message.payment_id).await?;
         tracing::Span::current().record("payment_id", payment.payment_id.as_str());
         if !matches!(

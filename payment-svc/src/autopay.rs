@@ -72,6 +72,22 @@ pub struct RunSummary {
     pub errors: u32,
 }
 
+impl std::fmt::Display for RunSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} mandates: {} notices, {} debits started ({} succeeded, {} failed), {} skipped, {} errors",
+            self.mandates,
+            self.notices_sent,
+            self.debits_started,
+            self.debits_succeeded,
+            self.debits_failed,
+            self.skipped,
+            self.errors
+        )
+    }
+}
+
 /// A test hook: the run stops once at the named point until released. Only code can
 /// set it (the integration harness); no flag or environment variable reaches it.
 #[derive(Debug, Clone, Default)]
@@ -203,7 +219,7 @@ impl Autopay {
                 _ => break,
             }
         }
-        tracing::info!(%as_of, ?summary, "autopay run");
+        tracing::info!(%as_of, %summary, "autopay run");
         Ok(summary)
     }
 

@@ -10,6 +10,7 @@ pub mod conn;
 pub mod db;
 pub mod deadline;
 pub mod errors;
+pub mod event_watch;
 pub mod failpoint;
 pub mod metrics;
 pub mod money;

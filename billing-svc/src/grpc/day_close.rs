@@ -5,10 +5,11 @@ use std::pin::Pin;
 use billpay_contracts::billing::v1 as wire;
 use service_kit::{
     auth::{Caller, TokenExpiry},
-    clock::{now_unix_seconds, timestamp_from_micros},
+    clock::timestamp_from_micros,
     errors::invalid_field,
+    event_watch::{EVENT_BATCH_MAX, Streamed, Tail, stream_events},
 };
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use super::{BillingApi, convert::money_to_wire};
@@ -18,13 +19,18 @@ use crate::{
     storage::{EventKind, StoredEvent},
 };
 
-/// Events one read fetches at most.
-const EVENT_BATCH_MAX: u32 = 100;
-/// Events buffered per watcher before the reader waits for the client.
-const EVENT_BUFFER: usize = 64;
-
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<wire::WatchEventsResponse, Status>> + Send>>;
+
+impl Streamed for StoredEvent {
+    fn event_id(&self) -> i64 {
+        self.event_id
+    }
+
+    fn account_id(&self) -> &str {
+        &self.account_id
+    }
+}
 
 impl BillingApi {
     pub(super) async fn handle_run_day_close(
@@ -93,73 +99,30 @@ impl BillingApi {
                 self.watch.streams_per_caller()
             ))
         })?;
-        let mut latest = self.watch.latest(&self.store);
-        let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-        let store = self.store.clone();
-        let expiry = tokio::time::Instant::now()
-            + std::time::Duration::from_secs(
-                u64::try_from(expires_at - now_unix_seconds()).unwrap_or(0),
-            );
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut cursor = after_id;
-            loop {
-                let events = match store.events_after(cursor, EVENT_BATCH_MAX).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        let _ = sender.send(Err(Status::from(error))).await;
-                        return;
-                    }
-                };
-                if events.is_empty() && stop_at_end {
-                    return;
-                }
-                if events.is_empty() {
-                    // Caught up: wait for the shared poller to see something newer.
-                    tokio::select! {
-                        () = sender.closed() => return,
-                        () = tokio::time::sleep_until(expiry) => {
-                            let _ = sender.send(Err(token_expired())).await;
-                            return;
-                        }
-                        changed = async { latest.wait_for(|newest| *newest > cursor).await.map(|_| ()) } => {
-                            if changed.is_err() {
-                                // The poller is gone: the service is stopping.
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                if tokio::time::Instant::now() >= expiry {
-                    let _ = sender.send(Err(token_expired())).await;
-                    return;
-                }
-                for event in events {
-                    cursor = event.event_id;
-                    if account_filter
-                        .as_ref()
-                        .is_some_and(|account| *account != event.account_id)
-                    {
-                        continue;
-                    }
-                    let message = wire::WatchEventsResponse {
-                        event: Some(event_to_wire(event)),
-                    };
-                    if sender.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        let newest = self.store.clone();
+        let latest = self.watch.latest(move || {
+            let store = newest.clone();
+            async move { store.last_event_id().await }
         });
-        Ok(Box::pin(ReceiverStream::new(receiver)))
+        let tail = Tail {
+            after_id,
+            account: account_filter,
+            stop_at_end,
+            expires_at,
+            slot,
+            latest,
+        };
+        let store = self.store.clone();
+        let read = move |cursor| {
+            let store = store.clone();
+            async move { store.events_after(cursor, EVENT_BATCH_MAX).await }
+        };
+        Ok(Box::pin(stream_events(tail, read, |event| {
+            wire::WatchEventsResponse {
+                event: Some(event_to_wire(event)),
+            }
+        })))
     }
-}
-
-fn token_expired() -> Status {
-    Status::unauthenticated(
-        "the token has expired; reconnect with a fresh one and resume from the last event_id",
-    )
 }
 
 fn event_to_wire(event: StoredEvent) -> wire::Event {

@@ -10,13 +10,13 @@ mod credit_limits;
 mod day_close;
 mod plans;
 mod repayments;
-mod watch;
 
 use std::sync::Arc;
 
 use billpay_contracts::billing::v1::{self as wire, billing_service_server::BillingService};
 use chrono::{FixedOffset, NaiveDate};
 use service_kit::auth::{Access, RpcRule};
+use service_kit::event_watch::EventWatch;
 use tonic::{Request, Response, Status};
 
 use crate::{clock::BusinessClock, domain::product::Catalog, storage::Store};
@@ -62,7 +62,7 @@ pub struct BillingApi {
     catalog: Arc<Catalog>,
     business_offset: FixedOffset,
     clock: BusinessClock,
-    watch: Arc<watch::EventWatch>,
+    watch: Arc<EventWatch>,
 }
 
 impl BillingApi {
@@ -77,13 +77,13 @@ impl BillingApi {
             catalog,
             business_offset,
             clock,
-            watch: Arc::new(watch::EventWatch::default()),
+            watch: Arc::new(EventWatch::default()),
         }
     }
 
     /// At most `streams` WatchEvents streams per caller at once.
     pub fn with_streams_per_caller(mut self, streams: usize) -> Self {
-        self.watch = Arc::new(watch::EventWatch::new(streams));
+        self.watch = Arc::new(EventWatch::new(streams));
         self
     }
 

@@ -6,11 +6,12 @@ use billpay_contracts::payment::v1 as wire;
 use chrono::NaiveDate;
 use service_kit::{
     auth::{Caller, Role, TokenExpiry},
-    clock::{now_unix_seconds, timestamp_from_micros},
+    clock::timestamp_from_micros,
     errors::invalid_field,
+    event_watch::{EVENT_BATCH_MAX, Streamed, Tail, stream_events},
     wire::money_to_wire,
 };
-use tokio_stream::{Stream, wrappers::ReceiverStream};
+use tokio_stream::Stream;
 use tonic::{Request, Status};
 
 use super::PaymentApi;
@@ -18,11 +19,6 @@ use crate::{
     autopay::AutopayError,
     storage::{PaymentEventKind, StoredPaymentEvent},
 };
-
-/// Events one read fetches at most.
-const EVENT_BATCH_MAX: u32 = 100;
-/// Events buffered per watcher before the reader waits for the client.
-const EVENT_BUFFER: usize = 64;
 
 pub type PaymentEventStream =
     Pin<Box<dyn Stream<Item = Result<wire::WatchPaymentEventsResponse, Status>> + Send>>;
@@ -35,6 +31,16 @@ fn autopay_status(error: AutopayError) -> Status {
             status.message()
         )),
         other => service_kit::errors::internal(other),
+    }
+}
+
+impl Streamed for StoredPaymentEvent {
+    fn event_id(&self) -> i64 {
+        self.event_id
+    }
+
+    fn account_id(&self) -> &str {
+        &self.account_id
     }
 }
 
@@ -104,70 +110,29 @@ impl PaymentApi {
             ))
         })?;
         let store = self.flow.store().clone();
-        let mut latest = self.watch.latest(&store);
-        let (sender, receiver) = tokio::sync::mpsc::channel(EVENT_BUFFER);
-        let expiry = tokio::time::Instant::now()
-            + std::time::Duration::from_secs(
-                u64::try_from(expires_at - now_unix_seconds()).unwrap_or(0),
-            );
-        tokio::spawn(async move {
-            let _slot = slot;
-            let mut cursor = after_id;
-            loop {
-                let events = match store.payment_events_after(cursor, EVENT_BATCH_MAX).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        let _ = sender.send(Err(Status::from(error))).await;
-                        return;
-                    }
-                };
-                if events.is_empty() && stop_at_end {
-                    return;
-                }
-                if events.is_empty() {
-                    tokio::select! {
-                        () = sender.closed() => return,
-                        () = tokio::time::sleep_until(expiry) => {
-                            let _ = sender.send(Err(token_expired())).await;
-                            return;
-                        }
-                        changed = async { latest.wait_for(|newest| *newest > cursor).await.map(|_| ()) } => {
-                            if changed.is_err() {
-                                return;
-                            }
-                            continue;
-                        }
-                    }
-                }
-                if tokio::time::Instant::now() >= expiry {
-                    let _ = sender.send(Err(token_expired())).await;
-                    return;
-                }
-                for event in events {
-                    cursor = event.event_id;
-                    if account_filter
-                        .as_ref()
-                        .is_some_and(|account| *account != event.account_id)
-                    {
-                        continue;
-                    }
-                    let message = wire::WatchPaymentEventsResponse {
-                        event: Some(event_to_wire(event)),
-                    };
-                    if sender.send(Ok(message)).await.is_err() {
-                        return;
-                    }
-                }
-            }
+        let newest = store.clone();
+        let latest = self.watch.latest(move || {
+            let store = newest.clone();
+            async move { store.last_payment_event_id().await }
         });
-        Ok(Box::pin(ReceiverStream::new(receiver)))
+        let tail = Tail {
+            after_id,
+            account: account_filter,
+            stop_at_end,
+            expires_at,
+            slot,
+            latest,
+        };
+        let read = move |cursor| {
+            let store = store.clone();
+            async move { store.payment_events_after(cursor, EVENT_BATCH_MAX).await }
+        };
+        Ok(Box::pin(stream_events(tail, read, |event| {
+            wire::WatchPaymentEventsResponse {
+                event: Some(event_to_wire(event)),
+            }
+        })))
     }
-}
-
-fn token_expired() -> Status {
-    Status::unauthenticated(
-        "the token has expired; reconnect with a fresh one and resume from the last event_id",
-    )
 }
 
 fn event_to_wire(event: StoredPaymentEvent) -> wire::PaymentEvent {

@@ -6,12 +6,12 @@ mod convert;
 mod dead_letters;
 mod mandates;
 mod repayments;
-mod watch;
 
 use std::sync::Arc;
 
 use billpay_contracts::payment::v1::{self as wire, payment_service_server::PaymentService};
 use service_kit::auth::{Access, RpcRule};
+use service_kit::event_watch::EventWatch;
 use tonic::{Request, Response, Status};
 
 use crate::{autopay::Autopay, domain::payment::FingerprintKey, flow::PaymentFlow};
@@ -98,7 +98,7 @@ pub struct PaymentApi {
     flow: Arc<PaymentFlow>,
     fingerprint_key: FingerprintKey,
     autopay: Arc<Autopay>,
-    watch: Arc<watch::EventWatch>,
+    watch: Arc<EventWatch>,
 }
 
 impl PaymentApi {
@@ -111,7 +111,7 @@ impl PaymentApi {
             flow,
             fingerprint_key,
             autopay,
-            watch: Arc::new(watch::EventWatch::default()),
+            watch: Arc::new(EventWatch::default()),
         }
     }
 }

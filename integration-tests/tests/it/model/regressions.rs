@@ -193,7 +193,35 @@ async fn a_payoff_after_a_reversal_settles_every_future_bill(backend: Backend, t
     .await;
 }
 
+/// Shrunk by the model test (seed 13, sequence 20) with a deliberate bug put in
+/// (CancelPlan refunding only the principal paid): cash-loan-ep/12 bought 2096-02-29
+/// (every bill due), its first two bills paid (principal and interest), then the goods
+/// returned. All that was paid, interest too, becomes credit balance.
+async fn a_cancel_refunds_everything_paid_on_the_plan(backend: Backend, test: &str) {
+    replay(
+        backend,
+        test,
+        "2099-01-30",
+        &[
+            NewPlan {
+                product: 3,
+                term: 2,
+                price: 480_141,
+                back_days: 16,
+                month_end: 5,
+            },
+            Pay {
+                plan: 2,
+                how: Bills([0, 1]),
+            },
+            Cancel { plan: 2 },
+        ],
+    )
+    .await;
+}
+
 crate::on_both_backends!(
+    a_cancel_refunds_everything_paid_on_the_plan,
     a_payoff_after_a_reversal_settles_every_future_bill,
     a_repayment_lowers_the_penalty_only_from_its_own_day,
     flat_fee_payoff_with_the_current_bill_prepaid_owes_no_later_fee,

@@ -1,5 +1,5 @@
 //! One SQL layer for SQLite and PostgreSQL: an `AnyPool`, the dialect it speaks, and
-//! embedded per-dialect migrations run at start-up.
+//! embedded migrations (one template per change, rendered per dialect) run at start-up.
 //!
 //! SQL shared by both dialects uses `$1` placeholders, `RETURNING` and `ON CONFLICT`,
 //! which both accept. Only schema files differ per dialect.
@@ -75,15 +75,64 @@ impl From<StorageError> for tonic::Status {
 pub struct Migration {
     pub version: i64,
     pub name: &'static str,
-    pub sql: &'static str,
+    pub sql: MigrationSql,
 }
 
-/// A service's schema history, once per dialect, in version order.
+/// A migration's SQL: one template for both dialects (where they differ, the file says
+/// `{{postgres: … | sqlite: …}}`), or a file per dialect when the change itself differs
+/// (SQLite rebuilding a table where PostgreSQL alters it).
 #[derive(Debug, Clone, Copy)]
-pub struct Migrations {
-    pub sqlite: &'static [Migration],
-    pub postgres: &'static [Migration],
+pub enum MigrationSql {
+    Template(&'static str),
+    PerDialect {
+        sqlite: &'static str,
+        postgres: &'static str,
+    },
 }
+
+impl MigrationSql {
+    /// The SQL `dialect` runs.
+    pub fn render(self, dialect: Dialect) -> Result<String, String> {
+        match self {
+            Self::Template(template) => render_template(template, dialect),
+            Self::PerDialect { sqlite, postgres } => Ok(match dialect {
+                Dialect::Sqlite => sqlite,
+                Dialect::Postgres => postgres,
+            }
+            .to_owned()),
+        }
+    }
+}
+
+/// Replaces each `{{postgres: A | sqlite: B}}` with `dialect`'s side.
+fn render_template(template: &str, dialect: Dialect) -> Result<String, String> {
+    let wanted = match dialect {
+        Dialect::Sqlite => "sqlite",
+        Dialect::Postgres => "postgres",
+    };
+    let mut rendered = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        rendered.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| "a {{ without its }}".to_owned())?;
+        let choice = after[..end]
+            .split('|')
+            .filter_map(|side| side.split_once(':'))
+            .find(|(name, _)| name.trim() == wanted)
+            .ok_or_else(|| format!("{{{{{}}}}} has no {wanted} side", &after[..end]))?;
+        rendered.push_str(choice.1.trim());
+        rest = &after[end + 2..];
+    }
+    rendered.push_str(rest);
+    Ok(rendered)
+}
+
+/// A service's schema history in version order.
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations(pub &'static [Migration]);
 
 /// A connection pool and the dialect it speaks.
 #[derive(Debug, Clone)]
@@ -179,10 +228,7 @@ impl Db {
     /// Applies the migrations of this dialect that are not applied yet, each in its
     /// own transaction, in version order. Safe when replicas start together.
     pub async fn migrate(&self, migrations: &Migrations) -> Result<(), DbError> {
-        let list = match self.dialect {
-            Dialect::Sqlite => migrations.sqlite,
-            Dialect::Postgres => migrations.postgres,
-        };
+        let list = migrations.0;
         let mut connection = self.pool.acquire().await?;
         if self.dialect == Dialect::Postgres {
             sqlx::query("SELECT pg_advisory_lock($1)")
@@ -235,8 +281,12 @@ async fn apply_pending(
             name: migration.name,
             source,
         };
+        let sql = migration
+            .sql
+            .render(dialect)
+            .map_err(|problem| failed(sqlx::Error::Protocol(problem)))?;
         let foreign_keys_off =
-            dialect == Dialect::Sqlite && migration.sql.starts_with(SQLITE_FOREIGN_KEYS_OFF);
+            dialect == Dialect::Sqlite && sql.starts_with(SQLITE_FOREIGN_KEYS_OFF);
         if foreign_keys_off {
             // Outside a transaction: inside one, SQLite ignores this pragma.
             connection
@@ -244,7 +294,7 @@ async fn apply_pending(
                 .await
                 .map_err(failed)?;
         }
-        let applied = apply_one(connection, migration, foreign_keys_off).await;
+        let applied = apply_one(connection, migration, &sql, foreign_keys_off).await;
         if foreign_keys_off {
             connection
                 .execute("PRAGMA foreign_keys = ON")
@@ -260,10 +310,11 @@ async fn apply_pending(
 async fn apply_one(
     connection: &mut sqlx::AnyConnection,
     migration: &Migration,
+    sql: &str,
     check_foreign_keys: bool,
 ) -> Result<(), sqlx::Error> {
     let mut transaction = connection.begin().await?;
-    for statement in statements(migration.sql) {
+    for statement in statements(sql) {
         transaction.execute(statement).await?;
     }
     if check_foreign_keys {
@@ -365,6 +416,21 @@ mod tests {
         let found: Vec<_> = statements(sql).collect();
         assert_eq!(found.len(), 2, "{found:?}");
         assert!(found[1].ends_with("CREATE INDEX i ON a (x)"));
+    }
+
+    #[test]
+    fn a_template_renders_each_dialects_side() {
+        let template = "CREATE TABLE e (\n    id {{postgres: BIGSERIAL PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},\n    x TEXT\n);\n";
+        assert_eq!(
+            render_template(template, Dialect::Postgres).unwrap(),
+            "CREATE TABLE e (\n    id BIGSERIAL PRIMARY KEY,\n    x TEXT\n);\n"
+        );
+        assert_eq!(
+            render_template(template, Dialect::Sqlite).unwrap(),
+            "CREATE TABLE e (\n    id INTEGER PRIMARY KEY AUTOINCREMENT,\n    x TEXT\n);\n"
+        );
+        assert!(render_template("a {{postgres: x}} b", Dialect::Sqlite).is_err());
+        assert!(render_template("a {{postgres: x", Dialect::Postgres).is_err());
     }
 
     #[test]

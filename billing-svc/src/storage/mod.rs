@@ -10,7 +10,7 @@ mod events;
 mod plans;
 mod repayments;
 
-use service_kit::db::{Db, Migration, Migrations};
+use service_kit::db::{Db, Migration, MigrationSql, Migrations};
 
 pub use accounts::CreateOutcome;
 pub use bills::BillPageKey;
@@ -21,83 +21,50 @@ pub use events::{EventKind, StoredEvent};
 pub use plans::{CreatePlanOutcome, NewPlan};
 pub use repayments::{Applied, ApplyDecision, ApplyOutcome, ReverseOutcome, Reversed};
 
-/// billing-svc's schema, per dialect, in version order.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[
-        Migration {
-            version: 1,
-            name: "accounts",
-            sql: include_str!("../../migrations/sqlite/0001_accounts.sql"),
+/// billing-svc's schema in version order (`migrations/`: one template per change, a
+/// file per dialect where the change itself differs).
+pub const MIGRATIONS: Migrations = Migrations(&[
+    Migration {
+        version: 1,
+        name: "accounts",
+        sql: MigrationSql::Template(include_str!("../../migrations/0001_accounts.sql")),
+    },
+    Migration {
+        version: 2,
+        name: "plans",
+        sql: MigrationSql::Template(include_str!("../../migrations/0002_plans.sql")),
+    },
+    Migration {
+        version: 3,
+        name: "repayments",
+        sql: MigrationSql::Template(include_str!("../../migrations/0003_repayments.sql")),
+    },
+    Migration {
+        version: 4,
+        name: "day_close",
+        sql: MigrationSql::Template(include_str!("../../migrations/0004_day_close.sql")),
+    },
+    Migration {
+        version: 5,
+        name: "principal_paid_log",
+        sql: MigrationSql::Template(include_str!("../../migrations/0005_principal_paid_log.sql")),
+    },
+    Migration {
+        version: 6,
+        name: "credit_limits_and_cancellation",
+        sql: MigrationSql::PerDialect {
+            sqlite: include_str!("../../migrations/sqlite/0006_credit_limits_and_cancellation.sql"),
+            postgres: include_str!(
+                "../../migrations/postgres/0006_credit_limits_and_cancellation.sql"
+            ),
         },
-        Migration {
-            version: 2,
-            name: "plans",
-            sql: include_str!("../../migrations/sqlite/0002_plans.sql"),
-        },
-        Migration {
-            version: 3,
-            name: "repayments",
-            sql: include_str!("../../migrations/sqlite/0003_repayments.sql"),
-        },
-        Migration {
-            version: 4,
-            name: "day_close",
-            sql: include_str!("../../migrations/sqlite/0004_day_close.sql"),
-        },
-        Migration {
-            version: 5,
-            name: "principal_paid_log",
-            sql: include_str!("../../migrations/sqlite/0005_principal_paid_log.sql"),
-        },
-        Migration {
-            version: 6,
-            name: "credit_limits_and_cancellation",
-            sql: include_str!("../../migrations/sqlite/0006_credit_limits_and_cancellation.sql"),
-        },
-        Migration {
-            version: 10,
-            name: "audit_outcome",
-            sql: include_str!("../../migrations/sqlite/0010_audit_outcome.sql"),
-        },
-    ],
-    postgres: &[
-        Migration {
-            version: 1,
-            name: "accounts",
-            sql: include_str!("../../migrations/postgres/0001_accounts.sql"),
-        },
-        Migration {
-            version: 2,
-            name: "plans",
-            sql: include_str!("../../migrations/postgres/0002_plans.sql"),
-        },
-        Migration {
-            version: 3,
-            name: "repayments",
-            sql: include_str!("../../migrations/postgres/0003_repayments.sql"),
-        },
-        Migration {
-            version: 4,
-            name: "day_close",
-            sql: include_str!("../../migrations/postgres/0004_day_close.sql"),
-        },
-        Migration {
-            version: 5,
-            name: "principal_paid_log",
-            sql: include_str!("../../migrations/postgres/0005_principal_paid_log.sql"),
-        },
-        Migration {
-            version: 6,
-            name: "credit_limits_and_cancellation",
-            sql: include_str!("../../migrations/postgres/0006_credit_limits_and_cancellation.sql"),
-        },
-        Migration {
-            version: 10,
-            name: "audit_outcome",
-            sql: include_str!("../../migrations/postgres/0010_audit_outcome.sql"),
-        },
-    ],
-};
+    },
+    Migration {
+        version: 10,
+        name: "audit_outcome",
+        sql: MigrationSql::Template(include_str!("../../migrations/0010_audit_outcome.sql")),
+    },
+]);
 
 pub use service_kit::db::StorageError;
 

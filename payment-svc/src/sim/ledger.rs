@@ -3,24 +3,17 @@
 //! and stays the ground truth for reconciliation (R1). Idempotency is settled by
 //! primary keys and row locks, never by an in-process lock.
 
-use service_kit::db::{Db, DbError, Migration, Migrations};
+use service_kit::db::{Db, DbError, Migration, MigrationSql, Migrations};
 use sqlx::{Row, any::AnyRow};
 
 use super::{behaviour::Outcome, provider::Provider};
 
-/// The ledger's schema, per dialect, in version order.
-pub const MIGRATIONS: Migrations = Migrations {
-    sqlite: &[Migration {
-        version: 1,
-        name: "ledger",
-        sql: include_str!("../../migrations/sim/sqlite/0001_ledger.sql"),
-    }],
-    postgres: &[Migration {
-        version: 1,
-        name: "ledger",
-        sql: include_str!("../../migrations/sim/postgres/0001_ledger.sql"),
-    }],
-};
+/// The ledger's schema (`migrations/sim/`).
+pub const MIGRATIONS: Migrations = Migrations(&[Migration {
+    version: 1,
+    name: "ledger",
+    sql: MigrationSql::Template(include_str!("../../migrations/sim/0001_ledger.sql")),
+}]);
 
 /// SQLite admits one writer at a time; a few connections let reads go alongside.
 const CONNECTIONS_MAX: u32 = 8;

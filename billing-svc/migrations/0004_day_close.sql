@@ -1,4 +1,4 @@
--- Day close and the event stream (SQLite).
+-- Day close and the event stream.
 -- The date each bill's penalty has been posted through (NULL: none posted yet).
 ALTER TABLE bills ADD COLUMN penalty_through TEXT;
 
@@ -14,7 +14,7 @@ CREATE TABLE day_closes (
 -- change. One event per kind and subject (bill, plan or payment), so reminders and
 -- replays never repeat.
 CREATE TABLE events (
-    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id {{postgres: BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},
     account_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     subject_id TEXT NOT NULL,

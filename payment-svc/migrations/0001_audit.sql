@@ -1,6 +1,6 @@
--- The operator audit trail (SQLite). Payments arrive with the repayments issue.
+-- The operator audit trail. Payments arrive with the repayments issue.
 CREATE TABLE operator_audit (
-    audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    audit_id {{postgres: BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},
     subject TEXT NOT NULL,
     rpc TEXT NOT NULL,
     account_id TEXT,

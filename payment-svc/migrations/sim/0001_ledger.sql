@@ -1,4 +1,4 @@
--- The provider simulator's ledger (PostgreSQL), in the simulator's own database.
+-- The provider simulator's ledger, in the simulator's own database.
 -- A charge's row is its idempotency record: the primary key turns a repeated payment id
 -- into a no-op however many repeats arrive at once (R2). Declined charges are kept so a
 -- repeat answers the same; only SUCCEEDED rows moved money.

@@ -1,4 +1,4 @@
--- Installment plans and their bills (SQLite). Totals are not stored: they are the sums
+-- Installment plans and their bills. Totals are not stored: they are the sums
 -- of the bills. Every row carries account_id (sharding key, ARCHITECTURE.md).
 CREATE TABLE plans (
     plan_id TEXT PRIMARY KEY,

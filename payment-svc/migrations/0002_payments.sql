@@ -1,4 +1,4 @@
--- Payments, the outbox to billing-svc, and refunds (SQLite).
+-- Payments, the outbox to billing-svc, and refunds.
 CREATE TABLE payments (
     payment_id TEXT PRIMARY KEY,
     -- Idempotency keys are scoped per caller (the token's subject).

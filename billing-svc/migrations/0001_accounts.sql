@@ -1,4 +1,4 @@
--- Accounts and the operator audit trail (SQLite).
+-- Accounts and the operator audit trail.
 CREATE TABLE accounts (
     account_id TEXT PRIMARY KEY,
     customer_ref TEXT NOT NULL UNIQUE,
@@ -15,7 +15,7 @@ CREATE TABLE accounts (
 );
 
 CREATE TABLE operator_audit (
-    audit_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    audit_id {{postgres: BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},
     subject TEXT NOT NULL,
     rpc TEXT NOT NULL,
     account_id TEXT,

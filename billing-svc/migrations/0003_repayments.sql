@@ -1,4 +1,4 @@
--- Repayments applied to bills, and where each one's money went (PostgreSQL).
+-- Repayments applied to bills, and where each one's money went.
 CREATE TABLE repayments (
     payment_id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts (account_id),

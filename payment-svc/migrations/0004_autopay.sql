@@ -1,5 +1,5 @@
 -- Autopay (SPEC §11): mandates, the notices and debit attempts of each due date, and
--- payment-svc's own event stream (sqlite).
+-- payment-svc's own event stream.
 CREATE TABLE mandates (
     mandate_id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL,
@@ -58,7 +58,7 @@ CREATE TABLE autopay_attempts (
 );
 
 CREATE TABLE payment_events (
-    event_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id {{postgres: BIGSERIAL PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},
     account_id TEXT NOT NULL,
     kind TEXT NOT NULL,
     -- What makes the event unique per kind (a mandate, an attempt, a skip of a day).

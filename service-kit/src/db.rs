@@ -130,6 +130,66 @@ fn render_template(template: &str, dialect: Dialect) -> Result<String, String> {
     Ok(rendered)
 }
 
+/// A table of events that streams read by id (billing's `events`, payment-svc's
+/// `payment_events`), and the PostgreSQL advisory lock that keeps its readers from
+/// passing an id still in flight.
+///
+/// On PostgreSQL an event id is drawn from a sequence before its transaction commits,
+/// so ids can become visible out of order: a reader that saw id 11 while 10 was still in
+/// flight would pass 10 for good. Writers hold the lock *shared* from just before they
+/// draw an id until they commit ([`EventTable::before_insert`]), so they never wait on
+/// each other; a reader takes it *exclusively* for a moment to learn the horizon — the
+/// highest id whose writer has finished ([`EventTable::horizon`]) — and reads only up to
+/// it. "After n" then misses nothing, and writers stall only while a reader waits for
+/// the transactions already in flight. On SQLite writers run one at a time, so the
+/// horizon is simply the highest id.
+#[derive(Debug, Clone, Copy)]
+pub struct EventTable {
+    pub table: &'static str,
+    pub lock_key: i64,
+}
+
+impl EventTable {
+    /// Call in the writing transaction before inserting an event.
+    pub async fn before_insert(
+        &self,
+        transaction: &mut sqlx::Transaction<'static, Any>,
+        dialect: Dialect,
+    ) -> Result<(), sqlx::Error> {
+        if dialect == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                .bind(self.lock_key)
+                .execute(&mut **transaction)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The highest event id whose transaction has finished, with every lower id's
+    /// finished too (0 when none).
+    pub async fn horizon(&self, db: &Db) -> Result<i64, sqlx::Error> {
+        let highest = format!("SELECT MAX(event_id) FROM {}", self.table);
+        let id: Option<i64> = match db.dialect() {
+            Dialect::Sqlite => sqlx::query_scalar(&highest).fetch_one(db.pool()).await?,
+            Dialect::Postgres => {
+                // A transaction lock: should this task be cancelled half way, the
+                // rollback on the connection's return releases it.
+                let mut transaction = db.pool().begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(self.lock_key)
+                    .execute(&mut *transaction)
+                    .await?;
+                let id = sqlx::query_scalar(&highest)
+                    .fetch_one(&mut *transaction)
+                    .await?;
+                transaction.commit().await?;
+                id
+            }
+        };
+        Ok(id.unwrap_or(0))
+    }
+}
+
 /// A service's schema history in version order.
 #[derive(Debug, Clone, Copy)]
 pub struct Migrations(pub &'static [Migration]);

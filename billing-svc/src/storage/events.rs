@@ -3,7 +3,7 @@
 
 use chrono::NaiveDate;
 use service_kit::{
-    db::Dialect,
+    db::{Dialect, EventTable},
     money::{Currency, Money},
 };
 use sqlx::{Any, Row, Transaction};
@@ -19,14 +19,11 @@ pub struct LimitChangeDetail {
     pub until: Option<NaiveDate>,
 }
 
-/// On PostgreSQL an event id is drawn from a sequence before its transaction commits,
-/// so ids can become visible out of order: a reader that saw id 11 while 10 was still
-/// in flight would pass 10 for good. Writers hold this lock *shared* from just before
-/// they draw an id until they commit, so they never wait on each other; a reader takes
-/// it *exclusively* for a moment to learn the horizon (the highest id whose writer has
-/// finished) and reads only up to it. "After n" then misses nothing, and writers stall
-/// only while a reader waits for the transactions already in flight.
-const EVENTS_LOCK_KEY: i64 = 0x0000_6576_656e_7473; // "events" in ASCII
+/// billing's event table (see [`EventTable`] for how readers never pass an id in flight).
+const EVENTS: EventTable = EventTable {
+    table: "events",
+    lock_key: 0x0000_6576_656e_7473, // "events" in ASCII
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -109,12 +106,7 @@ pub(super) async fn insert_event(
     event: &NewEvent<'_>,
     now: i64,
 ) -> Result<(), StorageError> {
-    if dialect == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(EVENTS_LOCK_KEY)
-            .execute(&mut **transaction)
-            .await?;
-    }
+    EVENTS.before_insert(transaction, dialect).await?;
     sqlx::query(
         "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
            due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date) \
@@ -207,32 +199,8 @@ impl Store {
             .collect()
     }
 
-    /// The horizon: the highest event id whose transaction has finished, with every
-    /// lower id's finished too (0 when none). On SQLite writers run one at a time, so
-    /// that is the highest id; on PostgreSQL see [`EVENTS_LOCK_KEY`].
+    /// The horizon of billing's events ([`EventTable::horizon`]).
     pub async fn last_event_id(&self) -> Result<i64, StorageError> {
-        let highest = "SELECT MAX(event_id) FROM events";
-        let id: Option<i64> = match self.db.dialect() {
-            Dialect::Sqlite => {
-                sqlx::query_scalar(highest)
-                    .fetch_one(self.db.pool())
-                    .await?
-            }
-            Dialect::Postgres => {
-                // A transaction lock: should this task be cancelled half way, the
-                // rollback on the connection's return releases it.
-                let mut transaction = self.db.pool().begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(EVENTS_LOCK_KEY)
-                    .execute(&mut *transaction)
-                    .await?;
-                let id = sqlx::query_scalar(highest)
-                    .fetch_one(&mut *transaction)
-                    .await?;
-                transaction.commit().await?;
-                id
-            }
-        };
-        Ok(id.unwrap_or(0))
+        Ok(EVENTS.horizon(&self.db).await?)
     }
 }

@@ -4,19 +4,19 @@
 //! horizon on PostgreSQL).
 
 use service_kit::{
-    db::Dialect,
+    db::{Dialect, EventTable},
     money::{Currency, Money},
 };
 use sqlx::{Any, Row, Transaction};
 
 use super::{StorageError, Store};
 
-/// On PostgreSQL an event id is drawn from a sequence before its transaction commits,
-/// so ids can become visible out of order. Writers hold this lock *shared* from just
-/// before they draw an id until they commit; a reader takes it *exclusively* for a
-/// moment to learn the horizon (the highest id whose writer has finished) and reads
-/// only up to it, so "after n" misses nothing.
-const PAYMENT_EVENTS_LOCK_KEY: i64 = 0x0070_6576_656e_7473; // "pevents" in ASCII
+/// payment-svc's event table (see [`EventTable`] for how readers never pass an id in
+/// flight).
+const PAYMENT_EVENTS: EventTable = EventTable {
+    table: "payment_events",
+    lock_key: 0x0070_6576_656e_7473, // "pevents" in ASCII
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PaymentEventKind {
@@ -96,12 +96,7 @@ pub(super) async fn insert_event(
     event: &NewPaymentEvent<'_>,
     now: i64,
 ) -> Result<bool, StorageError> {
-    if dialect == Dialect::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-            .bind(PAYMENT_EVENTS_LOCK_KEY)
-            .execute(&mut **transaction)
-            .await?;
-    }
+    PAYMENT_EVENTS.before_insert(transaction, dialect).await?;
     let written = sqlx::query(
         "INSERT INTO payment_events (account_id, kind, subject_id, mandate_id, payment_id, amount_minor, \
            currency_code, due_date, instrument_last4, reason, attempt, created_at_micros) \
@@ -148,30 +143,9 @@ impl Store {
         rows.iter().map(event_from_row).collect()
     }
 
-    /// The horizon: the highest event id whose transaction has finished, with every
-    /// lower id's finished too (0 when none).
+    /// The horizon of payment-svc's events ([`EventTable::horizon`]).
     pub async fn last_payment_event_id(&self) -> Result<i64, StorageError> {
-        let highest = "SELECT MAX(event_id) FROM payment_events";
-        let id: Option<i64> = match self.db.dialect() {
-            Dialect::Sqlite => {
-                sqlx::query_scalar(highest)
-                    .fetch_one(self.db.pool())
-                    .await?
-            }
-            Dialect::Postgres => {
-                let mut transaction = self.db.pool().begin().await?;
-                sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                    .bind(PAYMENT_EVENTS_LOCK_KEY)
-                    .execute(&mut *transaction)
-                    .await?;
-                let id = sqlx::query_scalar(highest)
-                    .fetch_one(&mut *transaction)
-                    .await?;
-                transaction.commit().await?;
-                id
-            }
-        };
-        Ok(id.unwrap_or(0))
+        Ok(PAYMENT_EVENTS.horizon(&self.db).await?)
     }
 }
 

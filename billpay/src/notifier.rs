@@ -24,15 +24,30 @@ pub async fn run(
     billing: BillingEndpoint,
     key: TokenSigner,
     cursor_file: PathBuf,
-    mut stopped: watch::Receiver<()>,
+    stopped: watch::Receiver<()>,
 ) {
-    let mut cursor = read_cursor(&cursor_file);
+    keep_following("billing's event stream", stopped, move || {
+        follow(billing.clone(), key.clone(), cursor_file.clone())
+    })
+    .await;
+}
+
+/// Runs `follow` (one connection to a stream) again and again, a pause between, until
+/// `stopped` changes.
+pub(crate) async fn keep_following<F, Fut>(
+    stream: &str,
+    mut stopped: watch::Receiver<()>,
+    mut follow: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     loop {
         tokio::select! {
             _ = stopped.changed() => return,
-            result = follow(&billing, &key, &cursor_file, &mut cursor) => {
+            result = follow() => {
                 if let Err(error) = result {
-                    tracing::warn!(%error, "notifier lost the event stream; reconnecting");
+                    tracing::warn!(%error, "notifier lost {stream}; reconnecting");
                 }
             }
         }
@@ -43,38 +58,71 @@ pub async fn run(
     }
 }
 
-async fn follow(
-    billing: &BillingEndpoint,
+/// A stream request with the notifier's own token for `scope`.
+pub(crate) fn authorized<T>(
+    message: T,
     key: &TokenSigner,
-    cursor_file: &PathBuf,
-    cursor: &mut i64,
-) -> anyhow::Result<()> {
-    let mut client = BillingServiceClient::new(billing.connect().await?);
-    let mut request = tonic::Request::new(WatchEventsRequest {
-        after_id: *cursor,
-        ..Default::default()
-    });
+    scope: &str,
+) -> anyhow::Result<tonic::Request<T>> {
     let token = mint(
         key,
         "billpay-notifier",
         Role::Service,
-        &["billing:events"],
+        &[scope],
         None,
         24 * 3600,
     );
+    let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut stream = client.watch_events(request).await?.into_inner();
+    Ok(request)
+}
+
+/// Tells the customer `text` (an SMS, here a log line), then moves the cursor past the
+/// event and keeps it, so a restart neither misses nor repeats a message.
+pub(crate) fn tell(
+    account_id: &str,
+    text: Option<String>,
+    event_id: i64,
+    cursor: &mut i64,
+    cursor_file: &PathBuf,
+) -> anyhow::Result<()> {
+    if let Some(text) = text {
+        tracing::info!(target: "notifier", account_id, "SMS: {text}");
+    }
+    *cursor = event_id;
+    std::fs::write(cursor_file, cursor.to_string())?;
+    Ok(())
+}
+
+/// One connection: from the cursor kept in `cursor_file`, until the stream ends.
+async fn follow(
+    billing: BillingEndpoint,
+    key: TokenSigner,
+    cursor_file: PathBuf,
+) -> anyhow::Result<()> {
+    let mut cursor = read_cursor(&cursor_file);
+    let mut client = BillingServiceClient::new(billing.connect().await?);
+    let request = WatchEventsRequest {
+        after_id: cursor,
+        ..Default::default()
+    };
+    let mut stream = client
+        .watch_events(authorized(request, &key, "billing:events")?)
+        .await?
+        .into_inner();
     while let Some(response) = stream.message().await? {
-        let Some(event) = response.event else {
-            continue;
-        };
-        if let Some(text) = message(&event) {
-            tracing::info!(target: "notifier", account_id = %event.account_id, "SMS: {text}");
+        if let Some(event) = response.event {
+            let text = message(&event);
+            tell(
+                &event.account_id,
+                text,
+                event.event_id,
+                &mut cursor,
+                &cursor_file,
+            )?;
         }
-        *cursor = event.event_id;
-        std::fs::write(cursor_file, cursor.to_string())?;
     }
     Ok(())
 }

@@ -1,76 +1,53 @@
 //! The notifier's second stream: payment-svc's WatchPaymentEvents (mandates and
 //! autopay), with its own cursor file, told to the customer as SMS-style lines.
 
-use std::{path::PathBuf, time::Duration};
+use std::path::PathBuf;
 
 use billpay_contracts::payment::v1::{
     PaymentEvent, PaymentEventKind, WatchPaymentEventsRequest,
     payment_service_client::PaymentServiceClient,
 };
-use service_kit::auth::{Role, TokenSigner, mint};
+use service_kit::auth::TokenSigner;
 use tokio::sync::watch;
 
 use crate::tls::BillingEndpoint as Endpoint;
-
-/// Wait before reconnecting after the stream ends.
-const RECONNECT_DELAY: Duration = Duration::from_secs(1);
 
 /// Follows payment-svc's events until `stopped` changes.
 pub async fn run(
     payment: Endpoint,
     key: TokenSigner,
     cursor_file: PathBuf,
-    mut stopped: watch::Receiver<()>,
+    stopped: watch::Receiver<()>,
 ) {
-    let mut cursor = super::read_cursor(&cursor_file);
-    loop {
-        tokio::select! {
-            _ = stopped.changed() => return,
-            result = follow(&payment, &key, &cursor_file, &mut cursor) => {
-                if let Err(error) = result {
-                    tracing::warn!(%error, "notifier lost the payment event stream; reconnecting");
-                }
-            }
-        }
-        tokio::select! {
-            _ = stopped.changed() => return,
-            () = tokio::time::sleep(RECONNECT_DELAY) => {}
-        }
-    }
+    super::keep_following("payment-svc's event stream", stopped, move || {
+        follow(payment.clone(), key.clone(), cursor_file.clone())
+    })
+    .await;
 }
 
-async fn follow(
-    payment: &Endpoint,
-    key: &TokenSigner,
-    cursor_file: &PathBuf,
-    cursor: &mut i64,
-) -> anyhow::Result<()> {
+/// One connection: from the cursor kept in `cursor_file`, until the stream ends.
+async fn follow(payment: Endpoint, key: TokenSigner, cursor_file: PathBuf) -> anyhow::Result<()> {
+    let mut cursor = super::read_cursor(&cursor_file);
     let mut client = PaymentServiceClient::new(payment.connect().await?);
-    let mut request = tonic::Request::new(WatchPaymentEventsRequest {
-        after_id: *cursor,
+    let request = WatchPaymentEventsRequest {
+        after_id: cursor,
         ..Default::default()
-    });
-    let token = mint(
-        key,
-        "billpay-notifier",
-        Role::Service,
-        &["payment:read"],
-        None,
-        24 * 3600,
-    );
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let mut stream = client.watch_payment_events(request).await?.into_inner();
+    };
+    let mut stream = client
+        .watch_payment_events(super::authorized(request, &key, "payment:read")?)
+        .await?
+        .into_inner();
     while let Some(response) = stream.message().await? {
-        let Some(event) = response.event else {
-            continue;
-        };
-        if let Some(text) = message(&event) {
-            tracing::info!(target: "notifier", account_id = %event.account_id, "SMS: {text}");
+        if let Some(event) = response.event {
+            let text = message(&event);
+            super::tell(
+                &event.account_id,
+                text,
+                event.event_id,
+                &mut cursor,
+                &cursor_file,
+            )?;
         }
-        *cursor = event.event_id;
-        std::fs::write(cursor_file, cursor.to_string())?;
     }
     Ok(())
 }

@@ -159,6 +159,62 @@ pub struct Tail {
     pub latest: watch::Receiver<i64>,
 }
 
+/// What a stream request (WatchEvents, WatchPaymentEvents) asks for.
+#[derive(Debug)]
+pub struct StreamRequest<'a> {
+    /// The RPC's name, for the refusal at the cap.
+    pub rpc: &'a str,
+    pub caller: &'a str,
+    pub after_id: i64,
+    pub account: Option<String>,
+    pub stop_at_end: bool,
+    /// The caller's token expiry (Unix seconds).
+    pub expires_at: i64,
+}
+
+impl EventWatch {
+    /// Checks `request` and opens one more stream for its caller: INVALID_ARGUMENT for
+    /// a negative cursor or an over-long account id, RESOURCE_EXHAUSTED at the
+    /// caller's cap. `newest` reads the newest event id (see [`EventWatch::latest`]).
+    pub fn open_tail<F, Fut, E>(
+        self: &Arc<Self>,
+        request: StreamRequest<'_>,
+        newest: F,
+    ) -> Result<Tail, tonic::Status>
+    where
+        F: Fn() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<i64, E>> + Send,
+        E: Display,
+    {
+        if request.after_id < 0 {
+            return Err(crate::errors::invalid_field(
+                "after_id",
+                "must not be negative",
+            ));
+        }
+        if request.account.as_ref().is_some_and(|id| id.len() > 64) {
+            return Err(crate::errors::invalid_field(
+                "account_id",
+                "must be at most 64 characters",
+            ));
+        }
+        let slot = self.open_stream(request.caller).ok_or_else(|| {
+            tonic::Status::resource_exhausted(format!(
+                "{} already has {} {} streams open; close one first",
+                request.caller, self.streams_per_caller, request.rpc
+            ))
+        })?;
+        Ok(Tail {
+            after_id: request.after_id,
+            account: request.account,
+            stop_at_end: request.stop_at_end,
+            expires_at: request.expires_at,
+            slot,
+            latest: self.latest(newest),
+        })
+    }
+}
+
 /// Replays the events after `tail.after_id` (`read(cursor)` gives the next batch),
 /// then tails new ones as the shared poller sees them, until the client leaves, its
 /// token expires, or (with `stop_at_end`) the stream has caught up. Each event goes

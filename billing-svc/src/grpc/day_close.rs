@@ -7,7 +7,7 @@ use service_kit::{
     auth::{Caller, TokenExpiry},
     clock::timestamp_from_micros,
     errors::invalid_field,
-    event_watch::{EVENT_BATCH_MAX, Streamed, Tail, stream_events},
+    event_watch::{EVENT_BATCH_MAX, StreamRequest, Streamed, stream_events},
 };
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -84,34 +84,21 @@ impl BillingApi {
             .map(|expiry| expiry.0)
             .ok_or_else(|| Status::unauthenticated("no verified token on this request"))?;
         let message = request.into_inner();
-        let after_id = message.after_id;
-        if after_id < 0 {
-            return Err(invalid_field("after_id", "must not be negative"));
-        }
-        let stop_at_end = message.stop_at_end;
-        let account_filter = Some(message.account_id).filter(|id| !id.is_empty());
-        if account_filter.as_ref().is_some_and(|id| id.len() > 64) {
-            return Err(invalid_field("account_id", "must be at most 64 characters"));
-        }
-        let slot = self.watch.open_stream(&caller).ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "{caller} already has {} WatchEvents streams open; close one first",
-                self.watch.streams_per_caller()
-            ))
-        })?;
         let newest = self.store.clone();
-        let latest = self.watch.latest(move || {
-            let store = newest.clone();
-            async move { store.last_event_id().await }
-        });
-        let tail = Tail {
-            after_id,
-            account: account_filter,
-            stop_at_end,
-            expires_at,
-            slot,
-            latest,
-        };
+        let tail = self.watch.open_tail(
+            StreamRequest {
+                rpc: "WatchEvents",
+                caller: &caller,
+                after_id: message.after_id,
+                account: Some(message.account_id).filter(|id| !id.is_empty()),
+                stop_at_end: message.stop_at_end,
+                expires_at,
+            },
+            move || {
+                let store = newest.clone();
+                async move { store.last_event_id().await }
+            },
+        )?;
         let store = self.store.clone();
         let read = move |cursor| {
             let store = store.clone();

@@ -8,7 +8,7 @@ use service_kit::{
     auth::{Caller, Role, TokenExpiry},
     clock::timestamp_from_micros,
     errors::invalid_field,
-    event_watch::{EVENT_BATCH_MAX, Streamed, Tail, stream_events},
+    event_watch::{EVENT_BATCH_MAX, StreamRequest, Streamed, stream_events},
     wire::money_to_wire,
 };
 use tokio_stream::Stream;
@@ -102,27 +102,22 @@ impl PaymentApi {
         {
             service_kit::audit::note_account(account_id);
         }
-        let slot = self.watch.open_stream(&caller.subject).ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "{} already has {} WatchPaymentEvents streams open; close one first",
-                caller.subject,
-                self.watch.streams_per_caller()
-            ))
-        })?;
         let store = self.flow.store().clone();
         let newest = store.clone();
-        let latest = self.watch.latest(move || {
-            let store = newest.clone();
-            async move { store.last_payment_event_id().await }
-        });
-        let tail = Tail {
-            after_id,
-            account: account_filter,
-            stop_at_end,
-            expires_at,
-            slot,
-            latest,
-        };
+        let tail = self.watch.open_tail(
+            StreamRequest {
+                rpc: "WatchPaymentEvents",
+                caller: &caller.subject,
+                after_id,
+                account: account_filter,
+                stop_at_end,
+                expires_at,
+            },
+            move || {
+                let store = newest.clone();
+                async move { store.last_payment_event_id().await }
+            },
+        )?;
         let read = move |cursor| {
             let store = store.clone();
             async move { store.payment_events_after(cursor, EVENT_BATCH_MAX).await }

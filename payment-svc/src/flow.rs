@@ -362,7 +362,7 @@ impl PaymentFlow {
                     .for_method(payment.method)
                     .refund(&payment.payment_id, &refund.refund_id, payment.amount)
                     .await;
-                tracing::info!(payment_id = %payment.payment_id, refund_id = %refund.refund_id, outcome = ?outcome, "refund answered");
+                tracing::info!(payment_id = %payment.payment_id, refund_id = %refund.refund_id, %outcome, "refund answered");
                 match outcome {
                     RefundOutcome::Refunded => {
                         failpoint("refund-after-provider-refunded");
@@ -434,7 +434,7 @@ impl PaymentFlow {
             .for_method(payment.method)
             .query(&payment.payment_id)
             .await;
-        tracing::info!(payment_id = %payment.payment_id, answer = ?answer, "reconciling");
+        tracing::info!(payment_id = %payment.payment_id, %answer, "reconciling");
         match answer {
             QueryOutcome::Succeeded { provider_ref } => {
                 self.succeeded(&payment.payment_id, &provider_ref).await

@@ -72,6 +72,27 @@ pub enum RefundOutcome {
     },
 }
 
+impl std::fmt::Display for QueryOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Succeeded { provider_ref } => write!(f, "charged ({provider_ref})"),
+            Self::Declined { code, message } => write!(f, "declined {code}: {message}"),
+            Self::NotFound => f.write_str("no such charge"),
+            Self::Unknown { reason } => write!(f, "no answer: {reason}"),
+        }
+    }
+}
+
+impl std::fmt::Display for RefundOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Refunded => f.write_str("refunded"),
+            Self::Refused { reason } => write!(f, "refused: {reason}"),
+            Self::Unknown { reason } => write!(f, "no answer: {reason}"),
+        }
+    }
+}
+
 /// A verified notification from an asynchronous provider.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {

@@ -5,26 +5,24 @@
 
 use billpay_contracts::{
     billing::v1::{
-        Bill, BillStatus, CancelPlanRequest, CancelPlanResponse, GetAccountRequest,
-        GetAccountSummaryRequest, GetAccountSummaryResponse, GetCreditRecordRequest,
+        Bill, BillStatus, CancelPlanRequest, CancelPlanResponse, GetCreditRecordRequest,
         GetPlanRequest, Plan, PlanStatus, QuoteRepaymentRequest, RepaymentStanding,
-        RunDayCloseRequest,
     },
-    common::v1::{AllDue, Money, PlanPayoff, RepaymentTarget, repayment_target::Kind},
+    common::v1::{AllDue, PlanPayoff, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
         PaymentMethod, RefundPaymentRequest, payment_service_client::PaymentServiceClient,
     },
 };
 use chrono::{Days, Months, NaiveDate};
-use integration_tests::{Backend, StackOptions, TestApp, authorized, connect};
+use integration_tests::{Backend, TestApp, authorized, connect};
 use tonic::{Code, Status};
 
 use crate::{
     on_both_backends,
     repayments::assert_conservation,
     support::{
-        bills_target, expect_code, new_plan, open_account, pay, poll_until, reason, repayment,
-        violated_fields,
+        account, amount, bills_target, close, expect_code, new_plan, open_account, pay, poll_until,
+        reason, repayment, spawn_on, summary, violated_fields,
     },
 };
 
@@ -40,15 +38,7 @@ fn today() -> NaiveDate {
 }
 
 async fn spawn(backend: Backend, test: &str) -> Option<TestApp> {
-    let options = StackOptions {
-        today: Some(today()),
-        ..StackOptions::default()
-    };
-    TestApp::spawn_with(backend, test, options).await
-}
-
-fn amount(money: &Option<Money>) -> &str {
-    money.as_ref().map_or("", |money| money.amount.as_str())
+    spawn_on(backend, test, today()).await
 }
 
 /// Opens a plan bought on `purchase_date`.
@@ -144,43 +134,8 @@ async fn plan(app: &TestApp, plan_id: &str) -> Plan {
         .unwrap()
 }
 
-async fn summary(app: &TestApp, account_id: &str) -> GetAccountSummaryResponse {
-    let request = GetAccountSummaryRequest {
-        account_id: account_id.into(),
-    };
-    app.billing()
-        .await
-        .get_account_summary(authorized(request, &app.service_token(&["billing:read"])))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
 async fn credit_balance(app: &TestApp, account_id: &str) -> String {
-    let request = GetAccountRequest {
-        account_id: account_id.into(),
-    };
-    let account = app
-        .billing()
-        .await
-        .get_account(authorized(request, &app.service_token(&["billing:read"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap();
-    amount(&account.credit_balance).to_owned()
-}
-
-async fn close(app: &TestApp, as_of: NaiveDate) {
-    let request = RunDayCloseRequest {
-        as_of: as_of.to_string(),
-    };
-    app.billing()
-        .await
-        .run_day_close(authorized(request, &app.service_token(&["billing:admin"])))
-        .await
-        .unwrap();
+    amount(&account(app, account_id).await.credit_balance).to_owned()
 }
 
 /// (cancellation rows, PLAN_CANCELLED events).

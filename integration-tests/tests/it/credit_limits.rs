@@ -5,20 +5,22 @@
 
 use billpay_contracts::{
     billing::v1::{
-        Account, CreditLimitChangeKind, EventKind, GetAccountRequest, GetAccountSummaryRequest,
-        GetAccountSummaryResponse, GetPlanRequest, ListCreditLimitChangesRequest, PlanStatus,
-        RunDayCloseRequest, UpdateCreditLimitRequest, UpdateCreditLimitResponse,
-        WatchEventsRequest, billing_service_client::BillingServiceClient,
+        CreditLimitChangeKind, EventKind, GetPlanRequest, ListCreditLimitChangesRequest,
+        PlanStatus, UpdateCreditLimitRequest, UpdateCreditLimitResponse, WatchEventsRequest,
+        billing_service_client::BillingServiceClient,
     },
     common::v1::Money,
 };
 use chrono::{Days, NaiveDate};
-use integration_tests::{Backend, StackOptions, TestApp, authorized, connect};
+use integration_tests::{Backend, TestApp, authorized, connect};
 use tonic::{Code, Status};
 
 use crate::{
     on_both_backends,
-    support::{POLL_DEADLINE, expect_code, new_plan, open_account, reason, violated_fields},
+    support::{
+        POLL_DEADLINE, account, amount, close, expect_code, new_plan, open_account, reason,
+        spawn_on, summary, violated_fields,
+    },
 };
 
 on_both_backends!(
@@ -33,19 +35,11 @@ fn today() -> NaiveDate {
 }
 
 async fn spawn(backend: Backend, test: &str) -> Option<TestApp> {
-    let options = StackOptions {
-        today: Some(today()),
-        ..StackOptions::default()
-    };
-    TestApp::spawn_with(backend, test, options).await
+    spawn_on(backend, test, today()).await
 }
 
 fn cny(amount: &str) -> Option<Money> {
     Some(Money::new("CNY", amount))
-}
-
-fn amount(money: &Option<Money>) -> &str {
-    money.as_ref().map_or("", |money| money.amount.as_str())
 }
 
 fn limit_request(
@@ -77,43 +71,6 @@ async fn update_limit(
 
 fn risk_token(app: &TestApp) -> String {
     app.service_token(&["billing:limits"])
-}
-
-async fn account(app: &TestApp, account_id: &str) -> Account {
-    let request = GetAccountRequest {
-        account_id: account_id.into(),
-    };
-    app.billing()
-        .await
-        .get_account(authorized(request, &app.service_token(&["billing:read"])))
-        .await
-        .unwrap()
-        .into_inner()
-        .account
-        .unwrap()
-}
-
-async fn summary(app: &TestApp, account_id: &str) -> GetAccountSummaryResponse {
-    let request = GetAccountSummaryRequest {
-        account_id: account_id.into(),
-    };
-    app.billing()
-        .await
-        .get_account_summary(authorized(request, &app.service_token(&["billing:read"])))
-        .await
-        .unwrap()
-        .into_inner()
-}
-
-async fn close(app: &TestApp, as_of: NaiveDate) {
-    let request = RunDayCloseRequest {
-        as_of: as_of.to_string(),
-    };
-    app.billing()
-        .await
-        .run_day_close(authorized(request, &app.service_token(&["billing:admin"])))
-        .await
-        .unwrap();
 }
 
 /// (history rows, CREDIT_LIMIT_CHANGED events): what a refusal must leave unchanged.

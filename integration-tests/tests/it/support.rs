@@ -1,14 +1,18 @@
 //! Helpers the tests share: requests, and reading error details.
 
 use billpay_contracts::{
-    billing::v1::CreateAccountRequest,
+    billing::v1::{
+        Account, CreateAccountRequest, GetAccountRequest, GetAccountSummaryRequest,
+        GetAccountSummaryResponse, RunDayCloseRequest,
+    },
     common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
         CreateRepaymentRequest, Payment, PaymentMethod,
         payment_service_client::PaymentServiceClient,
     },
 };
-use integration_tests::{TestApp, authorized, connect};
+use chrono::NaiveDate;
+use integration_tests::{Backend, StackOptions, TestApp, authorized, connect};
 use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 
@@ -155,4 +159,58 @@ pub async fn pay(app: &TestApp, request: CreateRepaymentRequest) -> Result<Payme
         .create_repayment(authorized(request, &app.payment_token()))
         .await?;
     Ok(response.into_inner().payment.unwrap())
+}
+
+/// A stack whose billing business date stands on `today`.
+pub async fn spawn_on(backend: Backend, test: &str, today: NaiveDate) -> Option<TestApp> {
+    let options = StackOptions {
+        today: Some(today),
+        ..StackOptions::default()
+    };
+    TestApp::spawn_with(backend, test, options).await
+}
+
+/// A money field's amount ("" when absent).
+pub fn amount(money: &Option<Money>) -> &str {
+    money.as_ref().map_or("", |money| money.amount.as_str())
+}
+
+/// GetAccount with a `billing:read` service token.
+pub async fn account(app: &TestApp, account_id: &str) -> Account {
+    let request = GetAccountRequest {
+        account_id: account_id.into(),
+    };
+    app.billing()
+        .await
+        .get_account(authorized(request, &app.service_token(&["billing:read"])))
+        .await
+        .unwrap()
+        .into_inner()
+        .account
+        .unwrap()
+}
+
+/// GetAccountSummary with a `billing:read` service token.
+pub async fn summary(app: &TestApp, account_id: &str) -> GetAccountSummaryResponse {
+    let request = GetAccountSummaryRequest {
+        account_id: account_id.into(),
+    };
+    app.billing()
+        .await
+        .get_account_summary(authorized(request, &app.service_token(&["billing:read"])))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// RunDayClose of `as_of` with a `billing:admin` service token.
+pub async fn close(app: &TestApp, as_of: NaiveDate) {
+    let request = RunDayCloseRequest {
+        as_of: as_of.to_string(),
+    };
+    app.billing()
+        .await
+        .run_day_close(authorized(request, &app.service_token(&["billing:admin"])))
+        .await
+        .unwrap();
 }

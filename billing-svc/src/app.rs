@@ -34,6 +34,7 @@ pub struct Application {
     business_offset: FixedOffset,
     clock: BusinessClock,
     auto_day_close: bool,
+    day_close_parallelism: usize,
     watch_streams_per_caller: usize,
 }
 
@@ -77,6 +78,7 @@ impl Application {
             business_offset: config.business_utc_offset,
             clock: config.clock.clone(),
             auto_day_close: config.auto_day_close,
+            day_close_parallelism: config.day_close_parallelism,
             watch_streams_per_caller: config.watch_streams_per_caller.max(1),
         })
     }
@@ -99,17 +101,27 @@ impl Application {
         tracing::info!(addr = %self.local_addr(), "billing-svc serving");
         let store = Store::new(self.foundation.db.clone());
         let (stop, stopped) = watch::channel(());
+        let closer = jobs::DayCloser::new(
+            store.clone(),
+            Arc::clone(&self.catalog),
+            self.day_close_parallelism,
+        );
         let auto_close = self.auto_day_close.then(|| {
             tokio::spawn(jobs::run_auto_close(
-                store.clone(),
-                Arc::clone(&self.catalog),
+                closer.clone(),
                 self.business_offset,
                 self.clock.clone(),
                 stopped,
             ))
         });
-        let api = BillingApi::new(store, self.catalog, self.business_offset, self.clock)
-            .with_streams_per_caller(self.watch_streams_per_caller);
+        let api = BillingApi::new(
+            store,
+            self.catalog,
+            self.business_offset,
+            self.clock,
+            closer,
+        )
+        .with_streams_per_caller(self.watch_streams_per_caller);
         let mut routes = Routes::builder();
         routes.add_service(
             BillingServiceServer::new(api).max_decoding_message_size(REQUEST_BYTES_MAX),

@@ -40,6 +40,10 @@ pub struct Config {
     /// Close each business day automatically after midnight (catching up missed days).
     #[arg(long, env = "BILLING_AUTO_DAY_CLOSE", default_value_t = true, action = clap::ArgAction::Set)]
     pub auto_day_close: bool,
+    /// Accounts one replica closes at once in a day close (each in its own
+    /// transaction); replicas on one database share a close on top of this.
+    #[arg(long, env = "BILLING_DAY_CLOSE_PARALLELISM", default_value_t = 4)]
+    pub day_close_parallelism: usize,
     /// The token subject of payment-svc: with its issuer, the only caller
     /// ApplyRepayment and ReverseRepayment (scope billing:apply) are open to.
     #[arg(long, env = "BILLING_PAYMENT_SVC_SUBJECT", default_value = PAYMENT_SVC_SUBJECT)]
@@ -66,6 +70,7 @@ impl Config {
             products_file: None,
             business_utc_offset: shanghai(),
             auto_day_close: true,
+            day_close_parallelism: 4,
             payment_svc_subject: PAYMENT_SVC_SUBJECT.to_owned(),
             payment_svc_issuer: PAYMENT_SVC_SUBJECT.to_owned(),
             watch_streams_per_caller: 16,

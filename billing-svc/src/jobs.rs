@@ -9,8 +9,9 @@ use tokio::sync::watch;
 
 use crate::{
     clock::BusinessClock,
+    domain::account::AccountId,
     domain::{calendar::earliest_close, product::Catalog},
-    storage::{ProductTerms, StorageError, Store},
+    storage::{Claimed, DayCloseRun, ProductTerms, RunProgress, StorageError, Store},
 };
 
 /// How often the automatic close looks for a day to close.
@@ -42,84 +43,189 @@ impl std::fmt::Display for DayCloseSummary {
     }
 }
 
-/// Closes `as_of` for every account it may change, each in its own transaction, and
-/// records the date as closed. Safe to run twice, and from several replicas.
-pub async fn close_day(
-    store: &Store,
-    catalog: &Catalog,
-    as_of: NaiveDate,
-) -> Result<DayCloseSummary, StorageError> {
-    close_day_unless(store, catalog, as_of, || false)
-        .await?
-        .ok_or_else(|| StorageError::Corrupt("a day close that cannot stop stopped".into()))
+/// Accounts a replica claims at a time, per account it closes at once: small batches
+/// spread a close over replicas; each claim is one indexed statement.
+const CLAIM_PER_WORKER: usize = 4;
+
+/// How long a claim holds: a replica that died holding one delays its accounts this
+/// long, then another replica takes them over. A batch takes well under a second.
+const CLAIM_LEASE: Duration = Duration::from_secs(10);
+
+/// How often a replica with nothing left to claim looks whether the others finished
+/// (or one of their claims expired).
+const OTHERS_POLL: Duration = Duration::from_millis(50);
+
+/// Closes business days as one replica among any number: the date's run lists its
+/// accounts once, replicas claim them in batches and close up to `parallelism`
+/// accounts at a time, each account once per run.
+#[derive(Debug, Clone)]
+pub struct DayCloser {
+    store: Store,
+    catalog: Arc<Catalog>,
+    /// This replica's name in claims and `closed_by`.
+    replica: Arc<str>,
+    parallelism: usize,
 }
 
-/// Like [`close_day`], but checks `stop` before each account: when it says stop, the
-/// day is left unrecorded (None) so that the next run closes it again — each account's
-/// close is its own transaction and closing one twice changes nothing.
-async fn close_day_unless(
-    store: &Store,
-    catalog: &Catalog,
-    as_of: NaiveDate,
-    stop: impl Fn() -> bool,
-) -> Result<Option<DayCloseSummary>, StorageError> {
-    let began = std::time::Instant::now();
-    let zero = Money::zero(service_kit::money::Currency::Cny);
-    let mut summary = DayCloseSummary {
-        as_of,
-        accounts_closed: 0,
-        bills_overdue: 0,
-        penalties_posted: zero,
-        credit_balance_applied: zero,
-    };
-    let sum = |a: Money, b: Money| {
-        a.checked_add(b)
-            .map_err(|error| StorageError::Corrupt(error.to_string()))
-    };
-    for account_id in store.accounts_to_close(as_of).await? {
-        if stop() {
-            tracing::info!(%as_of, "day close stopped for shutdown; the next start resumes it");
-            return Ok(None);
+impl DayCloser {
+    pub fn new(store: Store, catalog: Arc<Catalog>, parallelism: usize) -> Self {
+        let replica = format!(
+            "billing-{}-{}",
+            std::process::id(),
+            &uuid::Uuid::now_v7().simple().to_string()[20..]
+        );
+        Self {
+            store,
+            catalog,
+            replica: replica.into(),
+            parallelism: parallelism.max(1),
         }
-        let products: HashMap<String, String> = store.plan_products(&account_id).await?;
+    }
+
+    fn claim_batch(&self) -> i64 {
+        i64::try_from(self.parallelism.saturating_mul(CLAIM_PER_WORKER)).unwrap_or(i64::MAX)
+    }
+
+    /// The run of `as_of` to take part in (see [`Store::start_or_join_run`]).
+    pub async fn start_or_join(
+        &self,
+        as_of: NaiveDate,
+        again: bool,
+    ) -> Result<Option<DayCloseRun>, StorageError> {
+        self.store
+            .start_or_join_run(as_of, again, service_kit::clock::now_micros())
+            .await
+    }
+
+    /// Closes `run`'s accounts until none is left, checking `stop` between batches:
+    /// when it says stop, the run is left unfinished (None) and the next run of the
+    /// date joins it — closed accounts stay closed, claimed ones are free again once
+    /// their claim expires.
+    pub async fn work_on(
+        &self,
+        run: DayCloseRun,
+        stop: impl Fn() -> bool,
+    ) -> Result<Option<DayCloseSummary>, StorageError> {
+        let began = std::time::Instant::now();
+        let mut closed_here: u64 = 0;
+        loop {
+            if stop() {
+                tracing::info!(as_of = %run.as_of, "day close stopped for shutdown; the next start resumes it");
+                return Ok(None);
+            }
+            let now = service_kit::clock::now_micros();
+            let lease = i64::try_from(CLAIM_LEASE.as_micros()).unwrap_or(i64::MAX);
+            match self
+                .store
+                .claim_accounts(
+                    run,
+                    &self.replica,
+                    self.claim_batch(),
+                    now,
+                    now.saturating_add(lease),
+                )
+                .await?
+            {
+                Claimed::Accounts(accounts) => {
+                    closed_here += self.close_accounts(run, accounts).await?;
+                }
+                Claimed::OthersBusy => tokio::time::sleep(OTHERS_POLL).await,
+                Claimed::AllClosed => break,
+            }
+        }
+        self.store
+            .finish_run(run, service_kit::clock::now_micros())
+            .await?;
+        let summary = DayCloseSummary::of(run.as_of, &self.store.run_progress(run).await?)?;
+        metrics::histogram!("billing_day_close_duration_seconds")
+            .record(began.elapsed().as_secs_f64());
+        metrics::counter!("billing_day_close_accounts_closed_total").increment(closed_here);
+        tracing::info!(%summary, closed_by_this_replica = closed_here, "day closed");
+        Ok(Some(summary))
+    }
+
+    /// Closes claimed accounts, up to `parallelism` at once; how many this replica
+    /// closed (another may have closed one first, after this claim expired).
+    async fn close_accounts(
+        &self,
+        run: DayCloseRun,
+        accounts: Vec<String>,
+    ) -> Result<u64, StorageError> {
+        let mut closing = tokio::task::JoinSet::new();
+        let mut accounts = accounts.into_iter();
+        let mut closed = 0;
+        loop {
+            while closing.len() < self.parallelism {
+                let Some(account_id) = accounts.next() else {
+                    break;
+                };
+                let closer = self.clone();
+                closing.spawn(async move { closer.close_account(run, &account_id).await });
+            }
+            let Some(done) = closing.join_next().await else {
+                return Ok(closed);
+            };
+            let done = done.map_err(|error| {
+                StorageError::Corrupt(format!("an account's day close panicked: {error}"))
+            })?;
+            closed += u64::from(done?);
+        }
+    }
+
+    /// One account's close; false when another replica closed it first.
+    async fn close_account(
+        &self,
+        run: DayCloseRun,
+        account_id: &str,
+    ) -> Result<bool, StorageError> {
+        let account_id = AccountId::parse(account_id)
+            .map_err(|_| StorageError::Corrupt("day_close_work.account_id".into()))?;
+        let products: HashMap<String, String> = self.store.plan_products(&account_id).await?;
         let terms = |plan_id: &str| {
-            let product = catalog.product(products.get(plan_id)?)?;
+            let product = self.catalog.product(products.get(plan_id)?)?;
             Some(ProductTerms {
                 grace_days: product.grace_days,
                 penalty_daily_rate: product.penalty_daily_rate,
             })
         };
-        let closed = store.close_account_day(&account_id, as_of, terms).await?;
-        summary.accounts_closed += 1;
+        let closed = self
+            .store
+            .close_account_day(&account_id, run, &self.replica, terms)
+            .await?;
         service_kit::failpoint::failpoint("day-close-after-an-account");
-        summary.bills_overdue += closed.bills_overdue;
-        summary.penalties_posted = sum(summary.penalties_posted, closed.penalties_posted)?;
-        summary.credit_balance_applied = sum(
-            summary.credit_balance_applied,
-            closed.credit_balance_applied,
-        )?;
+        Ok(closed.is_some())
     }
-    store.record_day_closed(as_of).await?;
-    metrics::histogram!("billing_day_close_duration_seconds").record(began.elapsed().as_secs_f64());
-    metrics::counter!("billing_day_close_accounts_closed_total")
-        .increment(u64::from(summary.accounts_closed));
-    tracing::info!(%summary, "day closed");
-    Ok(Some(summary))
+}
+
+impl DayCloseSummary {
+    /// A run's summary from its progress.
+    pub fn of(as_of: NaiveDate, progress: &RunProgress) -> Result<Self, StorageError> {
+        let money = |minor: i64| {
+            Money::from_minor(service_kit::money::Currency::Cny, minor)
+                .map_err(|error| StorageError::Corrupt(error.to_string()))
+        };
+        Ok(Self {
+            as_of,
+            accounts_closed: u32::try_from(progress.accounts_closed).unwrap_or(u32::MAX),
+            bills_overdue: u32::try_from(progress.bills_overdue).unwrap_or(u32::MAX),
+            penalties_posted: money(progress.penalties_minor)?,
+            credit_balance_applied: money(progress.credit_applied_minor)?,
+        })
+    }
 }
 
 /// Closes every finished business day not closed yet (from the day after the last
 /// close, or yesterday on a fresh database), in order; then checks again every minute
 /// until `stopped` changes.
 pub async fn run_auto_close(
-    store: Store,
-    catalog: Arc<Catalog>,
+    closer: DayCloser,
     offset: FixedOffset,
     clock: BusinessClock,
     mut stopped: watch::Receiver<()>,
 ) {
     loop {
         let today = clock.today(offset);
-        if let Err(error) = catch_up(&store, &catalog, today, &stopped).await {
+        if let Err(error) = catch_up(&closer, today, &stopped).await {
             tracing::warn!(%error, "automatic day close failed; will retry");
         }
         tokio::select! {
@@ -135,15 +241,14 @@ pub async fn run_auto_close(
 /// as soon as `stopped` changes (shutdown), leaving the rest to the next start.
 /// Returns the days closed.
 pub async fn catch_up(
-    store: &Store,
-    catalog: &Catalog,
+    closer: &DayCloser,
     today: NaiveDate,
     stopped: &watch::Receiver<()>,
 ) -> Result<u32, StorageError> {
     let Some(yesterday) = today.checked_sub_days(Days::new(1)) else {
         return Ok(0);
     };
-    let mut next = match store.last_day_closed().await? {
+    let mut next = match closer.store.last_day_closed().await? {
         Some(last) => last
             .checked_add_days(Days::new(1))
             .unwrap_or(today)
@@ -153,10 +258,9 @@ pub async fn catch_up(
     let mut closed = 0;
     let stop = || stopped.has_changed().unwrap_or(true);
     while next <= yesterday {
-        if close_day_unless(store, catalog, next, stop)
-            .await?
-            .is_none()
-            || stop()
+        // A date another replica closed meanwhile starts nothing here.
+        if let Some(run) = closer.start_or_join(next, false).await?
+            && (closer.work_on(run, stop).await?.is_none() || stop())
         {
             break;
         }

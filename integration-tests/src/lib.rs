@@ -344,12 +344,15 @@ impl TestApp {
             }
             args
         };
-        let billing = processes::ServiceProcess::start(
-            "billing",
-            &traced(processes::billing_args(&keys, &billing_url, any_port)),
-            options.billing_failpoints,
-        )
-        .await;
+        let mut billing_args = traced(processes::billing_args(&keys, &billing_url, any_port));
+        if !options.billing_failpoints.is_empty() {
+            // A fail point stops the thread that reaches it; with one account closing
+            // at a time, a day close stops there as a whole.
+            billing_args.extend(["--day-close-parallelism".to_owned(), "1".to_owned()]);
+        }
+        let billing =
+            processes::ServiceProcess::start("billing", &billing_args, options.billing_failpoints)
+                .await;
         let billing_addr = billing.grpc_addr;
         let billing_url_for_payment = format!("http://{billing_addr}");
         let payment = processes::ServiceProcess::start(

@@ -1,11 +1,13 @@
 //! RunDayClose and WatchEvents.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use billpay_contracts::billing::v1 as wire;
+use chrono::NaiveDate;
 use service_kit::{
     auth::{Caller, TokenExpiry},
     clock::timestamp_from_micros,
+    deadline::Deadline,
     errors::invalid_field,
     event_watch::{EVENT_BATCH_MAX, StreamRequest, Streamed, stream_events},
 };
@@ -15,9 +17,15 @@ use tonic::{Request, Status};
 use super::{BillingApi, convert::money_to_wire};
 use crate::{
     domain::calendar::{earliest_close, parse_date},
-    jobs::close_day,
+    jobs::DayCloseSummary,
     storage::{EventKind, StoredEvent},
 };
+
+/// How long RunDayClose waits for the close when the call carries no deadline.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+
+/// How long before its deadline RunDayClose stops waiting and answers the progress.
+const ANSWER_MARGIN: Duration = Duration::from_millis(500);
 
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<wire::WatchEventsResponse, Status>> + Send>>;
@@ -37,8 +45,63 @@ impl BillingApi {
         &self,
         request: Request<wire::RunDayCloseRequest>,
     ) -> Result<wire::RunDayCloseResponse, Status> {
+        // The caller's deadline (or the server's limit): the answer must leave
+        // before it, finished or not.
+        let wait = request
+            .extensions()
+            .get::<Deadline>()
+            .map_or(DEFAULT_WAIT, |deadline| deadline.remaining())
+            .saturating_sub(ANSWER_MARGIN);
+        let message = request.into_inner();
+        let run = if message.run_id != 0 {
+            self.store
+                .day_close_run(message.run_id)
+                .await?
+                .ok_or_else(|| invalid_field("run_id", "names no day close run"))?
+        } else {
+            let as_of = self.closable_date(&message.as_of)?;
+            self.closer
+                .start_or_join(as_of, true)
+                .await?
+                .ok_or_else(|| Status::internal("the day close did not start"))?
+        };
+        // The close goes on in the background when the call ends first (its deadline
+        // or the caller leaving): a big close is not cut off by the RPC timeout.
+        let closer = self.closer.clone();
+        let work = tokio::spawn(async move {
+            let closed = closer.work_on(run, || false).await;
+            if let Err(error) = &closed {
+                tracing::error!(%error, as_of = %run.as_of, run_id = run.run_id, "day close failed; run it again to resume");
+            }
+            closed
+        });
+        match tokio::time::timeout(wait, work).await {
+            Ok(Ok(closed)) => {
+                closed?;
+            }
+            Ok(Err(error)) => {
+                return Err(Status::internal(format!("the day close stopped: {error}")));
+            }
+            Err(_still_running) => {}
+        }
+        let progress = self.store.run_progress(run).await?;
+        let summary = DayCloseSummary::of(run.as_of, &progress)?;
+        Ok(wire::RunDayCloseResponse {
+            as_of: run.as_of.to_string(),
+            accounts_closed: i32::try_from(summary.accounts_closed).unwrap_or(i32::MAX),
+            bills_overdue: i32::try_from(summary.bills_overdue).unwrap_or(i32::MAX),
+            penalties_posted: Some(money_to_wire(summary.penalties_posted)),
+            credit_balance_applied: Some(money_to_wire(summary.credit_balance_applied)),
+            run_id: run.run_id,
+            finished: progress.finished,
+            accounts_to_close: i32::try_from(progress.accounts_to_close).unwrap_or(i32::MAX),
+        })
+    }
+
+    /// The date a RunDayClose asks for: yesterday when empty; a day that has ended,
+    /// not before the earliest close.
+    fn closable_date(&self, text: &str) -> Result<NaiveDate, Status> {
         let today = self.today();
-        let text = &request.get_ref().as_of;
         let yesterday = today.pred_opt().unwrap_or(today);
         let as_of = if text.is_empty() {
             yesterday
@@ -60,14 +123,7 @@ impl BillingApi {
                 format!("must be on or after {earliest} (no plan may be older)"),
             ));
         }
-        let summary = close_day(&self.store, &self.catalog, as_of).await?;
-        Ok(wire::RunDayCloseResponse {
-            as_of: as_of.to_string(),
-            accounts_closed: i32::try_from(summary.accounts_closed).unwrap_or(i32::MAX),
-            bills_overdue: i32::try_from(summary.bills_overdue).unwrap_or(i32::MAX),
-            penalties_posted: Some(money_to_wire(summary.penalties_posted)),
-            credit_balance_applied: Some(money_to_wire(summary.credit_balance_applied)),
-        })
+        Ok(as_of)
     }
 
     /// Replays events after the cursor (of one account, if asked), then tails new

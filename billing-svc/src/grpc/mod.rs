@@ -19,7 +19,7 @@ use service_kit::auth::{Access, RpcRule};
 use service_kit::event_watch::EventWatch;
 use tonic::{Request, Response, Status};
 
-use crate::{clock::BusinessClock, domain::product::Catalog, storage::Store};
+use crate::{clock::BusinessClock, domain::product::Catalog, jobs::DayCloser, storage::Store};
 
 const fn rule(method: &'static str, scope: &'static str, access: Access) -> RpcRule {
     RpcRule {
@@ -63,6 +63,7 @@ pub struct BillingApi {
     business_offset: FixedOffset,
     clock: BusinessClock,
     watch: Arc<EventWatch>,
+    closer: DayCloser,
 }
 
 impl BillingApi {
@@ -71,6 +72,7 @@ impl BillingApi {
         catalog: Arc<Catalog>,
         business_offset: FixedOffset,
         clock: BusinessClock,
+        closer: DayCloser,
     ) -> Self {
         Self {
             store,
@@ -78,6 +80,7 @@ impl BillingApi {
             business_offset,
             clock,
             watch: Arc::new(EventWatch::default()),
+            closer,
         }
     }
 

@@ -4,13 +4,13 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use chrono::{Days, NaiveDate};
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
 use service_kit::{clock::now_micros, money::Money};
 use sqlx::Row;
 
 use super::{
-    StorageError, Store,
+    DayCloseRun, StorageError, Store,
     bills::{BILL_COLUMNS, bill_from_row},
     credit_limits::lapse_temporary_limit,
     events::{EventKind, NewEvent, insert_event},
@@ -23,7 +23,7 @@ use crate::domain::{
     allocation::{Target, allocate, covered},
     bill::{Bill, BillState},
     calendar::parse_date,
-    day_close::{DUE_SOON_DAYS, Reminder, close_bill},
+    day_close::{Reminder, close_bill},
 };
 
 /// A product's terms that day close applies.
@@ -42,42 +42,36 @@ pub struct AccountClose {
 }
 
 impl Store {
-    /// Accounts a close of `as_of` may change: an unpaid bill due by `as_of` plus the
-    /// reminder window, a credit balance to apply, or a temporary limit that lapses.
-    pub async fn accounts_to_close(
-        &self,
-        as_of: NaiveDate,
-    ) -> Result<Vec<AccountId>, StorageError> {
-        let horizon = as_of
-            .checked_add_days(Days::new(DUE_SOON_DAYS))
-            .unwrap_or(as_of);
-        let rows = sqlx::query(
-            "SELECT DISTINCT account_id FROM bills WHERE state IN ('OPEN', 'OVERDUE') AND due_date <= $1 \
-             UNION SELECT account_id FROM accounts WHERE credit_balance_minor > 0 \
-             UNION SELECT account_id FROM accounts WHERE temporary_limit_until <= $2",
-        )
-        .bind(horizon.to_string())
-        .bind(as_of.to_string())
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                AccountId::parse(row.try_get("account_id")?)
-                    .map_err(|_| StorageError::Corrupt("bills.account_id".into()))
-            })
-            .collect()
-    }
-
-    /// Closes `as_of` for one account; `terms` gives each plan's product terms.
+    /// Closes `run`'s date for one account as `replica`; `terms` gives each plan's
+    /// product terms. None when another replica closed the account in this run first:
+    /// the account's work row turns closed in the same transaction as its close, under
+    /// the account's lock, so it is closed once per run.
     pub async fn close_account_day(
         &self,
         account_id: &AccountId,
-        as_of: NaiveDate,
+        run: DayCloseRun,
+        replica: &str,
         terms: impl Fn(&str) -> Option<ProductTerms>,
-    ) -> Result<AccountClose, StorageError> {
+    ) -> Result<Option<AccountClose>, StorageError> {
+        let as_of = run.as_of;
         let now = now_micros();
         let mut transaction = self.db.begin_write().await?;
         lock_account(&mut transaction, account_id.as_str(), now).await?;
+        let mine = sqlx::query(
+            "UPDATE day_close_work SET closed_by = $1, closed_at_micros = $2 \
+             WHERE run_id = $3 AND account_id = $4 AND closed_at_micros IS NULL",
+        )
+        .bind(replica)
+        .bind(now)
+        .bind(run.run_id)
+        .bind(account_id.as_str())
+        .execute(&mut *transaction)
+        .await?
+        .rows_affected();
+        if mine != 1 {
+            transaction.rollback().await?;
+            return Ok(None);
+        }
         lapse_temporary_limit(&mut transaction, self.db.dialect(), account_id, as_of, now).await?;
         let rows = sqlx::query(&format!(
             "SELECT {BILL_COLUMNS}, penalty_through FROM bills \
@@ -200,8 +194,19 @@ impl Store {
             .apply_credit_balance(&mut transaction, account_id, &bills, as_of, now)
             .await?;
         refresh_account_status(&mut transaction, account_id.as_str()).await?;
+        sqlx::query(
+            "UPDATE day_close_work SET bills_overdue = $1, penalties_minor = $2, credit_applied_minor = $3 \
+             WHERE run_id = $4 AND account_id = $5",
+        )
+        .bind(i64::from(result.bills_overdue))
+        .bind(result.penalties_posted.minor())
+        .bind(result.credit_balance_applied.minor())
+        .bind(run.run_id)
+        .bind(account_id.as_str())
+        .execute(&mut *transaction)
+        .await?;
         transaction.commit().await?;
-        Ok(result)
+        Ok(Some(result))
     }
 
     /// Pays DUE and OVERDUE bills from the account's credit balance (溢缴款), oldest
@@ -277,16 +282,6 @@ impl Store {
             .await?;
         }
         Ok(applied)
-    }
-
-    /// Remembers that `as_of` was closed.
-    pub async fn record_day_closed(&self, as_of: NaiveDate) -> Result<(), StorageError> {
-        sqlx::query("INSERT INTO day_closes (as_of, closed_at_micros) VALUES ($1, $2) ON CONFLICT (as_of) DO NOTHING")
-            .bind(as_of.to_string())
-            .bind(now_micros())
-            .execute(self.db.writer())
-            .await?;
-        Ok(())
     }
 
     /// The latest date closed, if any.

@@ -6,6 +6,7 @@ mod bulk;
 mod cancellations;
 mod credit_limits;
 mod day_close;
+mod day_close_runs;
 mod events;
 mod plans;
 mod repayments;
@@ -17,6 +18,7 @@ pub use bills::BillPageKey;
 pub use cancellations::{CancelOutcome, Cancelled};
 pub use credit_limits::{LimitChangeRecord, LimitOutcome};
 pub use day_close::{AccountClose, ProductTerms};
+pub use day_close_runs::{Claimed, DayCloseRun, RunProgress};
 pub use events::{EventKind, StoredEvent};
 pub use plans::{CreatePlanOutcome, NewPlan};
 pub use repayments::{Applied, ApplyDecision, ApplyOutcome, ReverseOutcome, Reversed};
@@ -63,6 +65,11 @@ pub const MIGRATIONS: Migrations = Migrations(&[
         version: 10,
         name: "audit_outcome",
         sql: MigrationSql::Template(include_str!("../../migrations/0010_audit_outcome.sql")),
+    },
+    Migration {
+        version: 11,
+        name: "day_close_runs",
+        sql: MigrationSql::Template(include_str!("../../migrations/0011_day_close_runs.sql")),
     },
 ]);
 

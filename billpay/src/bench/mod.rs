@@ -9,11 +9,16 @@ mod stack;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use billpay_contracts::billing::v1::RunDayCloseRequest;
+use billpay_contracts::billing::v1::{
+    RunDayCloseRequest, RunDayCloseResponse, billing_service_client::BillingServiceClient,
+};
 
 pub use load::Measured;
 use scenarios::Clients;
 use stack::{Backend, Stack};
+
+/// How long one RunDayClose call of the bench waits before it answers the progress.
+const DAY_CLOSE_CALL: Duration = Duration::from_secs(5);
 
 /// Arguments of `billpay bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -212,44 +217,98 @@ async fn measure_backend(
         }
     }
     if scenarios.iter().any(|s| s == "day_close") {
-        lines.push(day_close(&clients, backend, args.accounts).await?);
+        lines.push(day_close(&clients, &stack, backend, args.accounts).await?);
     }
     stack.stop().await
 }
 
-/// One RunDayClose of today over every seeded account, timed.
-async fn day_close(clients: &Clients, backend: &Backend, accounts: usize) -> anyhow::Result<Line> {
-    let mut billing = clients.billing(0);
-    let mut request = clients.authorized(RunDayCloseRequest {
-        as_of: String::new(),
-    });
-    request.set_timeout(Duration::from_secs(30 * 60));
+/// The day close of yesterday over every seeded account, asked of both billing
+/// replicas at once (they share the run), followed until it finishes; timed, with
+/// each replica's share.
+async fn day_close(
+    clients: &Clients,
+    stack: &Stack,
+    backend: &Backend,
+    accounts: usize,
+) -> anyhow::Result<Line> {
+    let replica = BillingServiceClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{}", stack.billing_replica_addr))?
+            .connect()
+            .await
+            .context("bench: cannot reach the second billing replica")?,
+    );
     let started = Instant::now();
-    let reply = billing
-        .run_day_close(request)
-        .await
-        .context("bench: RunDayClose failed")?
-        .into_inner();
+    let first = follow_day_close(clients, clients.billing(0));
+    let second = follow_day_close(clients, replica);
+    let (first, second) = tokio::try_join!(first, second)?;
     let seconds = started.elapsed().as_secs_f64();
-    let accounts_per_second = f64::from(reply.accounts_closed) / seconds.max(1e-9);
+    anyhow::ensure!(
+        first.run_id == second.run_id,
+        "bench: the replicas closed in different runs ({} and {})",
+        first.run_id,
+        second.run_id
+    );
+    let accounts_per_second = f64::from(first.accounts_closed) / seconds.max(1e-9);
+    let db = service_kit::db::Db::connect(&stack.billing_url, 1).await?;
+    let shares: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT closed_by, COUNT(*) FROM day_close_work WHERE run_id = $1 GROUP BY closed_by ORDER BY closed_by",
+    )
+    .bind(first.run_id)
+    .fetch_all(db.pool())
+    .await?;
+    db.pool().close().await;
+    let shares: Vec<String> = shares
+        .iter()
+        .map(|(replica, closed)| format!("{}:{closed}", replica.as_deref().unwrap_or("none")))
+        .collect();
     println!(
-        "bench: day_close backend={} accounts={accounts} accounts_closed={} seconds={seconds:.2} accounts_per_s={accounts_per_second:.0} peak_rss_mb={:.0}",
+        "bench: day_close backend={} accounts={accounts} accounts_closed={} seconds={seconds:.2} accounts_per_s={accounts_per_second:.0} peak_rss_mb={:.0} replicas={}",
         backend.name(),
-        reply.accounts_closed,
-        memory_mb("VmHWM:")
+        first.accounts_closed,
+        memory_mb("VmHWM:"),
+        shares.join(","),
     );
     // In the table, the day close's rate is accounts closed per second.
     let mut measured = load::summarise(vec![load::elapsed_us(started)], 0, seconds);
-    measured.calls = u64::try_from(reply.accounts_closed).unwrap_or(0);
+    measured.calls = u64::try_from(first.accounts_closed).unwrap_or(0);
     measured.rps = accounts_per_second;
     Ok(Line {
         scenario: "day_close".to_owned(),
         backend: backend.name(),
-        conc: 1,
+        conc: 2,
         measured,
         vs_echo: None,
         vs_pgbench: None,
     })
+}
+
+/// RunDayClose of yesterday, asked again for its run while it answers unfinished,
+/// with a progress line each time.
+async fn follow_day_close(
+    clients: &Clients,
+    mut billing: BillingServiceClient<tonic::transport::Channel>,
+) -> anyhow::Result<RunDayCloseResponse> {
+    let mut asked = RunDayCloseRequest {
+        as_of: String::new(),
+        run_id: 0,
+    };
+    loop {
+        let mut request = clients.authorized(asked.clone());
+        request.set_timeout(DAY_CLOSE_CALL);
+        let reply = billing
+            .run_day_close(request)
+            .await
+            .context("bench: RunDayClose failed")?
+            .into_inner();
+        if reply.finished {
+            return Ok(reply);
+        }
+        eprintln!(
+            "bench: day_close run={} accounts_closed={}/{}",
+            reply.run_id, reply.accounts_closed, reply.accounts_to_close
+        );
+        asked.run_id = reply.run_id;
+    }
 }
 
 /// pgbench's TPC-B with 16 clients for `duration` on a fresh database; its tps.

@@ -18,10 +18,6 @@ use service_kit::{
 use tokio::{sync::watch, task::JoinHandle};
 use tonic::service::RoutesBuilder;
 
-/// billing-svc's per-RPC limit in the bench, long enough for a day close of every
-/// seeded account in one call.
-const DAY_CLOSE_TIMEOUT_MS: u64 = 30 * 60 * 1000;
-
 /// Where the services keep their data.
 #[derive(Debug, Clone)]
 pub enum Backend {
@@ -44,6 +40,8 @@ impl Backend {
 /// A running stack.
 pub struct Stack {
     pub billing_addr: SocketAddr,
+    /// A second billing-svc on the same database: the day close runs on both.
+    pub billing_replica_addr: SocketAddr,
     pub payment_addr: SocketAddr,
     pub echo_addr: SocketAddr,
     /// billing-svc's database URL, for bulk seeding.
@@ -83,12 +81,11 @@ impl Stack {
         let mut billing_config = billing_svc::config::Config::dev(any_port, billing_url.clone());
         // Day closes happen when the bench asks, never in the middle of a measurement.
         billing_config.auto_day_close = false;
-        // One RunDayClose closes every seeded account in the call; at 10k accounts and
-        // more that takes longer than the 10 s default RPC limit (README says so).
-        billing_config.common.request_timeout_ms = DAY_CLOSE_TIMEOUT_MS;
         billing_config.common.jwt_keys_file = Some(keys.keys_file.clone());
         let billing = billing_svc::app::Application::build(&billing_config).await?;
         let billing_addr = billing.local_addr();
+        let billing_replica = billing_svc::app::Application::build(&billing_config).await?;
+        let billing_replica_addr = billing_replica.local_addr();
         let mut payment_config = payment_svc::config::Config::dev(
             any_port,
             payment_url,
@@ -118,9 +115,14 @@ impl Stack {
         );
         let tasks = vec![
             tokio::spawn(sim.run_until_stopped(until(stopped.clone()))),
-            tokio::spawn(
-                async move { served(billing.run_until_stopped(until(stopped.clone())).await) },
-            ),
+            tokio::spawn({
+                let stopped = stop.subscribe();
+                async move { served(billing.run_until_stopped(until(stopped)).await) }
+            }),
+            tokio::spawn({
+                let stopped = stop.subscribe();
+                async move { served(billing_replica.run_until_stopped(until(stopped)).await) }
+            }),
             tokio::spawn({
                 let stopped = stop.subscribe();
                 async move { served(payment.run_until_stopped(until(stopped)).await) }
@@ -129,6 +131,7 @@ impl Stack {
         ];
         Ok(Self {
             billing_addr,
+            billing_replica_addr,
             payment_addr,
             echo_addr,
             billing_url,

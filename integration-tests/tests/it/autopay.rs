@@ -365,6 +365,7 @@ async fn consent_notice_debit_once_then_revoke_and_no_debit(backend: Backend, te
         .run_day_close(authorized(
             RunDayCloseRequest {
                 as_of: next_due.to_string(),
+                run_id: 0,
             },
             &app.service_token(&["billing:admin"]),
         ))

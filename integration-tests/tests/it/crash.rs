@@ -13,7 +13,7 @@ use integration_tests::{Backend, StackOptions, TestApp, authorized, processes};
 use crate::{
     on_both_backends,
     repayments::{account_with_bills, assert_conservation, bill_status, get_payment},
-    support::{bills_target, business_today, pay, poll_until, repayment},
+    support::{bills_target, business_today, close_until_finished, pay, poll_until, repayment},
 };
 
 on_both_backends!(
@@ -241,13 +241,8 @@ async fn billing_killed_after_apply_commits_before_the_reply(backend: Backend, t
 }
 
 async fn close_yesterday(app: &TestApp) -> Result<(), tonic::Status> {
-    let request = RunDayCloseRequest {
-        // The last day that has ended: a close of today is refused.
-        as_of: (business_today() - chrono::Days::new(1)).to_string(),
-    };
-    app.billing()
-        .await
-        .run_day_close(authorized(request, &app.service_token(&["billing:admin"])))
+    // The last day that has ended: a close of today is refused.
+    close_until_finished(app, business_today() - chrono::Days::new(1))
         .await
         .map(|_| ())
 }
@@ -276,6 +271,7 @@ async fn billing_killed_in_the_middle_of_a_day_close(backend: Backend, test: &st
             let request = RunDayCloseRequest {
                 // The last day that has ended: a close of today is refused.
                 as_of: (business_today() - chrono::Days::new(1)).to_string(),
+                run_id: 0,
             };
             app_billing
                 .clone()

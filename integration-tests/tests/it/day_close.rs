@@ -17,8 +17,8 @@ use tonic::Code;
 use crate::{
     on_both_backends,
     support::{
-        bills_target, business_today, expect_code, new_plan, open_account, pay, reason, repayment,
-        violated_fields,
+        bills_target, business_today, close, expect_code, new_plan, open_account, pay, reason,
+        repayment, violated_fields,
     },
 };
 
@@ -31,6 +31,7 @@ on_both_backends!(
     watch_events_replays_then_resumes_without_gaps_or_repeats,
     day_close_refuses_bad_dates_and_other_scopes,
     the_automatic_close_catches_up_finished_days,
+    two_replicas_share_a_close_and_close_each_account_once,
 );
 
 const ALL: &[&str] = &[
@@ -76,17 +77,6 @@ async fn plan_due(
 /// The latest day a close accepts: yesterday (today is closed once it has ended).
 fn last_closable_day() -> NaiveDate {
     business_today() - Days::new(1)
-}
-
-async fn close(app: &TestApp, as_of: NaiveDate) {
-    let request = RunDayCloseRequest {
-        as_of: as_of.to_string(),
-    };
-    app.billing()
-        .await
-        .run_day_close(authorized(request, &app.service_token(ALL)))
-        .await
-        .unwrap();
 }
 
 async fn bills_of(app: &TestApp, plan_id: &str) -> Vec<Bill> {
@@ -484,7 +474,10 @@ async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &s
         "2026-02-30",
         "yesterday",
     ] {
-        let request = RunDayCloseRequest { as_of: bad.into() };
+        let request = RunDayCloseRequest {
+            as_of: bad.into(),
+            run_id: 0,
+        };
         let status = expect_code(
             billing
                 .run_day_close(authorized(request, &app.service_token(ALL)))
@@ -495,6 +488,7 @@ async fn day_close_refuses_bad_dates_and_other_scopes(backend: Backend, test: &s
     }
     let today = RunDayCloseRequest {
         as_of: business_today().to_string(),
+        run_id: 0,
     };
     for token in [
         app.service_token(&["billing:read", "billing:write"]),
@@ -539,5 +533,120 @@ async fn the_automatic_close_catches_up_finished_days(backend: Backend, test: &s
         "9 days (through yesterday) × 0.47"
     );
     assert_eq!(account_status(&app, &account_id).await, 2, "DELINQUENT");
+    app.stop().await;
+}
+
+/// A close asked of two replicas at once is one run: they split its accounts between
+/// them, each account is closed by exactly one of them, and the outcome is what one
+/// close gives. The first call answers at once (its deadline leaves no time to wait)
+/// and the close goes on in the background.
+async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend, test: &str) {
+    const ACCOUNTS: usize = 120;
+    let Some(mut app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    for n in 0..ACCOUNTS {
+        // Bill 1 fell due 40 days ago: every account is overdue with a penalty.
+        plan_due(
+            &app,
+            &format!("c-replicas-{n}"),
+            "cash-loan",
+            "12000.00",
+            40,
+        )
+        .await;
+    }
+    let replica = app.spawn_billing_replica().await;
+    let as_of = last_closable_day();
+    let admin = app.service_token(&["billing:admin"]);
+    let ask = |run_id: i64| {
+        authorized(
+            RunDayCloseRequest {
+                as_of: as_of.to_string(),
+                run_id,
+            },
+            &admin,
+        )
+    };
+
+    let mut hurried = ask(0);
+    // The deadline is inside the answer margin: the call starts the run and answers.
+    hurried.set_timeout(std::time::Duration::from_millis(450));
+    let started = app
+        .billing()
+        .await
+        .run_day_close(hurried)
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!started.finished, "{started:?}");
+    assert_eq!(started.accounts_to_close, ACCOUNTS as i32, "{started:?}");
+    assert_ne!(started.run_id, 0);
+
+    let mut first = app.billing().await;
+    let mut second = BillingServiceClient::new(connect(replica).await);
+    let (first, second) = tokio::join!(
+        first.run_day_close(ask(started.run_id)),
+        second.run_day_close(ask(0)),
+    );
+    let (first, second) = (first.unwrap().into_inner(), second.unwrap().into_inner());
+    assert!(first.finished && second.finished, "{first:?} {second:?}");
+    assert_eq!(
+        second.run_id, started.run_id,
+        "the second replica joined the run"
+    );
+    assert_eq!(first, second, "both replicas answer the run's summary");
+    assert_eq!(first.accounts_closed, ACCOUNTS as i32);
+
+    let shares: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT closed_by, COUNT(*) FROM day_close_work WHERE run_id = $1 GROUP BY closed_by ORDER BY closed_by",
+    )
+    .bind(started.run_id)
+    .fetch_all(app.billing_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(shares.len(), 2, "two replicas closed accounts: {shares:?}");
+    assert!(
+        shares
+            .iter()
+            .all(|(by, closed)| by.is_some() && *closed > 0),
+        "{shares:?}"
+    );
+    assert_eq!(
+        shares.iter().map(|(_, closed)| closed).sum::<i64>(),
+        ACCOUNTS as i64
+    );
+
+    // Each account closed once: the same penalty on every account, the summary's
+    // total, and one BILL_OVERDUE event per overdue bill.
+    let penalties: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(penalty_minor) AS BIGINT) FROM bills GROUP BY account_id",
+    )
+    .fetch_all(app.billing_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(penalties.len(), ACCOUNTS);
+    assert!(
+        penalties[0] > 0 && penalties.iter().all(|p| *p == penalties[0]),
+        "{penalties:?}"
+    );
+    assert_eq!(amount(&first.penalties_posted), {
+        let total: i64 = penalties.iter().sum();
+        format!("{}.{:02}", total / 100, total % 100)
+    },);
+    let overdue = app.billing_rows("bills WHERE state = 'OVERDUE'").await;
+    let overdue_events = app.billing_rows("events WHERE kind = 'BILL_OVERDUE'").await;
+    assert_eq!(overdue_events, overdue);
+    assert_eq!(i64::from(first.bills_overdue), overdue);
+
+    // Closing the date again is a new run that changes nothing.
+    close(&app, as_of).await;
+    let again: Vec<i64> = sqlx::query_scalar(
+        "SELECT CAST(SUM(penalty_minor) AS BIGINT) FROM bills GROUP BY account_id",
+    )
+    .fetch_all(app.billing_db.pool())
+    .await
+    .unwrap();
+    assert_eq!(again, penalties);
     app.stop().await;
 }

@@ -201,6 +201,7 @@ async fn a_refund_of_credit_a_close_spent_moves_no_money(backend: Backend, test:
     let close = RunDayCloseRequest {
         // The last day that has ended: a close of today is refused.
         as_of: (business_today() - chrono::Days::new(1)).to_string(),
+        run_id: 0,
     };
     app.billing()
         .await

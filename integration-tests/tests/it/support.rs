@@ -3,7 +3,7 @@
 use billpay_contracts::{
     billing::v1::{
         Account, CreateAccountRequest, GetAccountRequest, GetAccountSummaryRequest,
-        GetAccountSummaryResponse, RunDayCloseRequest,
+        GetAccountSummaryResponse, RunDayCloseRequest, RunDayCloseResponse,
     },
     common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
@@ -203,14 +203,39 @@ pub async fn summary(app: &TestApp, account_id: &str) -> GetAccountSummaryRespon
         .into_inner()
 }
 
-/// RunDayClose of `as_of` with a `billing:admin` service token.
+/// RunDayClose of `as_of` with a `billing:admin` service token, until it finishes.
 pub async fn close(app: &TestApp, as_of: NaiveDate) {
-    let request = RunDayCloseRequest {
+    close_until_finished(app, as_of).await.unwrap();
+}
+
+/// RunDayClose of `as_of`, then of its run while it answers unfinished (a close
+/// waits for claims a killed replica left until they expire), up to a deadline.
+pub async fn close_until_finished(
+    app: &TestApp,
+    as_of: NaiveDate,
+) -> Result<RunDayCloseResponse, tonic::Status> {
+    let deadline = tokio::time::Instant::now() + POLL_DEADLINE;
+    let mut request = RunDayCloseRequest {
         as_of: as_of.to_string(),
+        run_id: 0,
     };
-    app.billing()
-        .await
-        .run_day_close(authorized(request, &app.service_token(&["billing:admin"])))
-        .await
-        .unwrap();
+    loop {
+        let answer = app
+            .billing()
+            .await
+            .run_day_close(authorized(
+                request.clone(),
+                &app.service_token(&["billing:admin"]),
+            ))
+            .await?
+            .into_inner();
+        if answer.finished {
+            return Ok(answer);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the close of {as_of} did not finish in {POLL_DEADLINE:?}: {answer:?}"
+        );
+        request.run_id = answer.run_id;
+    }
 }

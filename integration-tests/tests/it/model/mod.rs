@@ -634,11 +634,19 @@ impl<'a> Run<'a> {
     async fn close(&mut self, as_of: NaiveDate) -> Outcome {
         let request = RunDayCloseRequest {
             as_of: as_of.to_string(),
+            run_id: 0,
         };
-        self.billing
+        let answer = self
+            .billing
             .run_day_close(self.request(request))
             .await
-            .map_err(|status| format!("RunDayClose {as_of}: {status:?}"))?;
+            .map_err(|status| format!("RunDayClose {as_of}: {status:?}"))?
+            .into_inner();
+        if !answer.finished {
+            return Err(format!(
+                "RunDayClose {as_of} answered before finishing: {answer:?}"
+            ));
+        }
         self.model.close(as_of);
         self.last_closed = self.last_closed.max(as_of);
         Ok(())

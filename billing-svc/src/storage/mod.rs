@@ -71,6 +71,13 @@ pub const MIGRATIONS: Migrations = Migrations(&[
         name: "day_close_runs",
         sql: MigrationSql::Template(include_str!("../../migrations/0011_day_close_runs.sql")),
     },
+    Migration {
+        version: 12,
+        name: "bills_by_account_state",
+        sql: MigrationSql::Template(include_str!(
+            "../../migrations/0012_bills_by_account_state.sql"
+        )),
+    },
 ]);
 
 pub use service_kit::db::StorageError;

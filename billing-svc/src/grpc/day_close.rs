@@ -10,6 +10,7 @@ use service_kit::{
     deadline::Deadline,
     errors::invalid_field,
     event_watch::{EVENT_BATCH_MAX, StreamRequest, Streamed, stream_events},
+    money::{Currency, Money},
 };
 use tokio_stream::Stream;
 use tonic::{Request, Status};
@@ -18,7 +19,7 @@ use super::{BillingApi, convert::money_to_wire};
 use crate::{
     domain::calendar::{earliest_close, parse_date},
     jobs::DayCloseSummary,
-    storage::{EventKind, StoredEvent},
+    storage::{EventKind, StorageError, StoredEvent},
 };
 
 /// How long RunDayClose waits for the close when the call carries no deadline.
@@ -53,37 +54,54 @@ impl BillingApi {
             .map_or(DEFAULT_WAIT, |deadline| deadline.remaining())
             .saturating_sub(ANSWER_MARGIN);
         let message = request.into_inner();
-        let run = if message.run_id != 0 {
-            self.store
+        let (as_of, known_run) = if message.run_id != 0 {
+            let run = self
+                .store
                 .day_close_run(message.run_id)
                 .await?
-                .ok_or_else(|| invalid_field("run_id", "names no day close run"))?
+                .ok_or_else(|| invalid_field("run_id", "names no day close run"))?;
+            (run.as_of, Some(run))
         } else {
-            let as_of = self.closable_date(&message.as_of)?;
-            self.closer
-                .start_or_join(as_of, true)
-                .await?
-                .ok_or_else(|| Status::internal("the day close did not start"))?
+            (self.closable_date(&message.as_of)?, None)
         };
-        // The close goes on in the background when the call ends first (its deadline
-        // or the caller leaving): a big close is not cut off by the RPC timeout.
+        // Listing the run's accounts and closing them happen on a task of their own:
+        // when the call ends first (its deadline, or the caller leaving), a big close
+        // goes on, and is not rolled back half listed.
+        let (started, mut run_started) = tokio::sync::oneshot::channel();
         let closer = self.closer.clone();
         let work = tokio::spawn(async move {
-            let closed = closer.work_on(run, || false).await;
+            let closed = async {
+                let run = match known_run {
+                    Some(run) => run,
+                    None => closer.start_or_join(as_of, true).await?.ok_or_else(|| {
+                        StorageError::Corrupt("a day close run that did not start".into())
+                    })?,
+                };
+                let _ = started.send(run);
+                closer.work_on(run, || false).await.map(|_| ())
+            }
+            .await;
             if let Err(error) = &closed {
-                tracing::error!(%error, as_of = %run.as_of, run_id = run.run_id, "day close failed; run it again to resume");
+                tracing::error!(%error, %as_of, "day close failed; run it again to resume");
             }
             closed
         });
         match tokio::time::timeout(wait, work).await {
-            Ok(Ok(closed)) => {
-                closed?;
-            }
+            Ok(Ok(closed)) => closed?,
             Ok(Err(error)) => {
                 return Err(Status::internal(format!("the day close stopped: {error}")));
             }
             Err(_still_running) => {}
         }
+        let Ok(run) = run_started.try_recv() else {
+            // Still listing the accounts: ask again (by date) to follow it.
+            return Ok(wire::RunDayCloseResponse {
+                as_of: as_of.to_string(),
+                penalties_posted: Some(money_to_wire(Money::zero(Currency::Cny))),
+                credit_balance_applied: Some(money_to_wire(Money::zero(Currency::Cny))),
+                ..wire::RunDayCloseResponse::default()
+            });
+        };
         let progress = self.store.run_progress(run).await?;
         let summary = DayCloseSummary::of(run.as_of, &progress)?;
         Ok(wire::RunDayCloseResponse {

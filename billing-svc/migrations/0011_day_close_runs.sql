@@ -6,7 +6,13 @@ CREATE TABLE day_close_runs (
     run_id {{postgres: BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY | sqlite: INTEGER PRIMARY KEY AUTOINCREMENT}},
     as_of TEXT NOT NULL,
     started_at_micros BIGINT NOT NULL,
-    finished_at_micros BIGINT
+    -- Accounts listed, set with the list: progress is this less the unclosed rows.
+    accounts_to_close BIGINT NOT NULL DEFAULT 0,
+    finished_at_micros BIGINT,
+    -- The run's summary, summed from its work rows when it finishes.
+    bills_overdue BIGINT,
+    penalties_minor BIGINT,
+    credit_applied_minor BIGINT
 );
 
 -- At most one unfinished run per date: a replica joins it instead of starting another.

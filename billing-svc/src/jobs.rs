@@ -65,6 +65,42 @@ pub struct DayCloser {
     /// This replica's name in claims and `closed_by`.
     replica: Arc<str>,
     parallelism: usize,
+    /// Dates whose run this replica is starting (listing its accounts) right now, so
+    /// that a RunDayClose asking meanwhile answers at once instead of queueing a
+    /// second start behind the first one's long write.
+    listing: Arc<std::sync::Mutex<HashMap<NaiveDate, usize>>>,
+}
+
+/// Marks a date as being listed while it lives.
+struct Listing<'a> {
+    dates: &'a std::sync::Mutex<HashMap<NaiveDate, usize>>,
+    as_of: NaiveDate,
+}
+
+impl<'a> Listing<'a> {
+    fn enter(dates: &'a std::sync::Mutex<HashMap<NaiveDate, usize>>, as_of: NaiveDate) -> Self {
+        *dates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(as_of)
+            .or_default() += 1;
+        Self { dates, as_of }
+    }
+}
+
+impl Drop for Listing<'_> {
+    fn drop(&mut self) {
+        let mut dates = self
+            .dates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = dates.get_mut(&self.as_of) {
+            *count -= 1;
+            if *count == 0 {
+                dates.remove(&self.as_of);
+            }
+        }
+    }
 }
 
 impl DayCloser {
@@ -79,6 +115,7 @@ impl DayCloser {
             catalog,
             replica: replica.into(),
             parallelism: parallelism.max(1),
+            listing: Arc::default(),
         }
     }
 
@@ -92,9 +129,18 @@ impl DayCloser {
         as_of: NaiveDate,
         again: bool,
     ) -> Result<Option<DayCloseRun>, StorageError> {
+        let _listing = Listing::enter(&self.listing, as_of);
         self.store
             .start_or_join_run(as_of, again, service_kit::clock::now_micros())
             .await
+    }
+
+    /// Whether this replica is starting the run of `as_of` right now.
+    pub fn is_listing(&self, as_of: NaiveDate) -> bool {
+        self.listing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&as_of)
     }
 
     /// Closes `run`'s accounts until none is left, checking `stop` between batches:

@@ -26,7 +26,7 @@ use crate::{
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long before its deadline RunDayClose stops waiting and answers the progress.
-const ANSWER_MARGIN: Duration = Duration::from_millis(500);
+const ANSWER_MARGIN: Duration = Duration::from_secs(1);
 
 pub type EventStream =
     Pin<Box<dyn Stream<Item = Result<wire::WatchEventsResponse, Status>> + Send>>;
@@ -64,6 +64,15 @@ impl BillingApi {
         } else {
             (self.closable_date(&message.as_of)?, None)
         };
+        let listing = |as_of: NaiveDate| wire::RunDayCloseResponse {
+            as_of: as_of.to_string(),
+            penalties_posted: Some(money_to_wire(Money::zero(Currency::Cny))),
+            credit_balance_applied: Some(money_to_wire(Money::zero(Currency::Cny))),
+            ..wire::RunDayCloseResponse::default()
+        };
+        if known_run.is_none() && self.closer.is_listing(as_of) {
+            return Ok(listing(as_of));
+        }
         // Listing the run's accounts and closing them happen on a task of their own:
         // when the call ends first (its deadline, or the caller leaving), a big close
         // goes on, and is not rolled back half listed.
@@ -95,12 +104,7 @@ impl BillingApi {
         }
         let Ok(run) = run_started.try_recv() else {
             // Still listing the accounts: ask again (by date) to follow it.
-            return Ok(wire::RunDayCloseResponse {
-                as_of: as_of.to_string(),
-                penalties_posted: Some(money_to_wire(Money::zero(Currency::Cny))),
-                credit_balance_applied: Some(money_to_wire(Money::zero(Currency::Cny))),
-                ..wire::RunDayCloseResponse::default()
-            });
+            return Ok(listing(as_of));
         };
         let progress = self.store.run_progress(run).await?;
         let summary = DayCloseSummary::of(run.as_of, &progress)?;

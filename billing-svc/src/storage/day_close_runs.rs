@@ -17,7 +17,7 @@ pub struct DayCloseRun {
     pub as_of: NaiveDate,
 }
 
-/// Where a run stands, summed over the accounts closed so far.
+/// Where a run stands; the sums are the run's once it finished (zero before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RunProgress {
     pub accounts_to_close: i64,
@@ -95,7 +95,7 @@ impl Store {
             .unwrap_or(as_of);
         // The bills half walks the (state, due_date) index: only unpaid bills due
         // soon are read, however many accounts there are.
-        sqlx::query(
+        let listed = sqlx::query(
             "INSERT INTO day_close_work (run_id, account_id) \
              SELECT CAST($1 AS BIGINT), account_id FROM bills WHERE state IN ('OPEN', 'OVERDUE') AND due_date <= $2 \
              UNION SELECT CAST($1 AS BIGINT), account_id FROM accounts WHERE credit_balance_minor > 0 \
@@ -105,7 +105,13 @@ impl Store {
         .bind(horizon.to_string())
         .bind(as_of.to_string())
         .execute(&mut *transaction)
-        .await?;
+        .await?
+        .rows_affected();
+        sqlx::query("UPDATE day_close_runs SET accounts_to_close = $1 WHERE run_id = $2")
+            .bind(i64::try_from(listed).unwrap_or(i64::MAX))
+            .bind(run_id)
+            .execute(&mut *transaction)
+            .await?;
         transaction.commit().await?;
         Ok(Some(DayCloseRun { run_id, as_of }))
     }
@@ -166,7 +172,11 @@ impl Store {
     pub async fn finish_run(&self, run: DayCloseRun, now: i64) -> Result<(), StorageError> {
         let mut transaction = self.db.begin_write().await?;
         sqlx::query(
-            "UPDATE day_close_runs SET finished_at_micros = $1 WHERE run_id = $2 AND finished_at_micros IS NULL",
+            "UPDATE day_close_runs SET finished_at_micros = $1, \
+               bills_overdue = (SELECT CAST(COALESCE(SUM(bills_overdue), 0) AS BIGINT) FROM day_close_work WHERE run_id = $2), \
+               penalties_minor = (SELECT CAST(COALESCE(SUM(penalties_minor), 0) AS BIGINT) FROM day_close_work WHERE run_id = $2), \
+               credit_applied_minor = (SELECT CAST(COALESCE(SUM(credit_applied_minor), 0) AS BIGINT) FROM day_close_work WHERE run_id = $2) \
+             WHERE run_id = $2 AND finished_at_micros IS NULL",
         )
         .bind(now)
         .bind(run.run_id)
@@ -199,30 +209,40 @@ impl Store {
             .transpose()
     }
 
-    /// How far `run` has got, and what its closes did so far.
+    /// How far `run` has got: the accounts left are counted on the index of unclosed
+    /// rows, so asking is cheap however big the run; the sums come once it finished.
     pub async fn run_progress(&self, run: DayCloseRun) -> Result<RunProgress, StorageError> {
         let row = sqlx::query(
-            "SELECT COUNT(*) AS accounts_to_close, COUNT(w.closed_at_micros) AS accounts_closed, \
-               CAST(COALESCE(SUM(w.bills_overdue), 0) AS BIGINT) AS bills_overdue, \
-               CAST(COALESCE(SUM(w.penalties_minor), 0) AS BIGINT) AS penalties_minor, \
-               CAST(COALESCE(SUM(w.credit_applied_minor), 0) AS BIGINT) AS credit_applied_minor \
-             FROM day_close_work w WHERE w.run_id = $1",
+            "SELECT accounts_to_close, finished_at_micros, bills_overdue, penalties_minor, credit_applied_minor \
+             FROM day_close_runs WHERE run_id = $1",
         )
         .bind(run.run_id)
         .fetch_one(self.db.pool())
         .await?;
-        let finished: Option<i64> =
-            sqlx::query_scalar("SELECT finished_at_micros FROM day_close_runs WHERE run_id = $1")
-                .bind(run.run_id)
-                .fetch_one(self.db.pool())
-                .await?;
+        let accounts_to_close: i64 = row.try_get("accounts_to_close")?;
+        let finished = row
+            .try_get::<Option<i64>, _>("finished_at_micros")?
+            .is_some();
+        let open: i64 = if finished {
+            0
+        } else {
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM day_close_work WHERE run_id = $1 AND closed_at_micros IS NULL",
+            )
+            .bind(run.run_id)
+            .fetch_one(self.db.pool())
+            .await?
+        };
+        let sum = |column: &str| -> Result<i64, StorageError> {
+            Ok(row.try_get::<Option<i64>, _>(column)?.unwrap_or(0))
+        };
         Ok(RunProgress {
-            accounts_to_close: row.try_get("accounts_to_close")?,
-            accounts_closed: row.try_get("accounts_closed")?,
-            bills_overdue: row.try_get("bills_overdue")?,
-            penalties_minor: row.try_get("penalties_minor")?,
-            credit_applied_minor: row.try_get("credit_applied_minor")?,
-            finished: finished.is_some(),
+            accounts_to_close,
+            accounts_closed: accounts_to_close - open,
+            bills_overdue: sum("bills_overdue")?,
+            penalties_minor: sum("penalties_minor")?,
+            credit_applied_minor: sum("credit_applied_minor")?,
+            finished,
         })
     }
 }

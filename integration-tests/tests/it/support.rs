@@ -4,6 +4,7 @@ use billpay_contracts::{
     billing::v1::{
         Account, CreateAccountRequest, GetAccountRequest, GetAccountSummaryRequest,
         GetAccountSummaryResponse, RunDayCloseRequest, RunDayCloseResponse,
+        billing_service_client::BillingServiceClient,
     },
     common::v1::{BillSelection, Money, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
@@ -214,19 +215,25 @@ pub async fn close_until_finished(
     app: &TestApp,
     as_of: NaiveDate,
 ) -> Result<RunDayCloseResponse, tonic::Status> {
+    let token = app.service_token(&["billing:admin"]);
+    follow_close(&mut app.billing().await, &token, as_of).await
+}
+
+/// RunDayClose of `as_of` on `billing`, asked again (for its run, or by date while
+/// the run's accounts are still being listed) until it answers finished.
+pub async fn follow_close(
+    billing: &mut BillingServiceClient<tonic::transport::Channel>,
+    token: &str,
+    as_of: NaiveDate,
+) -> Result<RunDayCloseResponse, tonic::Status> {
     let deadline = tokio::time::Instant::now() + POLL_DEADLINE;
     let mut request = RunDayCloseRequest {
         as_of: as_of.to_string(),
         run_id: 0,
     };
     loop {
-        let answer = app
-            .billing()
-            .await
-            .run_day_close(authorized(
-                request.clone(),
-                &app.service_token(&["billing:admin"]),
-            ))
+        let answer = billing
+            .run_day_close(authorized(request.clone(), token))
             .await?
             .into_inner();
         if answer.finished {
@@ -236,6 +243,10 @@ pub async fn close_until_finished(
             tokio::time::Instant::now() < deadline,
             "the close of {as_of} did not finish in {POLL_DEADLINE:?}: {answer:?}"
         );
+        if answer.run_id == 0 {
+            // Still listing: ask again in a moment rather than at once.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         request.run_id = answer.run_id;
     }
 }

@@ -20,6 +20,9 @@ use stack::{Backend, Stack};
 /// How long one RunDayClose call of the bench waits before it answers the progress.
 const DAY_CLOSE_CALL: Duration = Duration::from_secs(5);
 
+/// How often the bench asks again while a run's accounts are still being listed.
+const LISTING_POLL: Duration = Duration::from_millis(250);
+
 /// Arguments of `billpay bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
@@ -311,10 +314,16 @@ async fn follow_day_close(
         if reply.finished {
             return Ok(reply);
         }
-        eprintln!(
-            "bench: day_close run={} accounts_closed={}/{}",
-            reply.run_id, reply.accounts_closed, reply.accounts_to_close
-        );
+        if reply.run_id == 0 {
+            // The run's accounts are still being listed: the answer came at once, so
+            // wait a little before asking again.
+            tokio::time::sleep(LISTING_POLL).await;
+        } else {
+            eprintln!(
+                "bench: day_close run={} accounts_closed={}/{}",
+                reply.run_id, reply.accounts_closed, reply.accounts_to_close
+            );
+        }
         asked.run_id = reply.run_id;
     }
 }

@@ -1176,8 +1176,12 @@ fn cpu_time() -> std::time::Duration {
 
 /// 1,000 caught-up WatchEvents streams (63 callers × up to 16) cost about what the one
 /// shared poller costs: over two seconds they add well under a tenth of a core, where
-/// a poller per stream made 10,000 queries a second.
+/// a poller per stream made 10,000 queries a second. It reads this process's CPU time,
+/// which every other test running beside it adds to (a CI run on a busy machine saw
+/// 1.72 s and 1.95 s of CPU in the two windows), so it runs alone: `.ci/run` runs it by
+/// name with `--ignored` after the suite.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measures this process's CPU time: run alone (.ci/run does)"]
 async fn a_thousand_streams_cost_about_one_poller() {
     let app = TestApp::spawn(Backend::Sqlite, "security::a_thousand_streams")
         .await

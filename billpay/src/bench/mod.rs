@@ -20,6 +20,19 @@ use stack::{Backend, Stack};
 /// How long one RunDayClose call of the bench waits before it answers the progress.
 const DAY_CLOSE_CALL: Duration = Duration::from_secs(5);
 
+/// RunDayClose calls lost in a row (connection closed, not answered) before the bench
+/// gives up following a run.
+const LOST_CALLS_MAX: u32 = 5;
+
+/// Whether a call may have failed in transport rather than being answered (tonic
+/// reports a broken connection as UNKNOWN or UNAVAILABLE).
+fn is_transport(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
 /// How often the bench asks again while a run's accounts are still being listed.
 const LISTING_POLL: Duration = Duration::from_millis(250);
 
@@ -303,14 +316,23 @@ async fn follow_day_close(
         as_of: String::new(),
         run_id: 0,
     };
+    let mut lost = 0;
     loop {
         let mut request = clients.authorized(asked.clone());
         request.set_timeout(DAY_CLOSE_CALL);
-        let reply = billing
-            .run_day_close(request)
-            .await
-            .context("bench: RunDayClose failed")?
-            .into_inner();
+        let reply = match billing.run_day_close(request).await {
+            Ok(reply) => reply.into_inner(),
+            // The close goes on without its caller: a call lost with its connection
+            // (the server closes connections at their maximum age, 30 min by
+            // default) is asked again.
+            Err(status) if lost < LOST_CALLS_MAX && is_transport(&status) => {
+                lost += 1;
+                eprintln!("bench: day_close call lost ({status}); asking again");
+                continue;
+            }
+            Err(status) => return Err(status).context("bench: RunDayClose failed"),
+        };
+        lost = 0;
         if reply.finished {
             return Ok(reply);
         }

@@ -6,6 +6,7 @@
 
 use std::{path::Path, str::FromStr, time::Duration};
 
+use crate::sqlite_reads::SqliteReads;
 use sqlx::{
     Any, AnyPool, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
@@ -39,6 +40,11 @@ pub enum DbError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot find the SQLite file {path} to read it: {source}")]
+    Locate {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("migration {version} ({name}) failed: {source}")]
     Migration {
         version: i64,
@@ -59,8 +65,34 @@ pub enum DbError {
 pub enum StorageError {
     #[error(transparent)]
     Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    SqliteRead(#[from] rusqlite::Error),
     #[error("stored row is not valid: {0}")]
     Corrupt(String),
+}
+
+/// A stored row's columns by name, whichever driver read it: sqlx (`AnyRow`) or, on
+/// SQLite's hot read paths, rusqlite ([`crate::sqlite_reads`]).
+pub trait StoredRow {
+    fn text(&self, column: &str) -> Result<String, StorageError>;
+    fn integer(&self, column: &str) -> Result<i64, StorageError>;
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StorageError>;
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, StorageError>;
+}
+
+impl StoredRow for sqlx::any::AnyRow {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn integer(&self, column: &str) -> Result<i64, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
 }
 
 impl From<StorageError> for tonic::Status {
@@ -200,6 +232,8 @@ pub struct Db {
     pool: AnyPool,
     writer: AnyPool,
     dialect: Dialect,
+    /// A SQLite file's reads on the calling thread (none for PostgreSQL).
+    sqlite_reads: Option<SqliteReads>,
 }
 
 /// Pool settings; every SQLite connection runs in WAL mode with a busy timeout and
@@ -252,11 +286,30 @@ impl Db {
             Dialect::Sqlite => pool_options(dialect, 1).connect_with(options).await?,
             Dialect::Postgres => pool.clone(),
         };
+        let sqlite_reads = match dialect {
+            Dialect::Sqlite => sqlite_file(&url)
+                .map(|path| {
+                    SqliteReads::new(Path::new(path)).map_err(|source| DbError::Locate {
+                        path: path.to_owned(),
+                        source,
+                    })
+                })
+                .transpose()?,
+            Dialect::Postgres => None,
+        };
         Ok(Self {
             pool,
             writer,
             dialect,
+            sqlite_reads,
         })
+    }
+
+    /// Reads of the SQLite file on the calling thread, for the hot read paths; `None`
+    /// on PostgreSQL (whose driver needs no such detour), where callers use
+    /// [`Db::pool`].
+    pub fn sqlite_reads(&self) -> Option<&SqliteReads> {
+        self.sqlite_reads.as_ref()
     }
 
     /// The pool for reads (and, on PostgreSQL, for everything).
@@ -413,11 +466,9 @@ fn statements(sql: &str) -> impl Iterator<Item = &str> {
 /// it holds payment data. SQLite gives its `-wal` and `-shm` files the main file's
 /// mode, so they follow.
 fn owner_only_sqlite_file(url: &str) -> Result<(), DbError> {
-    let rest = url.strip_prefix("sqlite://").unwrap_or(url);
-    let path = rest.split('?').next().unwrap_or(rest);
-    if path.is_empty() || path.starts_with(':') || rest.contains("mode=memory") {
+    let Some(path) = sqlite_file(url) else {
         return Ok(());
-    }
+    };
     let failed = |source| DbError::Permissions {
         path: path.to_owned(),
         source,
@@ -436,6 +487,13 @@ fn owner_only_sqlite_file(url: &str) -> Result<(), DbError> {
     #[cfg(not(unix))]
     let _ = failed;
     Ok(())
+}
+
+/// The file path of a `sqlite://` URL; `None` for an in-memory database.
+fn sqlite_file(url: &str) -> Option<&str> {
+    let rest = url.strip_prefix("sqlite://").unwrap_or(url);
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!(path.is_empty() || path.starts_with(':') || rest.contains("mode=memory"))).then_some(path)
 }
 
 fn normalise_url(url: &str) -> Result<(Dialect, String), DbError> {

@@ -17,6 +17,7 @@ pub mod money;
 pub mod reflection;
 pub mod server;
 pub mod shutdown;
+pub mod sqlite_reads;
 pub mod startup;
 pub mod telemetry;
 pub mod text;

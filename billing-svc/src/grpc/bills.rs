@@ -92,8 +92,11 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        let account = self.existing_account(&account_id).await?;
-        let bills = self.store.account_bills(&account_id).await?;
+        let (account, bills) = self
+            .store
+            .account_with_unpaid_bills(&account_id)
+            .await?
+            .ok_or_else(|| super::accounts::unknown_account(&account_id))?;
         let today = self.today();
         let currency = account.credit_limit.currency();
         let summary = summarize(currency, &bills, today).map_err(sum_error)?;

@@ -4,7 +4,7 @@ use service_kit::{
     clock::now_micros,
     money::{Currency, Money},
 };
-use sqlx::{Row, any::AnyRow};
+use service_kit::{db::StoredRow, sqlite_reads::rows};
 
 use super::{StorageError, Store};
 use crate::domain::{
@@ -67,12 +67,13 @@ impl Store {
     }
 
     pub async fn account(&self, account_id: &AccountId) -> Result<Option<Account>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"
-        ))
-        .bind(account_id.as_str())
-        .fetch_optional(self.db.pool())
-        .await?;
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| account_on(connection, account_id));
+        }
+        let row = sqlx::query(&account_sql())
+            .bind(account_id.as_str())
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(account_from_row).transpose()
     }
 
@@ -90,39 +91,57 @@ impl Store {
     }
 }
 
-pub(super) fn account_from_row(row: &AnyRow) -> Result<Account, StorageError> {
+/// The account `$1`.
+fn account_sql() -> String {
+    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1")
+}
+
+/// An account on a SQLite read connection.
+pub(super) fn account_on(
+    connection: &rusqlite::Connection,
+    account_id: &AccountId,
+) -> Result<Option<Account>, StorageError> {
+    Ok(
+        rows(connection, &account_sql(), &[&account_id.as_str()], |row| {
+            account_from_row(row)
+        })?
+        .pop(),
+    )
+}
+
+pub(super) fn account_from_row(row: &impl StoredRow) -> Result<Account, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
     let currency =
-        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+        Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     let money = |column: &str| -> Result<Money, StorageError> {
-        Money::from_minor(currency, row.try_get(column)?).map_err(|_| corrupt(column))
+        Money::from_minor(currency, row.integer(column)?).map_err(|_| corrupt(column))
     };
     Ok(Account {
-        account_id: AccountId::parse(row.try_get("account_id")?)
+        account_id: AccountId::parse(&row.text("account_id")?)
             .map_err(|_| corrupt("account_id"))?,
-        customer_ref: CustomerRef::parse(row.try_get("customer_ref")?)
+        customer_ref: CustomerRef::parse(&row.text("customer_ref")?)
             .map_err(|_| corrupt("customer_ref"))?,
-        display_name: DisplayName::parse(row.try_get("display_name")?)
+        display_name: DisplayName::parse(&row.text("display_name")?)
             .map_err(|_| corrupt("display_name"))?,
-        phone: Phone::parse(row.try_get("phone")?).map_err(|_| corrupt("phone"))?,
-        status: AccountStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
+        phone: Phone::parse(&row.text("phone")?).map_err(|_| corrupt("phone"))?,
+        status: AccountStatus::parse(&row.text("status")?).ok_or_else(|| corrupt("status"))?,
         credit_limit: money("credit_limit_minor")?,
         temporary_limit: temporary_limit(row, currency)?,
         opening_credit_limit: money("opening_credit_limit_minor")?,
         principal_unpaid: money("principal_unpaid_minor")?,
         credit_balance: money("credit_balance_minor")?,
-        created_at_micros: row.try_get("created_at_micros")?,
+        created_at_micros: row.integer("created_at_micros")?,
     })
 }
 
 /// The temporary limit columns: both set, or neither.
 fn temporary_limit(
-    row: &AnyRow,
+    row: &impl StoredRow,
     currency: Currency,
 ) -> Result<Option<TemporaryLimit>, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
-    let limit: Option<i64> = row.try_get("temporary_limit_minor")?;
-    let until: Option<String> = row.try_get("temporary_limit_until")?;
+    let limit = row.optional_integer("temporary_limit_minor")?;
+    let until = row.optional_text("temporary_limit_until")?;
     match (limit, until) {
         (Some(limit), Some(until)) => Ok(Some(TemporaryLimit {
             limit: Money::from_minor(currency, limit)

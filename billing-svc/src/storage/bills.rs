@@ -2,11 +2,12 @@
 
 use chrono::NaiveDate;
 use service_kit::money::{Currency, Money};
-use sqlx::{Any, Row, any::AnyRow, query::Query};
+use service_kit::{db::StoredRow, sqlite_reads::rows};
+use sqlx::{Any, query::Query};
 
-use super::{StorageError, Store};
+use super::{StorageError, Store, accounts::account_on};
 use crate::domain::{
-    account::AccountId,
+    account::{Account, AccountId},
     bill::{Bill, BillState, BillStatus, Components},
     calendar::parse_date,
 };
@@ -61,24 +62,62 @@ fn bind_all<'q>(
 
 impl Store {
     pub async fn bill(&self, bill_id: &str) -> Result<Option<Bill>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE bill_id = $1"
-        ))
-        .bind(bill_id)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let sql = format!("SELECT {BILL_COLUMNS} FROM bills WHERE bill_id = $1");
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| {
+                Ok(rows(connection, &sql, &[&bill_id], |row| bill_from_row(row))?.pop())
+            });
+        }
+        let row = sqlx::query(&sql)
+            .bind(bill_id)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(bill_from_row).transpose()
     }
 
     /// Every bill of an account, any state, in due-date order.
     pub async fn account_bills(&self, account_id: &AccountId) -> Result<Vec<Bill>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
-        ))
-        .bind(account_id.as_str())
-        .fetch_all(self.db.pool())
-        .await?;
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| account_bills_on(connection, account_id));
+        }
+        let rows = sqlx::query(&account_bills_sql())
+            .bind(account_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
         rows.iter().map(bill_from_row).collect()
+    }
+
+    /// An account and its unpaid (OPEN and OVERDUE) bills in due-date order, as of one
+    /// moment on SQLite (`None` for no such account): what its summary is made of.
+    /// Paid, settled and cancelled bills stay behind the `(account_id, state)` index.
+    pub async fn account_with_unpaid_bills(
+        &self,
+        account_id: &AccountId,
+    ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
+        let bills_sql = format!(
+            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') \
+             ORDER BY due_date, plan_id, seq"
+        );
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| {
+                let Some(account) = account_on(connection, account_id)? else {
+                    return Ok(None);
+                };
+                let bills = rows(connection, &bills_sql, &[&account_id.as_str()], |row| {
+                    bill_from_row(row)
+                })?;
+                Ok(Some((account, bills)))
+            });
+        }
+        let Some(account) = self.account(account_id).await? else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(&bills_sql)
+            .bind(account_id.as_str())
+            .fetch_all(self.db.pool())
+            .await?;
+        let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
+        Ok(Some((account, bills)))
     }
 
     /// The bills of `plan_ids`, in plan then seq order.
@@ -144,6 +183,17 @@ impl Store {
         }
         let limit = placeholder(Bind::Integer(i64::from(limit)), &mut binds);
         sql.push_str(&format!(" ORDER BY due_date, plan_id, seq LIMIT {limit}"));
+        if let Some(reads) = self.db.sqlite_reads() {
+            let values: Vec<&dyn rusqlite::ToSql> = binds
+                .iter()
+                .map(|bind| match bind {
+                    Bind::Text(text) => text as &dyn rusqlite::ToSql,
+                    Bind::Integer(integer) => integer,
+                })
+                .collect();
+            return reads
+                .read(|connection| rows(connection, &sql, &values, |row| bill_from_row(row)));
+        }
         let rows = bind_all(sqlx::query(&sql), binds)
             .fetch_all(self.db.pool())
             .await?;
@@ -151,22 +201,42 @@ impl Store {
     }
 }
 
-pub(super) fn bill_from_row(row: &AnyRow) -> Result<Bill, StorageError> {
+/// Every bill of an account (`$1`), any state, in due-date order.
+fn account_bills_sql() -> String {
+    format!(
+        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
+    )
+}
+
+/// Every bill of an account on a SQLite read connection.
+fn account_bills_on(
+    connection: &rusqlite::Connection,
+    account_id: &AccountId,
+) -> Result<Vec<Bill>, StorageError> {
+    rows(
+        connection,
+        &account_bills_sql(),
+        &[&account_id.as_str()],
+        |row| bill_from_row(row),
+    )
+}
+
+pub(super) fn bill_from_row(row: &impl StoredRow) -> Result<Bill, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("bills.{what}"));
     let currency =
-        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+        Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     let money = |column: &str| -> Result<Money, StorageError> {
-        Money::from_minor(currency, row.try_get(column)?).map_err(|_| corrupt(column))
+        Money::from_minor(currency, row.integer(column)?).map_err(|_| corrupt(column))
     };
     let date = |column: &str| -> Result<NaiveDate, StorageError> {
-        parse_date(row.try_get(column)?).map_err(|_| corrupt(column))
+        parse_date(&row.text(column)?).map_err(|_| corrupt(column))
     };
-    let paid_on: Option<String> = row.try_get("paid_on")?;
+    let paid_on = row.optional_text("paid_on")?;
     Ok(Bill {
-        bill_id: row.try_get("bill_id")?,
-        plan_id: row.try_get("plan_id")?,
-        account_id: row.try_get("account_id")?,
-        seq: u32::try_from(row.try_get::<i64, _>("seq")?).map_err(|_| corrupt("seq"))?,
+        bill_id: row.text("bill_id")?,
+        plan_id: row.text("plan_id")?,
+        account_id: row.text("account_id")?,
+        seq: u32::try_from(row.integer("seq")?).map_err(|_| corrupt("seq"))?,
         due_date: date("due_date")?,
         charged: Components {
             principal: money("principal_minor")?,
@@ -180,8 +250,8 @@ pub(super) fn bill_from_row(row: &AnyRow) -> Result<Bill, StorageError> {
             fee: money("paid_fee_minor")?,
             penalty: money("paid_penalty_minor")?,
         },
-        state: BillState::parse(row.try_get("state")?).ok_or_else(|| corrupt("state"))?,
-        paid_at_micros: row.try_get("paid_at_micros")?,
+        state: BillState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
+        paid_at_micros: row.optional_integer("paid_at_micros")?,
         paid_on: paid_on
             .map(|text| parse_date(&text).map_err(|_| corrupt("paid_on")))
             .transpose()?,

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 
 use service_kit::{
     clock::now_micros,
+    db::StoredRow,
     money::{Currency, Money},
+    sqlite_reads::rows,
 };
-use sqlx::{Row, any::AnyRow};
+use sqlx::Row;
 
 use super::{
     StorageError, Store,
@@ -161,20 +163,31 @@ impl Store {
 
     /// A plan and its bills in seq order.
     pub async fn plan(&self, plan_id: &str) -> Result<Option<(Plan, Vec<Bill>)>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {PLAN_COLUMNS} FROM plans WHERE plan_id = $1"
-        ))
-        .bind(plan_id)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let plan_sql = format!("SELECT {PLAN_COLUMNS} FROM plans WHERE plan_id = $1");
+        let bills_sql = format!("SELECT {BILL_COLUMNS} FROM bills WHERE plan_id = $1 ORDER BY seq");
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| {
+                let Some(plan) =
+                    rows(connection, &plan_sql, &[&plan_id], |row| plan_from_row(row))?.pop()
+                else {
+                    return Ok(None);
+                };
+                let bills = rows(connection, &bills_sql, &[&plan_id], |row| {
+                    bill_from_row(row)
+                })?;
+                Ok(Some((plan, bills)))
+            });
+        }
+        let row = sqlx::query(&plan_sql)
+            .bind(plan_id)
+            .fetch_optional(self.db.pool())
+            .await?;
         let Some(row) = row else { return Ok(None) };
         let plan = plan_from_row(&row)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE plan_id = $1 ORDER BY seq"
-        ))
-        .bind(plan_id)
-        .fetch_all(self.db.pool())
-        .await?;
+        let rows = sqlx::query(&bills_sql)
+            .bind(plan_id)
+            .fetch_all(self.db.pool())
+            .await?;
         let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
         Ok(Some((plan, bills)))
     }
@@ -258,36 +271,32 @@ async fn insert_bills(
     Ok(())
 }
 
-pub(super) fn plan_from_row(row: &AnyRow) -> Result<Plan, StorageError> {
+pub(super) fn plan_from_row(row: &impl StoredRow) -> Result<Plan, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("plans.{what}"));
     let currency =
-        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+        Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     let money = |column: &str| -> Result<Money, StorageError> {
-        Money::from_minor(currency, row.try_get(column)?).map_err(|_| corrupt(column))
+        Money::from_minor(currency, row.integer(column)?).map_err(|_| corrupt(column))
     };
     let decimal = |column: &str| -> Result<rust_decimal::Decimal, StorageError> {
-        row.try_get::<String, _>(column)?
-            .parse()
-            .map_err(|_| corrupt(column))
+        row.text(column)?.parse().map_err(|_| corrupt(column))
     };
     Ok(Plan {
-        plan_id: row.try_get("plan_id")?,
-        account_id: row.try_get("account_id")?,
-        order_ref: row.try_get("order_ref")?,
-        product_id: row.try_get("product_id")?,
-        method: InstallmentMethod::parse(row.try_get("method")?)
-            .ok_or_else(|| corrupt("method"))?,
-        term_count: u32::try_from(row.try_get::<i64, _>("term_count")?)
-            .map_err(|_| corrupt("term_count"))?,
+        plan_id: row.text("plan_id")?,
+        account_id: row.text("account_id")?,
+        order_ref: row.text("order_ref")?,
+        product_id: row.text("product_id")?,
+        method: InstallmentMethod::parse(&row.text("method")?).ok_or_else(|| corrupt("method"))?,
+        term_count: u32::try_from(row.integer("term_count")?).map_err(|_| corrupt("term_count"))?,
         rate: decimal("rate")?,
         price: money("price_minor")?,
         down_payment: money("down_payment_minor")?,
         principal: money("principal_minor")?,
-        purchase_date: parse_date(row.try_get("purchase_date")?)
+        purchase_date: parse_date(&row.text("purchase_date")?)
             .map_err(|_| corrupt("purchase_date"))?,
         apr: decimal("apr")?,
         effective_rate: decimal("effective_rate")?,
-        status: PlanStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
-        created_at_micros: row.try_get("created_at_micros")?,
+        status: PlanStatus::parse(&row.text("status")?).ok_or_else(|| corrupt("status"))?,
+        created_at_micros: row.integer("created_at_micros")?,
     })
 }

@@ -1,0 +1,219 @@
+//! SQLite reads on the calling thread: the hot read paths' way around sqlx's SQLite
+//! driver, which sends every statement to a connection's worker thread and every row
+//! back, a thread wake-up each (ARCHITECTURE.md, "Performance").
+//!
+//! Each thread that reads keeps one read-only connection per database file, opened
+//! on first use and closed with the thread. A read is a few indexed lookups in a
+//! WAL-mode file, so it runs where it is called, as a short critical section would:
+//! WAL readers do not wait for the writer, and the busy timeout covers the rare
+//! moments (a checkpoint's restart) when SQLite makes a reader wait.
+//!
+//! Reads only: every write still goes through sqlx's one writer connection
+//! ([`crate::db::Db::begin_write`]), and nothing here is cached between calls except
+//! the connection and its prepared statements.
+
+use std::{cell::RefCell, collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+
+use rusqlite::{Connection, OpenFlags};
+
+/// How long a read waits when SQLite reports the file busy.
+const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Prepared statements kept per connection.
+const STATEMENT_CACHE: usize = 32;
+
+thread_local! {
+    /// This thread's read connections, by canonical file path.
+    static CONNECTIONS: RefCell<HashMap<Arc<PathBuf>, Connection>> = RefCell::new(HashMap::new());
+}
+
+/// Reads of one SQLite file on the calling thread.
+#[derive(Debug, Clone)]
+pub struct SqliteReads {
+    path: Arc<PathBuf>,
+}
+
+impl SqliteReads {
+    /// Reads of the file at `path`, which must exist (the pool created it).
+    pub fn new(path: &std::path::Path) -> std::io::Result<Self> {
+        Ok(Self {
+            path: Arc::new(path.canonicalize()?),
+        })
+    }
+
+    /// Runs `read` on this thread's connection to the file, inside one read
+    /// transaction, so that every statement of `read` sees the same snapshot.
+    pub fn read<T>(
+        &self,
+        read: impl FnOnce(&Connection) -> Result<T, crate::db::StorageError>,
+    ) -> Result<T, crate::db::StorageError> {
+        CONNECTIONS.with(|connections| {
+            let mut connections = connections.borrow_mut();
+            if !connections.contains_key(&self.path) {
+                let connection = open(&self.path)?;
+                connections.insert(Arc::clone(&self.path), connection);
+            }
+            let connection = &connections[&self.path];
+            if !connection.is_autocommit() {
+                // A read that panicked half way left its transaction open.
+                connection.execute_batch("ROLLBACK")?;
+            }
+            connection.execute_batch("BEGIN")?;
+            let result = read(connection);
+            // A read transaction changes nothing; ending it releases the snapshot.
+            let ended = connection.execute_batch("COMMIT");
+            let value = result?;
+            ended?;
+            Ok(value)
+        })
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<Connection, rusqlite::Error> {
+    let connection = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(READ_BUSY_TIMEOUT)?;
+    connection.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    Ok(connection)
+}
+
+/// Runs `sql` on `connection` with `binds` for its placeholders `$1`…`$n` (the form
+/// the sqlx queries use) and turns each row into a `T`.
+pub fn rows<T>(
+    connection: &Connection,
+    sql: &str,
+    binds: &[&dyn rusqlite::ToSql],
+    mut each: impl FnMut(&SqliteRow<'_, '_>) -> Result<T, crate::db::StorageError>,
+) -> Result<Vec<T>, crate::db::StorageError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    for (position, value) in binds.iter().enumerate() {
+        let name = format!("${}", position + 1);
+        let index = statement
+            .parameter_index(&name)?
+            .ok_or(rusqlite::Error::InvalidParameterName(name))?;
+        statement.raw_bind_parameter(index, value)?;
+    }
+    // Looking a column up by name through SQLite costs a C string comparison per
+    // column tried, for every value of every row; the names are read once instead.
+    let columns: Vec<String> = statement
+        .column_names()
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    let mut rows = statement.raw_query();
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        found.push(each(&SqliteRow {
+            row,
+            columns: &columns,
+        })?);
+    }
+    Ok(found)
+}
+
+/// A row read by [`rows`], with its statement's column names.
+pub struct SqliteRow<'row, 'statement> {
+    row: &'row rusqlite::Row<'statement>,
+    columns: &'row [String],
+}
+
+impl SqliteRow<'_, '_> {
+    fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, rusqlite::Error> {
+        let index = self
+            .columns
+            .iter()
+            .position(|name| name == column)
+            .ok_or_else(|| rusqlite::Error::InvalidColumnName(column.to_owned()))?;
+        self.row.get(index)
+    }
+}
+
+impl crate::db::StoredRow for SqliteRow<'_, '_> {
+    fn text(&self, column: &str) -> Result<String, crate::db::StorageError> {
+        Ok(self.get(column)?)
+    }
+    fn integer(&self, column: &str) -> Result<i64, crate::db::StorageError> {
+        Ok(self.get(column)?)
+    }
+    fn optional_text(&self, column: &str) -> Result<Option<String>, crate::db::StorageError> {
+        Ok(self.get(column)?)
+    }
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, crate::db::StorageError> {
+        Ok(self.get(column)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{Db, StorageError, StoredRow};
+
+    async fn db_with_a_row(dir: &tempfile::TempDir) -> Db {
+        let url = format!("sqlite://{}/reads.db", dir.path().display());
+        let db = Db::connect(&url, 2).await.unwrap();
+        sqlx::query("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, note TEXT)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO t (id, name, note) VALUES (1, 'one', NULL)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        db
+    }
+
+    fn names(db: &Db) -> Result<Vec<(String, Option<String>)>, StorageError> {
+        let reads = db.sqlite_reads().expect("a SQLite file has thread reads");
+        reads.read(|connection| {
+            rows(
+                connection,
+                "SELECT name, note FROM t WHERE id >= $1 ORDER BY id",
+                &[&1_i64],
+                |row| Ok((row.text("name")?, row.optional_text("note")?)),
+            )
+        })
+    }
+
+    #[tokio::test]
+    async fn reads_see_what_the_writer_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_a_row(&dir).await;
+        assert_eq!(names(&db).unwrap(), vec![("one".to_owned(), None)]);
+        sqlx::query("INSERT INTO t (id, name, note) VALUES (2, 'two', 'x')")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        assert_eq!(
+            names(&db).unwrap(),
+            vec![
+                ("one".to_owned(), None),
+                ("two".to_owned(), Some("x".to_owned()))
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_read_that_panicked_leaves_no_transaction_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_a_row(&dir).await;
+        let reads = db.sqlite_reads().unwrap().clone();
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            reads.read(|_| -> Result<(), StorageError> { panic!("half way") })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(names(&db).unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_read_connection_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_a_row(&dir).await;
+        let written = db
+            .sqlite_reads()
+            .unwrap()
+            .read(|connection| Ok(connection.execute("DELETE FROM t", [])?));
+        assert!(written.is_err(), "{written:?}");
+        assert_eq!(names(&db).unwrap().len(), 1);
+    }
+}

@@ -3,9 +3,10 @@
 
 use service_kit::{
     clock::now_micros,
+    db::StoredRow,
     money::{Currency, Money},
+    sqlite_reads::rows,
 };
-use sqlx::{Row, any::AnyRow};
 
 use super::{StorageError, Store, outbox::OutboxKind, outbox::insert_outbox};
 use crate::domain::payment::{PaymentMethod, PaymentStatus};
@@ -72,23 +73,39 @@ impl Store {
         caller: &str,
         idempotency_key: &str,
     ) -> Result<Option<Payment>, StorageError> {
-        let row = sqlx::query(&format!(
+        let sql = format!(
             "SELECT {PAYMENT_COLUMNS} FROM payments WHERE caller = $1 AND idempotency_key = $2"
-        ))
-        .bind(caller)
-        .bind(idempotency_key)
-        .fetch_optional(self.db.pool())
-        .await?;
+        );
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| {
+                Ok(rows(connection, &sql, &[&caller, &idempotency_key], |row| {
+                    payment_from_row(row)
+                })?
+                .pop())
+            });
+        }
+        let row = sqlx::query(&sql)
+            .bind(caller)
+            .bind(idempotency_key)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
 
     pub async fn payment(&self, payment_id: &str) -> Result<Option<Payment>, StorageError> {
-        let row = sqlx::query(&format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1"
-        ))
-        .bind(payment_id)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1");
+        if let Some(reads) = self.db.sqlite_reads() {
+            return reads.read(|connection| {
+                Ok(rows(connection, &sql, &[&payment_id], |row| {
+                    payment_from_row(row)
+                })?
+                .pop())
+            });
+        }
+        let row = sqlx::query(&sql)
+            .bind(payment_id)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.as_ref().map(payment_from_row).transpose()
     }
 
@@ -257,27 +274,27 @@ impl Store {
     }
 }
 
-fn payment_from_row(row: &AnyRow) -> Result<Payment, StorageError> {
+fn payment_from_row(row: &impl StoredRow) -> Result<Payment, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("payments.{what}"));
     let currency =
-        Currency::parse(row.try_get("currency_code")?).map_err(|_| corrupt("currency_code"))?;
+        Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     Ok(Payment {
-        payment_id: row.try_get("payment_id")?,
-        caller: row.try_get("caller")?,
-        idempotency_key: row.try_get("idempotency_key")?,
-        request_fingerprint: row.try_get("request_fingerprint")?,
-        account_id: row.try_get("account_id")?,
-        target: row.try_get("target")?,
-        amount: Money::from_minor(currency, row.try_get("amount_minor")?)
+        payment_id: row.text("payment_id")?,
+        caller: row.text("caller")?,
+        idempotency_key: row.text("idempotency_key")?,
+        request_fingerprint: row.text("request_fingerprint")?,
+        account_id: row.text("account_id")?,
+        target: row.text("target")?,
+        amount: Money::from_minor(currency, row.integer("amount_minor")?)
             .map_err(|_| corrupt("amount_minor"))?,
-        method: PaymentMethod::parse(row.try_get("method")?).ok_or_else(|| corrupt("method"))?,
-        instrument_last4: row.try_get("instrument_last4")?,
-        status: PaymentStatus::parse(row.try_get("status")?).ok_or_else(|| corrupt("status"))?,
-        provider_ref: row.try_get("provider_ref")?,
-        failure_code: row.try_get("failure_code")?,
-        failure_message: row.try_get("failure_message")?,
-        applied: row.try_get::<i64, _>("applied")? == 1,
-        created_at_micros: row.try_get("created_at_micros")?,
-        updated_at_micros: row.try_get("updated_at_micros")?,
+        method: PaymentMethod::parse(&row.text("method")?).ok_or_else(|| corrupt("method"))?,
+        instrument_last4: row.text("instrument_last4")?,
+        status: PaymentStatus::parse(&row.text("status")?).ok_or_else(|| corrupt("status"))?,
+        provider_ref: row.optional_text("provider_ref")?,
+        failure_code: row.optional_text("failure_code")?,
+        failure_message: row.optional_text("failure_message")?,
+        applied: row.integer("applied")? == 1,
+        created_at_micros: row.integer("created_at_micros")?,
+        updated_at_micros: row.integer("updated_at_micros")?,
     })
 }

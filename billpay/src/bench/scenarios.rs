@@ -35,6 +35,11 @@ const SEED_CREDIT_LIMIT: &str = "1000000.00";
 const SEED_PRICE: &str = "5999.00";
 /// What one bench repayment pays, spread oldest bill first.
 const REPAYMENT_AMOUNT: &str = "1.00";
+/// Accounts without a plan at the start (at most; no more than the seeded ones) that
+/// the create_plan scenario buys on: plans opened on the accounts that reads read
+/// would change what a read reads between one measurement and the next (10 s of
+/// CreatePlan added some 50 bills to each).
+const BUYER_ACCOUNTS: usize = 256;
 /// Failures printed per bench run; the rest are only counted.
 const FAILURES_REPORTED_MAX: u64 = 5;
 
@@ -49,6 +54,13 @@ pub const ALL: &[&str] = &[
     "repay_wechat",
 ];
 
+/// The account a worker's `sequence`th call works on: workers walk `accounts` from
+/// different starting points so they rarely meet on one account's row.
+fn pick(accounts: &[String], worker: usize, sequence: u64) -> &str {
+    let count = accounts.len();
+    &accounts[(worker.wrapping_mul(7919) + sequence as usize) % count.max(1)]
+}
+
 /// Clients and credentials shared by every call of a run.
 #[derive(Clone)]
 pub struct Clients {
@@ -56,7 +68,10 @@ pub struct Clients {
     payment: Vec<Channel>,
     echo: Vec<Channel>,
     service_bearer: MetadataValue<tonic::metadata::Ascii>,
+    /// Accounts with a seeded plan: what reads, quotes and repayments work on.
     pub accounts: Arc<Vec<String>>,
+    /// Accounts opened without a plan, that CreatePlan buys on.
+    buyers: Arc<Vec<String>>,
     /// Makes order refs and idempotency keys unique to one measurement.
     run_id: Arc<String>,
     /// Failures reported so far, so a run shows its first few and not thousands.
@@ -92,6 +107,7 @@ impl Clients {
                 .parse()
                 .context("token is not ASCII")?,
             accounts: Arc::new(Vec::new()),
+            buyers: Arc::new(Vec::new()),
             run_id: Arc::new(uuid::Uuid::now_v7().simple().to_string()),
             reported_failures: Arc::new(AtomicU64::new(0)),
         })
@@ -113,12 +129,14 @@ impl Clients {
         PaymentServiceClient::new(self.payment[worker % self.payment.len()].clone())
     }
 
-    /// The account a worker's `sequence`th call works on: workers walk the accounts
-    /// from different starting points so they rarely meet on one account's row.
+    /// The account a worker's `sequence`th read, quote or repayment works on.
     fn account(&self, worker: usize, sequence: u64) -> &str {
-        let count = self.accounts.len();
-        let index = (worker.wrapping_mul(7919) + sequence as usize) % count.max(1);
-        &self.accounts[index]
+        pick(&self.accounts, worker, sequence)
+    }
+
+    /// The account a worker's `sequence`th CreatePlan buys on.
+    fn buyer(&self, worker: usize, sequence: u64) -> &str {
+        pick(&self.buyers, worker, sequence)
     }
 
     /// Adds `count` copies of the first seeded account and its plan straight into
@@ -166,12 +184,27 @@ impl Clients {
             }
         }
         self.accounts = Arc::new(accounts);
+        let buyer_count = BUYER_ACCOUNTS.min(count).max(1);
+        let mut buyers = Vec::with_capacity(buyer_count);
+        for chunk_start in (0..buyer_count).step_by(concurrency.max(1)) {
+            let chunk_end = (chunk_start + concurrency).min(buyer_count);
+            let handles: Vec<_> = (chunk_start..chunk_end)
+                .map(|index| {
+                    let clients = self.clone();
+                    tokio::spawn(async move { clients.create_account(count + index).await })
+                })
+                .collect();
+            for handle in handles {
+                buyers.push(handle.await??);
+            }
+        }
+        self.buyers = Arc::new(buyers);
         Ok(())
     }
 
-    async fn open_account(&self, index: usize, purchase_date: &str) -> anyhow::Result<String> {
-        let mut billing = self.billing(index);
-        let account = billing
+    async fn create_account(&self, index: usize) -> anyhow::Result<String> {
+        let account = self
+            .billing(index)
             .create_account(self.authorized(CreateAccountRequest {
                 customer_ref: format!("bench-{}-{index}", self.run_id),
                 display_name: format!("Bench customer {index}"),
@@ -183,9 +216,14 @@ impl Clients {
             .into_inner()
             .account
             .context("bench: CreateAccount answered no account")?;
-        billing
+        Ok(account.account_id)
+    }
+
+    async fn open_account(&self, index: usize, purchase_date: &str) -> anyhow::Result<String> {
+        let account_id = self.create_account(index).await?;
+        self.billing(index)
             .create_plan(self.authorized(CreatePlanRequest {
-                account_id: account.account_id.clone(),
+                account_id: account_id.clone(),
                 order_ref: format!("seed-{index}"),
                 product_id: "mall-fee".to_owned(),
                 term_count: 12,
@@ -195,7 +233,7 @@ impl Clients {
             }))
             .await
             .context("bench: CreatePlan failed while seeding")?;
-        Ok(account.account_id)
+        Ok(account_id)
     }
 
     /// The same clients with fresh order refs and idempotency keys, for a new
@@ -276,7 +314,7 @@ impl Clients {
     }
 
     async fn create_plan(&self, worker: usize, sequence: u64) -> bool {
-        let account_id = self.account(worker, sequence).to_owned();
+        let account_id = self.buyer(worker, sequence).to_owned();
         match self
             .billing(worker)
             .create_plan(self.authorized(CreatePlanRequest {

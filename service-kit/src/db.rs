@@ -71,6 +71,13 @@ pub enum StorageError {
     Corrupt(String),
 }
 
+/// A value for a read's placeholder ([`Db::read_rows`]).
+#[derive(Debug, Clone, Copy)]
+pub enum Param<'a> {
+    Text(&'a str),
+    Integer(i64),
+}
+
 /// A stored row's columns by name, whichever driver read it: sqlx (`AnyRow`) or, on
 /// SQLite's hot read paths, rusqlite ([`crate::sqlite_reads`]).
 pub trait StoredRow {
@@ -233,7 +240,7 @@ pub struct Db {
     writer: AnyPool,
     dialect: Dialect,
     /// A SQLite file's reads on the calling thread (none for PostgreSQL).
-    sqlite_reads: Option<SqliteReads>,
+    pub(crate) sqlite_reads: Option<SqliteReads>,
 }
 
 /// Pool settings; every SQLite connection runs in WAL mode with a busy timeout and
@@ -305,11 +312,43 @@ impl Db {
         })
     }
 
-    /// Reads of the SQLite file on the calling thread, for the hot read paths; `None`
-    /// on PostgreSQL (whose driver needs no such detour), where callers use
-    /// [`Db::pool`].
-    pub fn sqlite_reads(&self) -> Option<&SqliteReads> {
-        self.sqlite_reads.as_ref()
+    /// The rows of the read `sql` with `params` for its placeholders `$1`…`$n`, each
+    /// decoded by `decode`. On a SQLite file it runs on the calling thread
+    /// ([`crate::sqlite_reads`]), on PostgreSQL through the pool. Reads only: a read
+    /// inside a write transaction uses that transaction.
+    pub async fn read_rows<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
+        if let Some(reads) = &self.sqlite_reads {
+            return reads
+                .read(|connection| crate::sqlite_reads::rows(connection, sql, params, decode));
+        }
+        let mut query = sqlx::query(sql);
+        for param in params {
+            query = match *param {
+                Param::Text(text) => query.bind(text),
+                Param::Integer(integer) => query.bind(integer),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter().map(|row| decode(row)).collect()
+    }
+
+    /// The first row of [`Db::read_rows`], if any.
+    pub async fn read_row<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
+    ) -> Result<Option<T>, StorageError> {
+        Ok(self
+            .read_rows(sql, params, decode)
+            .await?
+            .into_iter()
+            .next())
     }
 
     /// The pool for reads (and, on PostgreSQL, for everything).

@@ -16,6 +16,8 @@ use std::{cell::RefCell, collections::HashMap, path::PathBuf, sync::Arc, time::D
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::db::{Param, StorageError, StoredRow};
+
 /// How long a read waits when SQLite reports the file busy.
 const READ_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Prepared statements kept per connection.
@@ -41,11 +43,12 @@ impl SqliteReads {
     }
 
     /// Runs `read` on this thread's connection to the file, inside one read
-    /// transaction, so that every statement of `read` sees the same snapshot.
-    pub fn read<T>(
+    /// transaction, so that every statement of `read` sees the same snapshot. `read`
+    /// must not start another read.
+    pub(crate) fn read<T>(
         &self,
-        read: impl FnOnce(&Connection) -> Result<T, crate::db::StorageError>,
-    ) -> Result<T, crate::db::StorageError> {
+        read: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
         CONNECTIONS.with(|connections| {
             let mut connections = connections.borrow_mut();
             if !connections.contains_key(&self.path) {
@@ -78,21 +81,24 @@ fn open(path: &std::path::Path) -> Result<Connection, rusqlite::Error> {
     Ok(connection)
 }
 
-/// Runs `sql` on `connection` with `binds` for its placeholders `$1`…`$n` (the form
+/// Runs `sql` on `connection` with `params` for its placeholders `$1`…`$n` (the form
 /// the sqlx queries use) and turns each row into a `T`.
-pub fn rows<T>(
+pub(crate) fn rows<T>(
     connection: &Connection,
     sql: &str,
-    binds: &[&dyn rusqlite::ToSql],
-    mut each: impl FnMut(&SqliteRow<'_, '_>) -> Result<T, crate::db::StorageError>,
-) -> Result<Vec<T>, crate::db::StorageError> {
+    params: &[Param<'_>],
+    decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
     let mut statement = connection.prepare_cached(sql)?;
-    for (position, value) in binds.iter().enumerate() {
+    for (position, param) in params.iter().enumerate() {
         let name = format!("${}", position + 1);
         let index = statement
             .parameter_index(&name)?
             .ok_or(rusqlite::Error::InvalidParameterName(name))?;
-        statement.raw_bind_parameter(index, value)?;
+        match *param {
+            Param::Text(text) => statement.raw_bind_parameter(index, text)?,
+            Param::Integer(integer) => statement.raw_bind_parameter(index, integer)?,
+        }
     }
     // Looking a column up by name through SQLite costs a C string comparison per
     // column tried, for every value of every row; the names are read once instead.
@@ -104,7 +110,7 @@ pub fn rows<T>(
     let mut rows = statement.raw_query();
     let mut found = Vec::new();
     while let Some(row) = rows.next()? {
-        found.push(each(&SqliteRow {
+        found.push(decode(&SqliteRow {
             row,
             columns: &columns,
         })?);
@@ -113,7 +119,7 @@ pub fn rows<T>(
 }
 
 /// A row read by [`rows`], with its statement's column names.
-pub struct SqliteRow<'row, 'statement> {
+struct SqliteRow<'row, 'statement> {
     row: &'row rusqlite::Row<'statement>,
     columns: &'row [String],
 }
@@ -129,17 +135,17 @@ impl SqliteRow<'_, '_> {
     }
 }
 
-impl crate::db::StoredRow for SqliteRow<'_, '_> {
-    fn text(&self, column: &str) -> Result<String, crate::db::StorageError> {
+impl StoredRow for SqliteRow<'_, '_> {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
         Ok(self.get(column)?)
     }
-    fn integer(&self, column: &str) -> Result<i64, crate::db::StorageError> {
+    fn integer(&self, column: &str) -> Result<i64, StorageError> {
         Ok(self.get(column)?)
     }
-    fn optional_text(&self, column: &str) -> Result<Option<String>, crate::db::StorageError> {
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StorageError> {
         Ok(self.get(column)?)
     }
-    fn optional_integer(&self, column: &str) -> Result<Option<i64>, crate::db::StorageError> {
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, StorageError> {
         Ok(self.get(column)?)
     }
 }
@@ -147,7 +153,7 @@ impl crate::db::StoredRow for SqliteRow<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{Db, StorageError, StoredRow};
+    use crate::db::Db;
 
     async fn db_with_a_row(dir: &tempfile::TempDir) -> Db {
         let url = format!("sqlite://{}/reads.db", dir.path().display());
@@ -164,12 +170,15 @@ mod tests {
     }
 
     fn names(db: &Db) -> Result<Vec<(String, Option<String>)>, StorageError> {
-        let reads = db.sqlite_reads().expect("a SQLite file has thread reads");
+        let reads = db
+            .sqlite_reads
+            .as_ref()
+            .expect("a SQLite file has thread reads");
         reads.read(|connection| {
             rows(
                 connection,
                 "SELECT name, note FROM t WHERE id >= $1 ORDER BY id",
-                &[&1_i64],
+                &[Param::Integer(1)],
                 |row| Ok((row.text("name")?, row.optional_text("note")?)),
             )
         })
@@ -197,7 +206,7 @@ mod tests {
     async fn a_read_that_panicked_leaves_no_transaction_behind() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_a_row(&dir).await;
-        let reads = db.sqlite_reads().unwrap().clone();
+        let reads = db.sqlite_reads.clone().unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             reads.read(|_| -> Result<(), StorageError> { panic!("half way") })
         }));
@@ -210,7 +219,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_a_row(&dir).await;
         let written = db
-            .sqlite_reads()
+            .sqlite_reads
+            .as_ref()
             .unwrap()
             .read(|connection| Ok(connection.execute("DELETE FROM t", [])?));
         assert!(written.is_err(), "{written:?}");

@@ -1,10 +1,10 @@
 //! The accounts table.
 
+use service_kit::db::{Param, StoredRow};
 use service_kit::{
     clock::now_micros,
     money::{Currency, Money},
 };
-use service_kit::{db::StoredRow, sqlite_reads::rows};
 
 use super::{StorageError, Store};
 use crate::domain::{
@@ -67,14 +67,13 @@ impl Store {
     }
 
     pub async fn account(&self, account_id: &AccountId) -> Result<Option<Account>, StorageError> {
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| account_on(connection, account_id));
-        }
-        let row = sqlx::query(&account_sql())
-            .bind(account_id.as_str())
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(account_from_row).transpose()
+        self.db
+            .read_row(
+                &format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1"),
+                &[Param::Text(account_id.as_str())],
+                account_from_row,
+            )
+            .await
     }
 
     async fn account_by_customer_ref(
@@ -87,29 +86,11 @@ impl Store {
         .bind(customer_ref.as_str())
         .fetch_optional(self.db.pool())
         .await?;
-        row.as_ref().map(account_from_row).transpose()
+        row.as_ref().map(|row| account_from_row(row)).transpose()
     }
 }
 
-/// The account `$1`.
-fn account_sql() -> String {
-    format!("SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1")
-}
-
-/// An account on a SQLite read connection.
-pub(super) fn account_on(
-    connection: &rusqlite::Connection,
-    account_id: &AccountId,
-) -> Result<Option<Account>, StorageError> {
-    Ok(
-        rows(connection, &account_sql(), &[&account_id.as_str()], |row| {
-            account_from_row(row)
-        })?
-        .pop(),
-    )
-}
-
-pub(super) fn account_from_row(row: &impl StoredRow) -> Result<Account, StorageError> {
+pub(super) fn account_from_row(row: &dyn StoredRow) -> Result<Account, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
@@ -136,7 +117,7 @@ pub(super) fn account_from_row(row: &impl StoredRow) -> Result<Account, StorageE
 
 /// The temporary limit columns: both set, or neither.
 fn temporary_limit(
-    row: &impl StoredRow,
+    row: &dyn StoredRow,
     currency: Currency,
 ) -> Result<Option<TemporaryLimit>, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));

@@ -1,11 +1,12 @@
 //! The bills table: reading bills, pages of them, and turning rows into domain bills.
 
 use chrono::NaiveDate;
-use service_kit::money::{Currency, Money};
-use service_kit::{db::StoredRow, sqlite_reads::rows};
-use sqlx::{Any, query::Query};
+use service_kit::{
+    db::{Param, StoredRow},
+    money::{Currency, Money},
+};
 
-use super::{StorageError, Store, accounts::account_on};
+use super::{StorageError, Store};
 use crate::domain::{
     account::{Account, AccountId},
     bill::{Bill, BillState, BillStatus, Components},
@@ -35,88 +36,57 @@ impl BillPageKey {
     }
 }
 
-/// A value to bind, so that dynamically built queries bind in placeholder order.
-enum Bind {
-    Text(String),
-    Integer(i64),
-}
-
-/// Adds `bind` to `binds` and returns its placeholder.
-fn placeholder(bind: Bind, binds: &mut Vec<Bind>) -> String {
-    binds.push(bind);
-    format!("${}", binds.len())
-}
-
-fn bind_all<'q>(
-    mut query: Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    binds: Vec<Bind>,
-) -> Query<'q, Any, sqlx::any::AnyArguments<'q>> {
-    for bind in binds {
-        query = match bind {
-            Bind::Text(text) => query.bind(text),
-            Bind::Integer(integer) => query.bind(integer),
-        };
-    }
-    query
+/// Adds `param` to `params` and returns its placeholder.
+fn placeholder<'a>(param: Param<'a>, params: &mut Vec<Param<'a>>) -> String {
+    params.push(param);
+    format!("${}", params.len())
 }
 
 impl Store {
     pub async fn bill(&self, bill_id: &str) -> Result<Option<Bill>, StorageError> {
-        let sql = format!("SELECT {BILL_COLUMNS} FROM bills WHERE bill_id = $1");
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| {
-                Ok(rows(connection, &sql, &[&bill_id], |row| bill_from_row(row))?.pop())
-            });
-        }
-        let row = sqlx::query(&sql)
-            .bind(bill_id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(bill_from_row).transpose()
+        self.db
+            .read_row(
+                &format!("SELECT {BILL_COLUMNS} FROM bills WHERE bill_id = $1"),
+                &[Param::Text(bill_id)],
+                bill_from_row,
+            )
+            .await
     }
 
     /// Every bill of an account, any state, in due-date order.
     pub async fn account_bills(&self, account_id: &AccountId) -> Result<Vec<Bill>, StorageError> {
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| account_bills_on(connection, account_id));
-        }
-        let rows = sqlx::query(&account_bills_sql())
-            .bind(account_id.as_str())
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(bill_from_row).collect()
+        self.db
+            .read_rows(
+                &format!(
+                    "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
+                ),
+                &[Param::Text(account_id.as_str())],
+                bill_from_row,
+            )
+            .await
     }
 
-    /// An account and its unpaid (OPEN and OVERDUE) bills in due-date order, as of one
-    /// moment on SQLite (`None` for no such account): what its summary is made of.
-    /// Paid, settled and cancelled bills stay behind the `(account_id, state)` index.
+    /// An account and its unpaid (OPEN and OVERDUE) bills in due-date order (`None`
+    /// for no such account): what its summary is made of. Paid, settled and cancelled
+    /// bills stay behind the `(account_id, state)` index.
     pub async fn account_with_unpaid_bills(
         &self,
         account_id: &AccountId,
     ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
-        let bills_sql = format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') \
-             ORDER BY due_date, plan_id, seq"
-        );
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| {
-                let Some(account) = account_on(connection, account_id)? else {
-                    return Ok(None);
-                };
-                let bills = rows(connection, &bills_sql, &[&account_id.as_str()], |row| {
-                    bill_from_row(row)
-                })?;
-                Ok(Some((account, bills)))
-            });
-        }
         let Some(account) = self.account(account_id).await? else {
             return Ok(None);
         };
-        let rows = sqlx::query(&bills_sql)
-            .bind(account_id.as_str())
-            .fetch_all(self.db.pool())
+        let bills = self
+            .db
+            .read_rows(
+                &format!(
+                    "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') \
+                     ORDER BY due_date, plan_id, seq"
+                ),
+                &[Param::Text(account_id.as_str())],
+                bill_from_row,
+            )
             .await?;
-        let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
         Ok(Some((account, bills)))
     }
 
@@ -130,14 +100,8 @@ impl Store {
             "SELECT {BILL_COLUMNS} FROM bills WHERE plan_id IN ({}) ORDER BY plan_id, seq",
             placeholders.join(", ")
         );
-        let binds = plan_ids
-            .iter()
-            .map(|id| Bind::Text((*id).to_owned()))
-            .collect();
-        let rows = bind_all(sqlx::query(&sql), binds)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(bill_from_row).collect()
+        let params: Vec<Param<'_>> = plan_ids.iter().map(|id| Param::Text(id)).collect();
+        self.db.read_rows(&sql, &params, bill_from_row).await
     }
 
     /// Up to `limit` bills of an account showing one of `statuses` on `today`, sorted
@@ -150,18 +114,19 @@ impl Store {
         after: Option<&BillPageKey>,
         limit: u32,
     ) -> Result<Vec<Bill>, StorageError> {
-        let mut binds = vec![Bind::Text(account_id.as_str().to_owned())];
         let today_text = today.to_string();
+        let after_due_date = after.map(|key| key.due_date.to_string());
+        let mut params = vec![Param::Text(account_id.as_str())];
         let conditions: Vec<String> = statuses
             .iter()
             .map(|status| match status {
                 BillStatus::Upcoming => format!(
                     "(state = 'OPEN' AND due_date > {})",
-                    placeholder(Bind::Text(today_text.clone()), &mut binds)
+                    placeholder(Param::Text(&today_text), &mut params)
                 ),
                 BillStatus::Due => format!(
                     "(state = 'OPEN' AND due_date <= {})",
-                    placeholder(Bind::Text(today_text.clone()), &mut binds)
+                    placeholder(Param::Text(&today_text), &mut params)
                 ),
                 BillStatus::Overdue => "state = 'OVERDUE'".to_owned(),
                 BillStatus::Paid => "state = 'PAID'".to_owned(),
@@ -173,55 +138,21 @@ impl Store {
             "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 AND ({})",
             conditions.join(" OR ")
         );
-        if let Some(key) = after {
-            let due_date = placeholder(Bind::Text(key.due_date.to_string()), &mut binds);
-            let plan_id = placeholder(Bind::Text(key.plan_id.clone()), &mut binds);
-            let seq = placeholder(Bind::Integer(i64::from(key.seq)), &mut binds);
+        if let (Some(key), Some(after_due_date)) = (after, &after_due_date) {
+            let due_date = placeholder(Param::Text(after_due_date), &mut params);
+            let plan_id = placeholder(Param::Text(&key.plan_id), &mut params);
+            let seq = placeholder(Param::Integer(i64::from(key.seq)), &mut params);
             sql.push_str(&format!(
                 " AND (due_date, plan_id, seq) > ({due_date}, {plan_id}, {seq})"
             ));
         }
-        let limit = placeholder(Bind::Integer(i64::from(limit)), &mut binds);
+        let limit = placeholder(Param::Integer(i64::from(limit)), &mut params);
         sql.push_str(&format!(" ORDER BY due_date, plan_id, seq LIMIT {limit}"));
-        if let Some(reads) = self.db.sqlite_reads() {
-            let values: Vec<&dyn rusqlite::ToSql> = binds
-                .iter()
-                .map(|bind| match bind {
-                    Bind::Text(text) => text as &dyn rusqlite::ToSql,
-                    Bind::Integer(integer) => integer,
-                })
-                .collect();
-            return reads
-                .read(|connection| rows(connection, &sql, &values, |row| bill_from_row(row)));
-        }
-        let rows = bind_all(sqlx::query(&sql), binds)
-            .fetch_all(self.db.pool())
-            .await?;
-        rows.iter().map(bill_from_row).collect()
+        self.db.read_rows(&sql, &params, bill_from_row).await
     }
 }
 
-/// Every bill of an account (`$1`), any state, in due-date order.
-fn account_bills_sql() -> String {
-    format!(
-        "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
-    )
-}
-
-/// Every bill of an account on a SQLite read connection.
-fn account_bills_on(
-    connection: &rusqlite::Connection,
-    account_id: &AccountId,
-) -> Result<Vec<Bill>, StorageError> {
-    rows(
-        connection,
-        &account_bills_sql(),
-        &[&account_id.as_str()],
-        |row| bill_from_row(row),
-    )
-}
-
-pub(super) fn bill_from_row(row: &impl StoredRow) -> Result<Bill, StorageError> {
+pub(super) fn bill_from_row(row: &dyn StoredRow) -> Result<Bill, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("bills.{what}"));
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;

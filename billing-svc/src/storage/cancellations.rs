@@ -213,6 +213,9 @@ async fn plan_in(
     .bind(plan_id)
     .fetch_all(&mut **transaction)
     .await?;
-    let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
+    let bills = rows
+        .iter()
+        .map(|row| bill_from_row(row))
+        .collect::<Result<_, _>>()?;
     Ok((plan, bills))
 }

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 
 use service_kit::{
     clock::now_micros,
-    db::StoredRow,
+    db::{Param, StoredRow},
     money::{Currency, Money},
-    sqlite_reads::rows,
 };
 use sqlx::Row;
 
@@ -163,32 +162,25 @@ impl Store {
 
     /// A plan and its bills in seq order.
     pub async fn plan(&self, plan_id: &str) -> Result<Option<(Plan, Vec<Bill>)>, StorageError> {
-        let plan_sql = format!("SELECT {PLAN_COLUMNS} FROM plans WHERE plan_id = $1");
-        let bills_sql = format!("SELECT {BILL_COLUMNS} FROM bills WHERE plan_id = $1 ORDER BY seq");
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| {
-                let Some(plan) =
-                    rows(connection, &plan_sql, &[&plan_id], |row| plan_from_row(row))?.pop()
-                else {
-                    return Ok(None);
-                };
-                let bills = rows(connection, &bills_sql, &[&plan_id], |row| {
-                    bill_from_row(row)
-                })?;
-                Ok(Some((plan, bills)))
-            });
-        }
-        let row = sqlx::query(&plan_sql)
-            .bind(plan_id)
-            .fetch_optional(self.db.pool())
+        let Some(plan) = self
+            .db
+            .read_row(
+                &format!("SELECT {PLAN_COLUMNS} FROM plans WHERE plan_id = $1"),
+                &[Param::Text(plan_id)],
+                plan_from_row,
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        let bills = self
+            .db
+            .read_rows(
+                &format!("SELECT {BILL_COLUMNS} FROM bills WHERE plan_id = $1 ORDER BY seq"),
+                &[Param::Text(plan_id)],
+                bill_from_row,
+            )
             .await?;
-        let Some(row) = row else { return Ok(None) };
-        let plan = plan_from_row(&row)?;
-        let rows = sqlx::query(&bills_sql)
-            .bind(plan_id)
-            .fetch_all(self.db.pool())
-            .await?;
-        let bills = rows.iter().map(bill_from_row).collect::<Result<_, _>>()?;
         Ok(Some((plan, bills)))
     }
 
@@ -223,7 +215,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(plan_from_row).collect()
+        rows.iter().map(|row| plan_from_row(row)).collect()
     }
 }
 
@@ -271,7 +263,7 @@ async fn insert_bills(
     Ok(())
 }
 
-pub(super) fn plan_from_row(row: &impl StoredRow) -> Result<Plan, StorageError> {
+pub(super) fn plan_from_row(row: &dyn StoredRow) -> Result<Plan, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("plans.{what}"));
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;

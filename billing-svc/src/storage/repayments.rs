@@ -142,7 +142,7 @@ impl Store {
         .await?;
         let mut bills = rows
             .iter()
-            .map(bill_from_row)
+            .map(|row| bill_from_row(row))
             .collect::<Result<Vec<_>, _>>()?;
         let decision = decide(&bills).map_err(money_error)?;
         let (allocations, surplus) = (&decision.allocations, decision.surplus);

@@ -3,9 +3,8 @@
 
 use service_kit::{
     clock::now_micros,
-    db::StoredRow,
+    db::{Param, StoredRow},
     money::{Currency, Money},
-    sqlite_reads::rows,
 };
 
 use super::{StorageError, Store, outbox::OutboxKind, outbox::insert_outbox};
@@ -73,40 +72,25 @@ impl Store {
         caller: &str,
         idempotency_key: &str,
     ) -> Result<Option<Payment>, StorageError> {
-        let sql = format!(
-            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE caller = $1 AND idempotency_key = $2"
-        );
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| {
-                Ok(rows(connection, &sql, &[&caller, &idempotency_key], |row| {
-                    payment_from_row(row)
-                })?
-                .pop())
-            });
-        }
-        let row = sqlx::query(&sql)
-            .bind(caller)
-            .bind(idempotency_key)
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(payment_from_row).transpose()
+        self.db
+            .read_row(
+                &format!(
+                    "SELECT {PAYMENT_COLUMNS} FROM payments WHERE caller = $1 AND idempotency_key = $2"
+                ),
+                &[Param::Text(caller), Param::Text(idempotency_key)],
+                payment_from_row,
+            )
+            .await
     }
 
     pub async fn payment(&self, payment_id: &str) -> Result<Option<Payment>, StorageError> {
-        let sql = format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1");
-        if let Some(reads) = self.db.sqlite_reads() {
-            return reads.read(|connection| {
-                Ok(rows(connection, &sql, &[&payment_id], |row| {
-                    payment_from_row(row)
-                })?
-                .pop())
-            });
-        }
-        let row = sqlx::query(&sql)
-            .bind(payment_id)
-            .fetch_optional(self.db.pool())
-            .await?;
-        row.as_ref().map(payment_from_row).transpose()
+        self.db
+            .read_row(
+                &format!("SELECT {PAYMENT_COLUMNS} FROM payments WHERE payment_id = $1"),
+                &[Param::Text(payment_id)],
+                payment_from_row,
+            )
+            .await
     }
 
     /// Stores `new` as PROCESSING unless the caller's key is taken; the unique
@@ -250,7 +234,7 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(payment_from_row).collect()
+        rows.iter().map(|row| payment_from_row(row)).collect()
     }
 
     /// Up to `limit` payments of an account, newest first, after payment `after`.
@@ -270,11 +254,11 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(payment_from_row).collect()
+        rows.iter().map(|row| payment_from_row(row)).collect()
     }
 }
 
-fn payment_from_row(row: &impl StoredRow) -> Result<Payment, StorageError> {
+fn payment_from_row(row: &dyn StoredRow) -> Result<Payment, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("payments.{what}"));
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;

@@ -61,6 +61,29 @@ fn pick(accounts: &[String], worker: usize, sequence: u64) -> &str {
     &accounts[(worker.wrapping_mul(7919) + sequence as usize) % count.max(1)]
 }
 
+/// Runs `open` for every index of `indexes`, `concurrency` at a time, and collects
+/// what each returned, in index order.
+async fn in_chunks<F>(
+    indexes: std::ops::Range<usize>,
+    concurrency: usize,
+    open: impl Fn(usize) -> F,
+) -> anyhow::Result<Vec<String>>
+where
+    F: std::future::Future<Output = anyhow::Result<String>> + Send + 'static,
+{
+    let mut opened = Vec::with_capacity(indexes.len());
+    for chunk_start in indexes.clone().step_by(concurrency.max(1)) {
+        let chunk_end = (chunk_start + concurrency).min(indexes.end);
+        let handles: Vec<_> = (chunk_start..chunk_end)
+            .map(|index| tokio::spawn(open(index)))
+            .collect();
+        for handle in handles {
+            opened.push(handle.await??);
+        }
+    }
+    Ok(opened)
+}
+
 /// Clients and credentials shared by every call of a run.
 #[derive(Clone)]
 pub struct Clients {
@@ -170,34 +193,22 @@ impl Clients {
         let purchase_date = (chrono::Utc::now().date_naive() - chrono::Months::new(3))
             .format("%Y-%m-%d")
             .to_string();
-        let mut accounts = Vec::with_capacity(count);
-        for chunk_start in (0..count).step_by(concurrency.max(1)) {
-            let chunk_end = (chunk_start + concurrency).min(count);
-            let opened = (chunk_start..chunk_end).map(|index| {
-                let clients = self.clone();
-                let purchase_date = purchase_date.clone();
-                async move { clients.open_account(index, &purchase_date).await }
-            });
-            let handles: Vec<_> = opened.map(tokio::spawn).collect();
-            for handle in handles {
-                accounts.push(handle.await??);
-            }
-        }
+        let accounts = in_chunks(0..count, concurrency, |index| {
+            let clients = self.clone();
+            let purchase_date = purchase_date.clone();
+            async move { clients.open_account(index, &purchase_date).await }
+        })
+        .await?;
         self.accounts = Arc::new(accounts);
-        let buyer_count = BUYER_ACCOUNTS.min(count).max(1);
-        let mut buyers = Vec::with_capacity(buyer_count);
-        for chunk_start in (0..buyer_count).step_by(concurrency.max(1)) {
-            let chunk_end = (chunk_start + concurrency).min(buyer_count);
-            let handles: Vec<_> = (chunk_start..chunk_end)
-                .map(|index| {
-                    let clients = self.clone();
-                    tokio::spawn(async move { clients.create_account(count + index).await })
-                })
-                .collect();
-            for handle in handles {
-                buyers.push(handle.await??);
-            }
-        }
+        let buyers = in_chunks(
+            count..count + BUYER_ACCOUNTS.min(count).max(1),
+            concurrency,
+            |index| {
+                let clients = self.clone();
+                async move { clients.create_account(index).await }
+            },
+        )
+        .await?;
         self.buyers = Arc::new(buyers);
         Ok(())
     }

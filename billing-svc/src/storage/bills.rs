@@ -6,7 +6,10 @@ use service_kit::{
     money::{Currency, Money},
 };
 
-use super::{StorageError, Store};
+use super::{
+    StorageError, Store,
+    accounts::{ACCOUNT_COLUMNS, account_from_row},
+};
 use crate::domain::{
     account::{Account, AccountId},
     bill::{Bill, BillState, BillStatus, Components},
@@ -17,6 +20,50 @@ pub(super) const BILL_COLUMNS: &str = "bill_id, plan_id, account_id, seq, due_da
      principal_minor, interest_minor, fee_minor, penalty_minor, \
      paid_principal_minor, paid_interest_minor, paid_fee_minor, paid_penalty_minor, \
      state, paid_at_micros, paid_on";
+
+/// [`BILL_COLUMNS`] beside an account's columns, whose names two of them share.
+const SUMMARY_BILL_COLUMNS: &str = "bill_id, plan_id, account_id AS bill_account_id, seq, due_date, \
+     currency_code AS bill_currency_code, \
+     principal_minor, interest_minor, fee_minor, penalty_minor, \
+     paid_principal_minor, paid_interest_minor, paid_fee_minor, paid_penalty_minor, \
+     state, paid_at_micros, paid_on";
+const SUMMARY_BILL_RENAMES: &[(&str, &str)] = &[
+    ("account_id", "bill_account_id"),
+    ("currency_code", "bill_currency_code"),
+];
+
+/// A row whose columns `bill_from_row` reads under other names.
+struct Renamed<'a> {
+    row: &'a dyn StoredRow,
+    renames: &'a [(&'a str, &'a str)],
+}
+
+impl Renamed<'_> {
+    fn name<'c>(&self, column: &'c str) -> &'c str
+    where
+        Self: 'c,
+    {
+        self.renames
+            .iter()
+            .find(|(wanted, _)| *wanted == column)
+            .map_or(column, |(_, stored)| stored)
+    }
+}
+
+impl StoredRow for Renamed<'_> {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
+        self.row.text(self.name(column))
+    }
+    fn integer(&self, column: &str) -> Result<i64, StorageError> {
+        self.row.integer(self.name(column))
+    }
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StorageError> {
+        self.row.optional_text(self.name(column))
+    }
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, StorageError> {
+        self.row.optional_integer(self.name(column))
+    }
+}
 
 /// Where a page of bills ends: the sort key of its last bill.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,24 +116,47 @@ impl Store {
     /// An account and its unpaid (OPEN and OVERDUE) bills in due-date order (`None`
     /// for no such account): what its summary is made of. Paid, settled and cancelled
     /// bills stay behind the `(account_id, state)` index.
+    ///
+    /// One statement, so one snapshot and, on PostgreSQL, one round trip: the account
+    /// row joined to its unpaid bills, the account's columns repeated on each (or
+    /// once, with the bill's columns NULL, when it has none).
     pub async fn account_with_unpaid_bills(
         &self,
         account_id: &AccountId,
     ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
-        let Some(account) = self.account(account_id).await? else {
+        let sql = format!(
+            "SELECT a.*, b.* FROM (SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1) a \
+             LEFT JOIN (SELECT {SUMMARY_BILL_COLUMNS} FROM bills \
+                        WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE')) b ON TRUE \
+             ORDER BY b.due_date, b.plan_id, b.seq"
+        );
+        // The account is decoded from the first row only.
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let rows = self
+            .db
+            .read_rows(&sql, &[Param::Text(account_id.as_str())], |row| {
+                let account = first
+                    .swap(false, std::sync::atomic::Ordering::Relaxed)
+                    .then(|| account_from_row(row))
+                    .transpose()?;
+                let bill = match row.optional_text("bill_id")? {
+                    Some(_) => Some(bill_from_row(&Renamed {
+                        row,
+                        renames: SUMMARY_BILL_RENAMES,
+                    })?),
+                    None => None,
+                };
+                Ok((account, bill))
+            })
+            .await?;
+        let mut rows = rows.into_iter();
+        let Some((Some(account), first_bill)) = rows.next() else {
             return Ok(None);
         };
-        let bills = self
-            .db
-            .read_rows(
-                &format!(
-                    "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE') \
-                     ORDER BY due_date, plan_id, seq"
-                ),
-                &[Param::Text(account_id.as_str())],
-                bill_from_row,
-            )
-            .await?;
+        let bills = first_bill
+            .into_iter()
+            .chain(rows.filter_map(|(_, bill)| bill))
+            .collect();
         Ok(Some((account, bills)))
     }
 

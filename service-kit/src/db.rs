@@ -8,8 +8,9 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use crate::sqlite_reads::SqliteReads;
 use sqlx::{
-    Any, AnyPool, Connection, Executor, Transaction,
+    Any, AnyPool, Connection, Executor, PgPool, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
+    postgres::PgPoolOptions,
 };
 
 /// How long a SQLite writer waits for the lock before giving up.
@@ -102,11 +103,66 @@ impl StoredRow for sqlx::any::AnyRow {
     }
 }
 
+impl StoredRow for sqlx::postgres::PgRow {
+    fn text(&self, column: &str) -> Result<String, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn integer(&self, column: &str) -> Result<i64, StorageError> {
+        pg_integer(self, column)?.ok_or_else(|| {
+            sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: "unexpected NULL".into(),
+            }
+            .into()
+        })
+    }
+    fn optional_text(&self, column: &str) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::Row::try_get(self, column)?)
+    }
+    fn optional_integer(&self, column: &str) -> Result<Option<i64>, StorageError> {
+        pg_integer(self, column)
+    }
+}
+
+/// An integer column of a typed PostgreSQL row, widened to `i64` whatever its width
+/// (`Any` widened them; our columns are BIGINT, but an expression may be INT4).
+fn pg_integer(row: &sqlx::postgres::PgRow, column: &str) -> Result<Option<i64>, StorageError> {
+    use sqlx::{Column as _, Row as _, TypeInfo as _};
+    let index = row
+        .columns()
+        .iter()
+        .position(|candidate| candidate.name() == column)
+        .ok_or_else(|| sqlx::Error::ColumnNotFound(column.to_owned()))?;
+    Ok(match row.columns()[index].type_info().name() {
+        "INT2" => row.try_get::<Option<i16>, _>(index)?.map(i64::from),
+        "INT4" => row.try_get::<Option<i32>, _>(index)?.map(i64::from),
+        _ => row.try_get::<Option<i64>, _>(index)?,
+    })
+}
+
 impl From<StorageError> for tonic::Status {
     /// INTERNAL for the caller; the detail goes to the log.
     fn from(error: StorageError) -> Self {
         crate::errors::internal(error)
     }
+}
+
+/// `sql` with `params` bound, for either driver.
+fn bound<'q, DB>(
+    sql: &'q str,
+    params: &[Param<'q>],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    params
+        .iter()
+        .fold(sqlx::query(sql), |query, param| match *param {
+            Param::Text(text) => query.bind(text),
+            Param::Integer(integer) => query.bind(integer),
+        })
 }
 
 /// One schema change, embedded in the binary.
@@ -241,6 +297,8 @@ pub struct Db {
     dialect: Dialect,
     /// A SQLite file's reads on the calling thread (none for PostgreSQL).
     pub(crate) sqlite_reads: Option<SqliteReads>,
+    /// PostgreSQL's hot reads through the typed driver (none for SQLite).
+    pg_reads: Option<PgPool>,
 }
 
 /// Pool settings; every SQLite connection runs in WAL mode with a busy timeout and
@@ -280,7 +338,16 @@ impl Db {
             owner_only_sqlite_file(&url)?;
         }
         let options = AnyConnectOptions::from_str(&url)?;
-        let pool = pool_options(dialect, max_connections)
+        // On PostgreSQL the hot reads have a typed pool of their own (below); the two
+        // share `max_connections`, at least one each.
+        let (pool_connections, read_connections) = match dialect {
+            Dialect::Sqlite => (max_connections, 0),
+            Dialect::Postgres => {
+                let reads = max_connections.div_ceil(2).max(1);
+                ((max_connections - reads).max(1), reads)
+            }
+        };
+        let pool = pool_options(dialect, pool_connections)
             .connect_with(options.clone())
             .await?;
         // SQLite lets one writer in at a time and makes the others wait in its busy
@@ -304,11 +371,25 @@ impl Db {
                 .transpose()?,
             Dialect::Postgres => None,
         };
+        // `Any` converts every PostgreSQL row value by value into its own row type
+        // (5 % of a read's profile); the hot reads skip that with a typed pool.
+        let pg_reads = match dialect {
+            Dialect::Postgres => Some(
+                PgPoolOptions::new()
+                    .max_connections(read_connections)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .test_before_acquire(false)
+                    .connect(&url)
+                    .await?,
+            ),
+            Dialect::Sqlite => None,
+        };
         Ok(Self {
             pool,
             writer,
             dialect,
             sqlite_reads,
+            pg_reads,
         })
     }
 
@@ -323,17 +404,13 @@ impl Db {
         decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
     ) -> Result<Vec<T>, StorageError> {
         if let Some(reads) = &self.sqlite_reads {
-            return reads
-                .read(|connection| crate::sqlite_reads::rows(connection, sql, params, decode));
+            return reads.rows(sql, params, decode);
         }
-        let mut query = sqlx::query(sql);
-        for param in params {
-            query = match *param {
-                Param::Text(text) => query.bind(text),
-                Param::Integer(integer) => query.bind(integer),
-            };
+        if let Some(pg_reads) = &self.pg_reads {
+            let rows = bound(sql, params).fetch_all(pg_reads).await?;
+            return rows.iter().map(|row| decode(row)).collect();
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = bound(sql, params).fetch_all(&self.pool).await?;
         rows.iter().map(|row| decode(row)).collect()
     }
 

@@ -12,7 +12,13 @@
 //! ([`crate::db::Db::begin_write`]), and nothing here is cached between calls except
 //! the connection and its prepared statements.
 
-use std::{cell::RefCell, collections::HashMap, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::Duration,
+};
 
 use rusqlite::{Connection, OpenFlags};
 
@@ -42,31 +48,25 @@ impl SqliteReads {
         })
     }
 
-    /// Runs `read` on this thread's connection to the file, inside one read
-    /// transaction, so that every statement of `read` sees the same snapshot. `read`
-    /// must not start another read.
-    pub(crate) fn read<T>(
+    /// Runs the one statement `sql` with `params` for its placeholders `$1`…`$n` (the
+    /// form the sqlx queries use) on this thread's connection to the file, and turns
+    /// each row into a `T`. One statement is its own read transaction in SQLite's
+    /// autocommit mode: it sees one snapshot, and the snapshot is released when the
+    /// statement is reset, which happens when its rows are done or dropped (a decoder
+    /// that fails or panics half way included).
+    pub(crate) fn rows<T>(
         &self,
-        read: impl FnOnce(&Connection) -> Result<T, StorageError>,
-    ) -> Result<T, StorageError> {
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
+    ) -> Result<Vec<T>, StorageError> {
         CONNECTIONS.with(|connections| {
             let mut connections = connections.borrow_mut();
             if !connections.contains_key(&self.path) {
                 let connection = open(&self.path)?;
                 connections.insert(Arc::clone(&self.path), connection);
             }
-            let connection = &connections[&self.path];
-            if !connection.is_autocommit() {
-                // A read that panicked half way left its transaction open.
-                connection.execute_batch("ROLLBACK")?;
-            }
-            connection.execute_batch("BEGIN")?;
-            let result = read(connection);
-            // A read transaction changes nothing; ending it releases the snapshot.
-            let ended = connection.execute_batch("COMMIT");
-            let value = result?;
-            ended?;
-            Ok(value)
+            rows(&connections[&self.path], sql, params, decode)
         })
     }
 }
@@ -81,9 +81,7 @@ fn open(path: &std::path::Path) -> Result<Connection, rusqlite::Error> {
     Ok(connection)
 }
 
-/// Runs `sql` on `connection` with `params` for its placeholders `$1`…`$n` (the form
-/// the sqlx queries use) and turns each row into a `T`.
-pub(crate) fn rows<T>(
+fn rows<T>(
     connection: &Connection,
     sql: &str,
     params: &[Param<'_>],
@@ -113,6 +111,7 @@ pub(crate) fn rows<T>(
         found.push(decode(&SqliteRow {
             row,
             columns: &columns,
+            next: Cell::new(0),
         })?);
     }
     Ok(found)
@@ -122,15 +121,23 @@ pub(crate) fn rows<T>(
 struct SqliteRow<'row, 'statement> {
     row: &'row rusqlite::Row<'statement>,
     columns: &'row [String],
+    /// Where the next column asked for probably is: decoders mostly ask for the
+    /// columns in the order they are selected in.
+    next: Cell<usize>,
 }
 
 impl SqliteRow<'_, '_> {
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, rusqlite::Error> {
-        let index = self
-            .columns
-            .iter()
-            .position(|name| name == column)
-            .ok_or_else(|| rusqlite::Error::InvalidColumnName(column.to_owned()))?;
+        let guess = self.next.get();
+        let index = if self.columns.get(guess).is_some_and(|name| name == column) {
+            guess
+        } else {
+            self.columns
+                .iter()
+                .position(|name| name == column)
+                .ok_or_else(|| rusqlite::Error::InvalidColumnName(column.to_owned()))?
+        };
+        self.next.set(index + 1);
         self.row.get(index)
     }
 }
@@ -174,14 +181,11 @@ mod tests {
             .sqlite_reads
             .as_ref()
             .expect("a SQLite file has thread reads");
-        reads.read(|connection| {
-            rows(
-                connection,
-                "SELECT name, note FROM t WHERE id >= $1 ORDER BY id",
-                &[Param::Integer(1)],
-                |row| Ok((row.text("name")?, row.optional_text("note")?)),
-            )
-        })
+        reads.rows(
+            "SELECT name, note FROM t WHERE id >= $1 ORDER BY id",
+            &[Param::Integer(1)],
+            |row| Ok((row.text("name")?, row.optional_text("note")?)),
+        )
     }
 
     #[tokio::test]
@@ -203,15 +207,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_read_that_panicked_leaves_no_transaction_behind() {
+    async fn a_read_that_panicked_keeps_no_snapshot() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_a_row(&dir).await;
         let reads = db.sqlite_reads.clone().unwrap();
         let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            reads.read(|_| -> Result<(), StorageError> { panic!("half way") })
+            reads.rows("SELECT name FROM t", &[], |_| -> Result<(), StorageError> {
+                panic!("half way")
+            })
         }));
         assert!(panicked.is_err());
-        assert_eq!(names(&db).unwrap().len(), 1);
+        // Had the panic left the read transaction open, this thread would go on
+        // reading the old snapshot and miss the second row.
+        sqlx::query("INSERT INTO t (id, name, note) VALUES (2, 'two', NULL)")
+            .execute(db.writer())
+            .await
+            .unwrap();
+        assert_eq!(names(&db).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -222,7 +234,7 @@ mod tests {
             .sqlite_reads
             .as_ref()
             .unwrap()
-            .read(|connection| Ok(connection.execute("DELETE FROM t", [])?));
+            .rows("DELETE FROM t", &[], |_| Ok(()));
         assert!(written.is_err(), "{written:?}");
         assert_eq!(names(&db).unwrap().len(), 1);
     }

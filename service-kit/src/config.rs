@@ -49,8 +49,8 @@ pub struct CommonArgs {
     /// Milliseconds in-flight calls may take to finish on shutdown.
     #[arg(long, env = "BILLPAY_DRAIN_TIMEOUT_MS", default_value_t = 10_000)]
     pub drain_timeout_ms: u64,
-    /// Database connections in the pool (on PostgreSQL split in two: half for the hot
-    /// reads, half for everything else; at least one each).
+    /// Database connections in the pool (on PostgreSQL, half as many again for the hot
+    /// reads' own pool).
     #[arg(long, env = "BILLPAY_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
     /// Connections open at once on each listener; more are closed as they arrive.

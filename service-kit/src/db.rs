@@ -338,16 +338,7 @@ impl Db {
             owner_only_sqlite_file(&url)?;
         }
         let options = AnyConnectOptions::from_str(&url)?;
-        // On PostgreSQL the hot reads have a typed pool of their own (below); the two
-        // share `max_connections`, at least one each.
-        let (pool_connections, read_connections) = match dialect {
-            Dialect::Sqlite => (max_connections, 0),
-            Dialect::Postgres => {
-                let reads = max_connections.div_ceil(2).max(1);
-                ((max_connections - reads).max(1), reads)
-            }
-        };
-        let pool = pool_options(dialect, pool_connections)
+        let pool = pool_options(dialect, max_connections)
             .connect_with(options.clone())
             .await?;
         // SQLite lets one writer in at a time and makes the others wait in its busy
@@ -372,11 +363,12 @@ impl Db {
             Dialect::Postgres => None,
         };
         // `Any` converts every PostgreSQL row value by value into its own row type
-        // (5 % of a read's profile); the hot reads skip that with a typed pool.
+        // (5 % of a read's profile); the hot reads skip that with a typed pool of
+        // half as many connections again (a read holds one only for its statement).
         let pg_reads = match dialect {
             Dialect::Postgres => Some(
                 PgPoolOptions::new()
-                    .max_connections(read_connections)
+                    .max_connections(max_connections.div_ceil(2))
                     .acquire_timeout(ACQUIRE_TIMEOUT)
                     .test_before_acquire(false)
                     .connect(&url)

@@ -17,8 +17,8 @@ use tonic::Code;
 use crate::{
     on_both_backends,
     support::{
-        bills_target, business_today, close, expect_code, follow_close, new_plan, open_account,
-        pay, reason, repayment, violated_fields,
+        bills_target, business_today, close, expect_code, follow_close, follow_run, new_plan,
+        open_account, pay, reason, repayment, violated_fields,
     },
 };
 
@@ -579,11 +579,14 @@ async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend
         .into_inner();
     assert!(!started.finished, "{started:?}");
 
+    // Both follow the run the hurried call started: asked for "the run of as_of", a
+    // replica whose first call came after the other had finished it would start a
+    // second run.
     let mut first = app.billing().await;
     let mut second = BillingServiceClient::new(connect(replica).await);
     let (first, second) = tokio::join!(
-        follow_close(&mut first, &admin, as_of),
-        follow_close(&mut second, &admin, as_of),
+        follow_run(&mut first, &admin, as_of, started.run_id),
+        follow_run(&mut second, &admin, as_of, started.run_id),
     );
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(first.finished && second.finished, "{first:?} {second:?}");

@@ -226,10 +226,20 @@ pub async fn follow_close(
     token: &str,
     as_of: NaiveDate,
 ) -> Result<RunDayCloseResponse, tonic::Status> {
+    follow_run(billing, token, as_of, 0).await
+}
+
+/// [`follow_close`] of the run `run_id` (0: the run the first answer names).
+pub async fn follow_run(
+    billing: &mut BillingServiceClient<tonic::transport::Channel>,
+    token: &str,
+    as_of: NaiveDate,
+    run_id: i64,
+) -> Result<RunDayCloseResponse, tonic::Status> {
     let deadline = tokio::time::Instant::now() + POLL_DEADLINE;
     let mut request = RunDayCloseRequest {
         as_of: as_of.to_string(),
-        run_id: 0,
+        run_id,
     };
     loop {
         let answer = billing

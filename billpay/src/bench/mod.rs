@@ -159,6 +159,45 @@ fn chosen_scenarios(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
     Ok(chosen)
 }
 
+/// How far the echo rate may move between the start and the end of a concurrency's
+/// measurements before the bench warns that their ratios are not comparable.
+const ECHO_DRIFT_WARNING: f64 = 0.15;
+
+/// Measures echo again after a concurrency's scenarios and says how far it moved: on a
+/// shared machine the ceiling itself can shift by half between minutes (a neighbour's
+/// load), and a ratio is only as good as the ceiling it divides by.
+async fn echo_recheck(
+    clients: &Clients,
+    backend: &Backend,
+    conc: usize,
+    duration: Duration,
+    before: f64,
+) {
+    let clients = clients.for_new_measurement();
+    let after = load::closed_loop("echo", conc, duration, move |worker, sequence| {
+        let clients = clients.clone();
+        async move { clients.call("echo", worker, sequence).await }
+    })
+    .await
+    .rps;
+    let drift = if before > 0.0 {
+        after / before - 1.0
+    } else {
+        0.0
+    };
+    println!(
+        "bench: echo_recheck backend={} conc={conc} rps_before={before:.0} rps_after={after:.0} drift={drift:+.3}",
+        backend.name()
+    );
+    if drift.abs() > ECHO_DRIFT_WARNING {
+        println!(
+            "bench: warning: the echo ceiling moved {:+.0} % during backend={} conc={conc}: the machine's speed changed, so these ratios are not comparable; measure again",
+            drift * 100.0,
+            backend.name()
+        );
+    }
+}
+
 async fn measure_backend(
     backend: &Backend,
     args: &BenchArgs,
@@ -233,6 +272,11 @@ async fn measure_backend(
                 );
             }
             lines.push(line);
+        }
+        if let Some(before) = echo_rps
+            && scenarios.iter().any(|s| s != "echo" && s != "day_close")
+        {
+            echo_recheck(&clients, backend, conc, duration, before).await;
         }
     }
     if scenarios.iter().any(|s| s == "day_close") {

@@ -17,8 +17,8 @@ use tonic::Code;
 use crate::{
     on_both_backends,
     support::{
-        bills_target, business_today, close, expect_code, follow_close, follow_run, new_plan,
-        open_account, pay, reason, repayment, violated_fields,
+        bills_target, business_today, close, expect_code, follow_run, new_plan, open_account, pay,
+        reason, repayment, violated_fields,
     },
 };
 

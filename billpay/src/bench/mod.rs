@@ -163,6 +163,23 @@ fn chosen_scenarios(args: &BenchArgs) -> anyhow::Result<Vec<String>> {
 /// measurements before the bench warns that their ratios are not comparable.
 const ECHO_DRIFT_WARNING: f64 = 0.15;
 
+/// One closed-loop measurement of `scenario` at `conc` calls in flight.
+async fn measure(
+    clients: &Clients,
+    scenario: &str,
+    conc: usize,
+    duration: Duration,
+) -> load::Measured {
+    let clients = clients.for_new_measurement();
+    let scenario_name = scenario.to_owned();
+    load::closed_loop(scenario, conc, duration, move |worker, sequence| {
+        let clients = clients.clone();
+        let scenario = scenario_name.clone();
+        async move { clients.call(&scenario, worker, sequence).await }
+    })
+    .await
+}
+
 /// Measures echo again after a concurrency's scenarios and says how far it moved: on a
 /// shared machine the ceiling itself can shift by half between minutes (a neighbour's
 /// load), and a ratio is only as good as the ceiling it divides by.
@@ -173,13 +190,7 @@ async fn echo_recheck(
     duration: Duration,
     before: f64,
 ) {
-    let clients = clients.for_new_measurement();
-    let after = load::closed_loop("echo", conc, duration, move |worker, sequence| {
-        let clients = clients.clone();
-        async move { clients.call("echo", worker, sequence).await }
-    })
-    .await
-    .rps;
+    let after = measure(clients, "echo", conc, duration).await.rps;
     let drift = if before > 0.0 {
         after / before - 1.0
     } else {
@@ -236,16 +247,7 @@ async fn measure_backend(
     for &conc in &args.conc {
         let mut echo_rps = None;
         for scenario in scenarios.iter().filter(|s| *s != "day_close") {
-            let measured = {
-                let clients = clients.for_new_measurement();
-                let scenario_name = scenario.clone();
-                load::closed_loop(scenario, conc, duration, move |worker, sequence| {
-                    let clients = clients.clone();
-                    let scenario = scenario_name.clone();
-                    async move { clients.call(&scenario, worker, sequence).await }
-                })
-                .await
-            };
+            let measured = measure(&clients, scenario, conc, duration).await;
             if scenario == "echo" {
                 echo_rps = Some(measured.rps);
             }

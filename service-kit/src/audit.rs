@@ -127,7 +127,7 @@ pub async fn write(
     .bind(now_micros())
     .bind(outcome(code))
     .bind(code_name(code))
-    .execute(db.writer())
+    .execute(&mut *db.write_connection().await?)
     .await?;
     Ok(())
 }

@@ -4,17 +4,27 @@
 //! SQL shared by both dialects uses `$1` placeholders, `RETURNING` and `ON CONFLICT`,
 //! which both accept. Only schema files differ per dialect.
 
-use std::{path::Path, str::FromStr, time::Duration};
+use std::{
+    ops::{Deref, DerefMut},
+    path::Path,
+    str::FromStr,
+    sync::Arc,
+    time::Duration,
+};
 
-use crate::sqlite_reads::SqliteReads;
+use crate::{
+    sqlite_reads::SqliteReads,
+    sqlite_writes::{self, DirectSqlite, WriteTurn},
+};
 use sqlx::{
-    Any, AnyPool, Connection, Executor, PgPool, Transaction,
+    Any, AnyConnection, AnyPool, Connection, Executor, PgPool, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
+    pool::PoolConnection,
     postgres::PgPoolOptions,
 };
 
 /// How long a SQLite writer waits for the lock before giving up.
-const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// How long to wait for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serialises concurrent migrations of replicas starting together on PostgreSQL.
@@ -72,11 +82,15 @@ pub enum StorageError {
     Corrupt(String),
 }
 
-/// A value for a read's placeholder ([`Db::read_rows`]).
+/// A value for a placeholder of [`Db::read_rows`] or a [`DirectWrite`] statement.
 #[derive(Debug, Clone, Copy)]
 pub enum Param<'a> {
     Text(&'a str),
     Integer(i64),
+    /// Text or NULL.
+    OptionalText(Option<&'a str>),
+    /// An integer or NULL.
+    OptionalInteger(Option<i64>),
 }
 
 /// A stored row's columns by name, whichever driver read it: sqlx (`AnyRow`) or, on
@@ -140,6 +154,144 @@ fn pg_integer(row: &sqlx::postgres::PgRow, column: &str) -> Result<Option<i64>, 
     })
 }
 
+/// The turn to write on SQLite, held while writing.
+type Turn = tokio::sync::OwnedMutexGuard<Option<rusqlite::Connection>>;
+
+/// A sqlx write transaction ([`Db::begin_write`]); on SQLite it holds the turn to
+/// write until it commits or is dropped. Statements take `&mut *transaction`.
+#[derive(Debug)]
+pub struct WriteTransaction {
+    transaction: Transaction<'static, Any>,
+    // Dropped after the transaction, so the next writer finds the connection free.
+    _turn: Option<Turn>,
+}
+
+impl WriteTransaction {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let Self { transaction, _turn } = self;
+        transaction.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        let Self { transaction, _turn } = self;
+        transaction.rollback().await
+    }
+}
+
+impl Deref for WriteTransaction {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.transaction
+    }
+}
+
+impl DerefMut for WriteTransaction {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.transaction
+    }
+}
+
+/// A pooled connection for one writing statement ([`Db::write_connection`]).
+#[derive(Debug)]
+pub struct WriteConnection {
+    connection: PoolConnection<Any>,
+    _turn: Option<Turn>,
+}
+
+impl Deref for WriteConnection {
+    type Target = AnyConnection;
+    fn deref(&self) -> &AnyConnection {
+        &self.connection
+    }
+}
+
+impl DerefMut for WriteConnection {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.connection
+    }
+}
+
+/// A write transaction of SQL text and [`Param`]s ([`Db::begin_direct`]). Dropped
+/// without [`DirectWrite::commit`], it rolls back.
+#[derive(Debug)]
+pub struct DirectWrite(Direct);
+
+#[derive(Debug)]
+enum Direct {
+    Sqlite(DirectSqlite),
+    Sqlx(WriteTransaction),
+}
+
+/// Statements of a write transaction given as SQL text (`$1`…`$n` placeholders) and
+/// [`Param`]s, so that one piece of storage code serves a [`WriteTransaction`] and a
+/// [`DirectWrite`] alike.
+pub trait Statements: Send {
+    /// Runs one statement; returns how many rows it changed.
+    fn execute(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> impl Future<Output = Result<u64, StorageError>> + Send;
+
+    /// Runs one statement and decodes each row it returns (a SELECT, or a write
+    /// with RETURNING).
+    fn rows<T: Send>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError> + Send,
+    ) -> impl Future<Output = Result<Vec<T>, StorageError>> + Send;
+}
+
+impl Statements for WriteTransaction {
+    async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
+        Ok(bound(sql, params)
+            .execute(&mut **self)
+            .await?
+            .rows_affected())
+    }
+
+    async fn rows<T: Send>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError> + Send,
+    ) -> Result<Vec<T>, StorageError> {
+        let rows = bound(sql, params).fetch_all(&mut **self).await?;
+        rows.iter().map(|row| decode(row)).collect()
+    }
+}
+
+impl Statements for DirectWrite {
+    async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
+        match &mut self.0 {
+            Direct::Sqlite(direct) => direct.execute(sql, params),
+            Direct::Sqlx(transaction) => transaction.execute(sql, params).await,
+        }
+    }
+
+    async fn rows<T: Send>(
+        &mut self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError> + Send,
+    ) -> Result<Vec<T>, StorageError> {
+        match &mut self.0 {
+            Direct::Sqlite(direct) => direct.rows(sql, params, decode),
+            Direct::Sqlx(transaction) => transaction.rows(sql, params, decode).await,
+        }
+    }
+}
+
+impl DirectWrite {
+    pub async fn commit(self) -> Result<(), StorageError> {
+        match self.0 {
+            Direct::Sqlite(direct) => direct.commit(),
+            Direct::Sqlx(transaction) => Ok(transaction.commit().await?),
+        }
+    }
+}
+
 impl From<StorageError> for tonic::Status {
     /// INTERNAL for the caller; the detail goes to the log.
     fn from(error: StorageError) -> Self {
@@ -155,13 +307,17 @@ fn bound<'q, DB>(
 where
     DB: sqlx::Database,
     &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     params
         .iter()
         .fold(sqlx::query(sql), |query, param| match *param {
             Param::Text(text) => query.bind(text),
             Param::Integer(integer) => query.bind(integer),
+            Param::OptionalText(text) => query.bind(text),
+            Param::OptionalInteger(integer) => query.bind(integer),
         })
 }
 
@@ -248,13 +404,17 @@ impl EventTable {
     /// Call in the writing transaction before inserting an event.
     pub async fn before_insert(
         &self,
-        transaction: &mut sqlx::Transaction<'static, Any>,
+        transaction: &mut impl Statements,
         dialect: Dialect,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), StorageError> {
         if dialect == Dialect::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
-                .bind(self.lock_key)
-                .execute(&mut **transaction)
+            // `execute`, not `rows`: the lock function returns `void`, which the
+            // `Any` driver cannot decode into a row.
+            transaction
+                .execute(
+                    "SELECT pg_advisory_xact_lock_shared($1)",
+                    &[Param::Integer(self.lock_key)],
+                )
                 .await?;
         }
         Ok(())
@@ -299,6 +459,9 @@ pub struct Db {
     pub(crate) sqlite_reads: Option<SqliteReads>,
     /// PostgreSQL's hot reads through the typed driver (none for SQLite).
     pg_reads: Option<PgPool>,
+    /// SQLite: the turn to write, which every write waits for in order, holding the
+    /// direct writer connection of a file (none for PostgreSQL).
+    write_turn: Option<WriteTurn>,
 }
 
 /// Pool settings; every SQLite connection runs in WAL mode with a busy timeout and
@@ -343,13 +506,19 @@ impl Db {
             .await?;
         // SQLite lets one writer in at a time and makes the others wait in its busy
         // handler, which sleeps in growing steps (up to 100 ms) and is unfair: under
-        // load writes waited seconds. One writer connection queues them in the pool
-        // instead, first come first served. It only orders writes: every rule about
-        // money is still the database's (constraints, conditional updates), and a
-        // second process on the same file still waits on the busy timeout.
+        // load writes waited seconds. Writes take turns instead, first come first
+        // served (the turn to write, `sqlite_writes`), on one sqlx writer connection
+        // or on the direct writer connection the turn holds. It only orders writes:
+        // every rule about money is still the database's (constraints, conditional
+        // updates), and a second process on the same file still waits on the busy
+        // timeout.
         let writer = match dialect {
             Dialect::Sqlite => pool_options(dialect, 1).connect_with(options).await?,
             Dialect::Postgres => pool.clone(),
+        };
+        let write_turn = match dialect {
+            Dialect::Sqlite => Some(sqlite_writes::turn(sqlite_file(&url).map(Path::new))?),
+            Dialect::Postgres => None,
         };
         let sqlite_reads = match dialect {
             Dialect::Sqlite => sqlite_file(&url)
@@ -382,6 +551,7 @@ impl Db {
             dialect,
             sqlite_reads,
             pg_reads,
+            write_turn,
         })
     }
 
@@ -425,24 +595,111 @@ impl Db {
         &self.pool
     }
 
-    /// The pool for statements that write outside [`Db::begin_write`]: on SQLite its
-    /// one connection, so writers queue in order; on PostgreSQL the same pool.
-    pub fn writer(&self) -> &AnyPool {
+    /// The pool the writes use, for its gauges: on SQLite its one connection, on
+    /// PostgreSQL the same pool as [`Db::pool`].
+    pub fn writer_pool(&self) -> &AnyPool {
         &self.writer
+    }
+
+    /// A connection for statements that write outside a transaction. On SQLite it
+    /// waits for the turn to write, so writers go one at a time in the order they
+    /// came; on PostgreSQL it is any pooled connection. Hold it only for the
+    /// statement: no other write of this process proceeds meanwhile.
+    pub async fn write_connection(&self) -> Result<WriteConnection, sqlx::Error> {
+        let turn = self.take_turn().await;
+        Ok(WriteConnection {
+            connection: self.writer.acquire().await?,
+            _turn: turn,
+        })
     }
 
     pub fn dialect(&self) -> Dialect {
         self.dialect
     }
 
-    /// Begins a transaction that will write. On SQLite it runs on the one writer
-    /// connection and takes the write lock at once (`BEGIN IMMEDIATE`), so a
-    /// read-then-write never fails half way with SQLITE_BUSY; PostgreSQL uses its
-    /// default READ COMMITTED. A task holding one must not wait for [`Db::writer`].
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, sqlx::Error> {
-        match self.dialect {
-            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await,
-            Dialect::Postgres => self.pool.begin().await,
+    /// Begins a transaction that will write. On SQLite it waits for the turn to
+    /// write, runs on sqlx's one writer connection and takes the write lock at once
+    /// (`BEGIN IMMEDIATE`), so a read-then-write never fails half way with
+    /// SQLITE_BUSY; PostgreSQL uses its default READ COMMITTED. A task holding one
+    /// must not ask for another write (this, [`Db::write_connection`] or
+    /// [`Db::begin_direct`]): on SQLite it would wait for itself.
+    pub async fn begin_write(&self) -> Result<WriteTransaction, sqlx::Error> {
+        let turn = self.take_turn().await;
+        self.begin_write_in(turn).await
+    }
+
+    async fn begin_write_in(&self, turn: Option<Turn>) -> Result<WriteTransaction, sqlx::Error> {
+        let transaction = match self.dialect {
+            Dialect::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Dialect::Postgres => self.pool.begin().await?,
+        };
+        Ok(WriteTransaction {
+            transaction,
+            _turn: turn,
+        })
+    }
+
+    /// Begins a write transaction whose statements are given as SQL text and
+    /// [`Param`]s ([`DirectWrite`]): on a SQLite file they run on the calling thread
+    /// through the direct writer connection ([`crate::sqlite_writes`]), with no hop to
+    /// another thread, so the turn to write is held for SQLite's own work only.
+    /// Elsewhere it is a [`Db::begin_write`] transaction. The same rule holds: no
+    /// other write while holding it.
+    pub async fn begin_direct(&self) -> Result<DirectWrite, StorageError> {
+        let turn = self.take_turn().await;
+        let turn = match turn.map(DirectSqlite::begin) {
+            Some(Ok(direct)) => return Ok(DirectWrite(Direct::Sqlite(direct?))),
+            Some(Err(turn)) => Some(turn),
+            None => None,
+        };
+        Ok(DirectWrite(Direct::Sqlx(self.begin_write_in(turn).await?)))
+    }
+
+    /// One writing statement on its own; returns how many rows it changed. A
+    /// statement is atomic by itself, so on PostgreSQL it runs without BEGIN and
+    /// COMMIT (one round trip instead of three).
+    pub async fn write(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
+        if self.has_direct_writer() {
+            let mut write = self.begin_direct().await?;
+            let changed = write.execute(sql, params).await?;
+            write.commit().await?;
+            return Ok(changed);
+        }
+        Ok(bound(sql, params)
+            .execute(&mut *self.write_connection().await?)
+            .await?
+            .rows_affected())
+    }
+
+    /// [`Db::write`] for a statement that returns rows (RETURNING).
+    pub async fn write_rows<T: Send>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError> + Send,
+    ) -> Result<Vec<T>, StorageError> {
+        if self.has_direct_writer() {
+            let mut write = self.begin_direct().await?;
+            let rows = write.rows(sql, params, decode).await?;
+            write.commit().await?;
+            return Ok(rows);
+        }
+        let rows = bound(sql, params)
+            .fetch_all(&mut *self.write_connection().await?)
+            .await?;
+        rows.iter().map(|row| decode(row)).collect()
+    }
+
+    /// Whether writes can run on the calling thread (a SQLite file).
+    fn has_direct_writer(&self) -> bool {
+        self.dialect == Dialect::Sqlite && self.sqlite_reads.is_some()
+    }
+
+    /// Waits for the turn to write (SQLite only).
+    async fn take_turn(&self) -> Option<Turn> {
+        match &self.write_turn {
+            Some(turn) => Some(Arc::clone(turn).lock_owned().await),
+            None => None,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod reflection;
 pub mod server;
 pub mod shutdown;
 pub mod sqlite_reads;
+pub mod sqlite_writes;
 pub mod startup;
 pub mod telemetry;
 pub mod text;

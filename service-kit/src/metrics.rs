@@ -148,7 +148,7 @@ pub async fn sample_pool(
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) {
     loop {
-        for (pool_name, pool) in [("read", db.pool()), ("write", db.writer())] {
+        for (pool_name, pool) in [("read", db.pool()), ("write", db.writer_pool())] {
             let size = f64::from(pool.size());
             let idle = pool.num_idle() as f64;
             metrics::gauge!("db_pool_connections", "service" => service, "pool" => pool_name, "state" => "in_use")

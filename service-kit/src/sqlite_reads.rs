@@ -8,8 +8,8 @@
 //! WAL readers do not wait for the writer, and the busy timeout covers the rare
 //! moments (a checkpoint's restart) when SQLite makes a reader wait.
 //!
-//! Reads only: every write still goes through sqlx's one writer connection
-//! ([`crate::db::Db::begin_write`]), and nothing here is cached between calls except
+//! Reads only: writes take the turn to write ([`crate::sqlite_writes`]), and nothing
+//! here is cached between calls except
 //! the connection and its prepared statements.
 
 use std::{
@@ -81,13 +81,11 @@ fn open(path: &std::path::Path) -> Result<Connection, rusqlite::Error> {
     Ok(connection)
 }
 
-fn rows<T>(
-    connection: &Connection,
-    sql: &str,
+/// Binds `params` to the statement's placeholders `$1`…`$n`.
+pub(crate) fn bind(
+    statement: &mut rusqlite::Statement<'_>,
     params: &[Param<'_>],
-    decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
-) -> Result<Vec<T>, StorageError> {
-    let mut statement = connection.prepare_cached(sql)?;
+) -> Result<(), rusqlite::Error> {
     for (position, param) in params.iter().enumerate() {
         let name = format!("${}", position + 1);
         let index = statement
@@ -96,8 +94,22 @@ fn rows<T>(
         match *param {
             Param::Text(text) => statement.raw_bind_parameter(index, text)?,
             Param::Integer(integer) => statement.raw_bind_parameter(index, integer)?,
+            Param::OptionalText(text) => statement.raw_bind_parameter(index, text)?,
+            Param::OptionalInteger(integer) => statement.raw_bind_parameter(index, integer)?,
         }
     }
+    Ok(())
+}
+
+/// Runs `sql` on `connection` and decodes its rows (reads, and writes with RETURNING).
+pub(crate) fn rows<T>(
+    connection: &Connection,
+    sql: &str,
+    params: &[Param<'_>],
+    decode: impl Fn(&dyn StoredRow) -> Result<T, StorageError>,
+) -> Result<Vec<T>, StorageError> {
+    let mut statement = connection.prepare_cached(sql)?;
+    bind(&mut statement, params)?;
     // Looking a column up by name through SQLite costs a C string comparison per
     // column tried, for every value of every row; the names are read once instead.
     let columns: Vec<String> = statement
@@ -166,11 +178,11 @@ mod tests {
         let url = format!("sqlite://{}/reads.db", dir.path().display());
         let db = Db::connect(&url, 2).await.unwrap();
         sqlx::query("CREATE TABLE t (id BIGINT PRIMARY KEY, name TEXT, note TEXT)")
-            .execute(db.writer())
+            .execute(&mut *db.write_connection().await.unwrap())
             .await
             .unwrap();
         sqlx::query("INSERT INTO t (id, name, note) VALUES (1, 'one', NULL)")
-            .execute(db.writer())
+            .execute(&mut *db.write_connection().await.unwrap())
             .await
             .unwrap();
         db
@@ -194,7 +206,7 @@ mod tests {
         let db = db_with_a_row(&dir).await;
         assert_eq!(names(&db).unwrap(), vec![("one".to_owned(), None)]);
         sqlx::query("INSERT INTO t (id, name, note) VALUES (2, 'two', 'x')")
-            .execute(db.writer())
+            .execute(&mut *db.write_connection().await.unwrap())
             .await
             .unwrap();
         assert_eq!(
@@ -220,7 +232,7 @@ mod tests {
         // Had the panic left the read transaction open, this thread would go on
         // reading the old snapshot and miss the second row.
         sqlx::query("INSERT INTO t (id, name, note) VALUES (2, 'two', NULL)")
-            .execute(db.writer())
+            .execute(&mut *db.write_connection().await.unwrap())
             .await
             .unwrap();
         assert_eq!(names(&db).unwrap().len(), 2);

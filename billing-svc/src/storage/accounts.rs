@@ -52,7 +52,7 @@ impl Store {
         .bind(request.credit_limit.currency().code())
         .bind(request.credit_limit.minor())
         .bind(now)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         let account = self

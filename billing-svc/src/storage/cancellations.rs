@@ -3,11 +3,12 @@
 //! in one transaction under the account's row lock.
 
 use chrono::NaiveDate;
+use service_kit::db::WriteTransaction;
 use service_kit::{
     clock::now_micros,
     money::{Currency, Money},
 };
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use super::{
     StorageError, Store,
@@ -168,7 +169,7 @@ impl Store {
 }
 
 async fn insert_cancellation(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     plan: &Plan,
     request_id: &str,
     reason: &Reason,
@@ -197,7 +198,7 @@ async fn insert_cancellation(
 
 /// A plan and its bills in seq order, read inside the transaction.
 async fn plan_in(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     plan_id: &str,
 ) -> Result<(Plan, Vec<Bill>), StorageError> {
     let row = sqlx::query(&format!(

@@ -3,12 +3,13 @@
 //! account's row lock, with its history row and its CREDIT_LIMIT_CHANGED event.
 
 use chrono::NaiveDate;
+use service_kit::db::WriteTransaction;
 use service_kit::{
     clock::now_micros,
     db::Dialect,
     money::{Currency, Money},
 };
-use sqlx::{Any, Row, Transaction, any::AnyRow};
+use sqlx::{Row, any::AnyRow};
 
 use super::{
     StorageError, Store,
@@ -141,7 +142,7 @@ impl Store {
 /// `as_of` or earlier), with its history row and event. The caller holds the
 /// account's lock.
 pub(super) async fn lapse_temporary_limit(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     dialect: Dialect,
     account_id: &AccountId,
     as_of: NaiveDate,
@@ -169,7 +170,7 @@ pub(super) async fn lapse_temporary_limit(
 }
 
 async fn write_change(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     dialect: Dialect,
     write: &ChangeToWrite<'_>,
     now: i64,
@@ -181,7 +182,7 @@ async fn write_change(
 /// Sets the account's limits, writes the history row and the event; returns the
 /// change id.
 async fn write_change_with_until(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     dialect: Dialect,
     write: &ChangeToWrite<'_>,
     until: Option<NaiveDate>,
@@ -245,7 +246,7 @@ async fn write_change_with_until(
 }
 
 async fn account_in(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     account_id: &AccountId,
 ) -> Result<Account, StorageError> {
     let row = sqlx::query(&format!(
@@ -258,7 +259,7 @@ async fn account_in(
 }
 
 async fn change_by_id(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     change_id: &str,
 ) -> Result<LimitChangeRecord, StorageError> {
     let row = sqlx::query(&format!(

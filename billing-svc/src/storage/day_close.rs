@@ -213,7 +213,7 @@ impl Store {
     /// first, penalty before interest, fee and principal.
     async fn apply_credit_balance(
         &self,
-        transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+        transaction: &mut service_kit::db::WriteTransaction,
         account_id: &AccountId,
         bills: &[Bill],
         as_of: NaiveDate,

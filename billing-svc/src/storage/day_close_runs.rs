@@ -145,7 +145,7 @@ impl Store {
         .bind(run.run_id)
         .bind(now)
         .bind(batch)
-        .fetch_all(self.db.writer())
+        .fetch_all(&mut *self.db.write_connection().await?)
         .await?;
         if !rows.is_empty() {
             return rows

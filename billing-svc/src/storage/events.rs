@@ -2,11 +2,12 @@
 //! transaction that makes the change, read in id order by WatchEvents.
 
 use chrono::NaiveDate;
+use service_kit::db::{Param, Statements};
 use service_kit::{
     db::{Dialect, EventTable},
     money::{Currency, Money},
 };
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use super::{StorageError, Store};
 use crate::domain::{calendar::parse_date, credit_limit::ChangeKind};
@@ -101,38 +102,40 @@ pub struct StoredEvent {
 
 /// Writes `event` unless its kind and subject were written before.
 pub(super) async fn insert_event(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     dialect: Dialect,
     event: &NewEvent<'_>,
     now: i64,
 ) -> Result<(), StorageError> {
     EVENTS.before_insert(transaction, dialect).await?;
-    sqlx::query(
-        "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
-           due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-         ON CONFLICT (kind, subject_id) DO NOTHING",
-    )
-    .bind(event.account_id)
-    .bind(event.kind.as_str())
-    .bind(event.subject_id)
-    .bind(event.plan_id)
-    .bind(event.bill_id)
-    .bind(event.payment_id)
-    .bind(event.amount.map(|amount| amount.minor()))
-    .bind(event.amount.map(|amount| amount.currency().code()))
-    .bind(event.due_date.map(|date| date.to_string()))
-    .bind(now)
-    .bind(event.limit_change.map(|detail| detail.previous_limit.minor()))
-    .bind(event.limit_change.map(|detail| detail.kind.as_str()))
-    .bind(
-        event
-            .limit_change
-            .and_then(|detail| detail.until)
-            .map(|date| date.to_string()),
-    )
-    .execute(&mut **transaction)
-    .await?;
+    let due_date = event.due_date.map(|date| date.to_string());
+    let until_date = event
+        .limit_change
+        .and_then(|detail| detail.until)
+        .map(|date| date.to_string());
+    transaction
+        .execute(
+            "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
+               due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+             ON CONFLICT (kind, subject_id) DO NOTHING",
+            &[
+                Param::Text(event.account_id),
+                Param::Text(event.kind.as_str()),
+                Param::Text(event.subject_id),
+                Param::OptionalText(event.plan_id),
+                Param::OptionalText(event.bill_id),
+                Param::OptionalText(event.payment_id),
+                Param::OptionalInteger(event.amount.map(|amount| amount.minor())),
+                Param::OptionalText(event.amount.map(|amount| amount.currency().code())),
+                Param::OptionalText(due_date.as_deref()),
+                Param::Integer(now),
+                Param::OptionalInteger(event.limit_change.map(|detail| detail.previous_limit.minor())),
+                Param::OptionalText(event.limit_change.map(|detail| detail.kind.as_str())),
+                Param::OptionalText(until_date.as_deref()),
+            ],
+        )
+        .await?;
     Ok(())
 }
 

@@ -5,11 +5,12 @@
 use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
+use service_kit::db::{Param, Statements};
 use service_kit::{
     clock::now_micros,
     money::{Currency, Money, MoneyError},
 };
-use sqlx::{Any, Row, Transaction};
+use sqlx::{Any, Row};
 
 use super::{
     StorageError, Store,
@@ -85,16 +86,16 @@ pub enum ReverseOutcome {
 
 /// Takes the account's row for the rest of the transaction; false if no such account.
 pub(super) async fn lock_account(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     account_id: &str,
     now: i64,
 ) -> Result<bool, StorageError> {
-    let touched = sqlx::query("UPDATE accounts SET updated_at_micros = $1 WHERE account_id = $2")
-        .bind(now)
-        .bind(account_id)
-        .execute(&mut **transaction)
-        .await?
-        .rows_affected();
+    let touched = transaction
+        .execute(
+            "UPDATE accounts SET updated_at_micros = $1 WHERE account_id = $2",
+            &[Param::Integer(now), Param::Text(account_id)],
+        )
+        .await?;
     Ok(touched == 1)
 }
 
@@ -111,25 +112,26 @@ impl Store {
         decide: impl FnOnce(&[Bill]) -> Result<ApplyDecision, MoneyError>,
     ) -> Result<ApplyOutcome, StorageError> {
         let now = now_micros();
-        let mut transaction = self.db.begin_write().await?;
+        // The whole transaction runs on the calling thread on SQLite (no hop per
+        // statement while every other writer waits; `service_kit::sqlite_writes`).
+        let mut transaction = self.db.begin_direct().await?;
         if !lock_account(&mut transaction, account_id.as_str(), now).await? {
-            transaction.rollback().await?;
+            drop(transaction);
             return Ok(ApplyOutcome::UnknownAccount);
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
-        ))
-        .bind(account_id.as_str())
-        .fetch_all(&mut *transaction)
-        .await?;
-        let mut bills = rows
-            .iter()
-            .map(|row| bill_from_row(row))
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut bills = transaction
+            .rows(
+                &format!(
+                    "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
+                ),
+                &[Param::Text(account_id.as_str())],
+                bill_from_row,
+            )
+            .await?;
         let decision = match decide(&bills) {
             Ok(decision) => decision,
             Err(error) => {
-                transaction.rollback().await?;
+                drop(transaction);
                 // A retry of a repayment applied before decides on bills it has since
                 // paid: the first result stands, whatever this decision says.
                 return match self.replay(payment_id, account_id, amount).await? {
@@ -143,23 +145,24 @@ impl Store {
         // Inserted with its final figures once they are known (one statement fewer
         // than inserting first and updating at the end), and before its allocations,
         // which reference it. A payment_id applied before stops here.
-        let inserted = sqlx::query(
-            "INSERT INTO repayments (payment_id, account_id, currency_code, amount_minor, applied_to_bills_minor, \
-               added_to_credit_balance_minor, state, applied_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'APPLIED', $7) ON CONFLICT (payment_id) DO NOTHING",
-        )
-        .bind(payment_id)
-        .bind(account_id.as_str())
-        .bind(amount.currency().code())
-        .bind(amount.minor())
-        .bind(applied_to_bills.minor())
-        .bind(surplus.minor())
-        .bind(now)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        let inserted = transaction
+            .execute(
+                "INSERT INTO repayments (payment_id, account_id, currency_code, amount_minor, applied_to_bills_minor, \
+                   added_to_credit_balance_minor, state, applied_at_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6, 'APPLIED', $7) ON CONFLICT (payment_id) DO NOTHING",
+                &[
+                    Param::Text(payment_id),
+                    Param::Text(account_id.as_str()),
+                    Param::Text(amount.currency().code()),
+                    Param::Integer(amount.minor()),
+                    Param::Integer(applied_to_bills.minor()),
+                    Param::Integer(surplus.minor()),
+                    Param::Integer(now),
+                ],
+            )
+            .await?;
         if inserted == 0 {
-            transaction.rollback().await?;
+            drop(transaction);
             return self
                 .replay(payment_id, account_id, amount)
                 .await?
@@ -253,31 +256,33 @@ impl Store {
         });
         // The bills are final now, so the account's status is refreshed in the same
         // statement (one fewer on the write path than [`refresh_account_status`]).
-        let updated = sqlx::query(&format!(
-            "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
-               credit_balance_minor = credit_balance_minor + $2, status = {} \
-             WHERE account_id = $3 AND principal_unpaid_minor >= $1",
-            standing("$3")
-        ))
-        .bind(principal_paid.minor())
-        .bind(surplus.minor())
-        .bind(account_id.as_str())
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        let updated = transaction
+            .execute(
+                &format!(
+                    "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
+                       credit_balance_minor = credit_balance_minor + $2, status = {} \
+                     WHERE account_id = $3 AND principal_unpaid_minor >= $1",
+                    standing("$3")
+                ),
+                &[
+                    Param::Integer(principal_paid.minor()),
+                    Param::Integer(surplus.minor()),
+                    Param::Text(account_id.as_str()),
+                ],
+            )
+            .await?;
         if updated != 1 {
             return Err(StorageError::Corrupt(
                 "principal repaid exceeds the principal owed".into(),
             ));
         }
         if let Some(plan_id) = &decision.settles_plan_early {
-            sqlx::query(
-                "UPDATE plans SET status = 'SETTLED_EARLY', updated_at_micros = $1 WHERE plan_id = $2 AND status = 'ACTIVE'",
-            )
-            .bind(now)
-            .bind(plan_id.as_str())
-            .execute(&mut *transaction)
-            .await?;
+            transaction
+                .execute(
+                    "UPDATE plans SET status = 'SETTLED_EARLY', updated_at_micros = $1 WHERE plan_id = $2 AND status = 'ACTIVE'",
+                    &[Param::Integer(now), Param::Text(plan_id.as_str())],
+                )
+                .await?;
         }
         for plan_id in &plans {
             settle_plan_if_paid(
@@ -561,7 +566,7 @@ pub(super) fn add(a: &Components, b: &Components) -> Result<Components, MoneyErr
 /// paid_at / paid_on when the bill becomes PAID; None clears them. A change of paid
 /// principal is logged as of the business day `counts_from`, for the per-day penalty.
 pub(super) async fn set_paid(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     bill: &Bill,
     paid: &Components,
     state: BillState,
@@ -571,42 +576,45 @@ pub(super) async fn set_paid(
 ) -> Result<(), StorageError> {
     let principal_delta = paid.principal.minor() - bill.paid.principal.minor();
     if principal_delta != 0 {
-        sqlx::query(
-            "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(bill.bill_id.as_str())
-        .bind(bill.account_id.as_str())
-        .bind(counts_from.to_string())
-        .bind(principal_delta)
-        .execute(&mut **transaction)
-        .await?;
+        transaction
+            .execute(
+                "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES ($1, $2, $3, $4)",
+                &[
+                    Param::Text(bill.bill_id.as_str()),
+                    Param::Text(bill.account_id.as_str()),
+                    Param::Text(&counts_from.to_string()),
+                    Param::Integer(principal_delta),
+                ],
+            )
+            .await?;
     }
     let (paid_at, paid_on) = match (state, paid_now) {
         (BillState::Paid, Some((at, on))) => (Some(at), Some(on.to_string())),
         _ => (None, None),
     };
-    let updated = sqlx::query(
-        "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
-           paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
-         WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
-           AND paid_fee_minor = $12 AND paid_penalty_minor = $13",
-    )
-    .bind(paid.principal.minor())
-    .bind(paid.interest.minor())
-    .bind(paid.fee.minor())
-    .bind(paid.penalty.minor())
-    .bind(state.as_str())
-    .bind(paid_at)
-    .bind(paid_on)
-    .bind(now)
-    .bind(bill.bill_id.as_str())
-    .bind(bill.paid.principal.minor())
-    .bind(bill.paid.interest.minor())
-    .bind(bill.paid.fee.minor())
-    .bind(bill.paid.penalty.minor())
-    .execute(&mut **transaction)
-    .await?
-    .rows_affected();
+    let updated = transaction
+        .execute(
+            "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
+               paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
+             WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
+               AND paid_fee_minor = $12 AND paid_penalty_minor = $13",
+            &[
+                Param::Integer(paid.principal.minor()),
+                Param::Integer(paid.interest.minor()),
+                Param::Integer(paid.fee.minor()),
+                Param::Integer(paid.penalty.minor()),
+                Param::Text(state.as_str()),
+                Param::OptionalInteger(paid_at),
+                Param::OptionalText(paid_on.as_deref()),
+                Param::Integer(now),
+                Param::Text(bill.bill_id.as_str()),
+                Param::Integer(bill.paid.principal.minor()),
+                Param::Integer(bill.paid.interest.minor()),
+                Param::Integer(bill.paid.fee.minor()),
+                Param::Integer(bill.paid.penalty.minor()),
+            ],
+        )
+        .await?;
     if updated != 1 {
         return Err(StorageError::Corrupt(format!(
             "bill {} changed under the account lock",
@@ -617,46 +625,49 @@ pub(super) async fn set_paid(
 }
 
 async fn insert_allocation(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     payment_id: &str,
     account_id: &AccountId,
     allocation: &BillAllocation,
 ) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO allocations (payment_id, bill_id, account_id, principal_minor, interest_minor, fee_minor, penalty_minor) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(payment_id)
-    .bind(allocation.bill_id.as_str())
-    .bind(account_id.as_str())
-    .bind(allocation.parts.principal.minor())
-    .bind(allocation.parts.interest.minor())
-    .bind(allocation.parts.fee.minor())
-    .bind(allocation.parts.penalty.minor())
-    .execute(&mut **transaction)
-    .await?;
+    transaction
+        .execute(
+            "INSERT INTO allocations (payment_id, bill_id, account_id, principal_minor, interest_minor, fee_minor, penalty_minor) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                Param::Text(payment_id),
+                Param::Text(allocation.bill_id.as_str()),
+                Param::Text(account_id.as_str()),
+                Param::Integer(allocation.parts.principal.minor()),
+                Param::Integer(allocation.parts.interest.minor()),
+                Param::Integer(allocation.parts.fee.minor()),
+                Param::Integer(allocation.parts.penalty.minor()),
+            ],
+        )
+        .await?;
     Ok(())
 }
 
 /// Marks a plan SETTLED once none of its bills is unpaid, with its PLAN_SETTLED event.
 pub(super) async fn settle_plan_if_paid(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     dialect: service_kit::db::Dialect,
     account_id: &str,
     plan_id: &str,
     now: i64,
 ) -> Result<(), StorageError> {
-    let settled = sqlx::query(
-        "UPDATE plans SET status = 'SETTLED', updated_at_micros = $1 \
-         WHERE plan_id = $2 AND status = 'ACTIVE' \
-           AND NOT EXISTS (SELECT 1 FROM bills WHERE bills.plan_id = $3 AND bills.state IN ('OPEN', 'OVERDUE'))",
-    )
-    .bind(now)
-    .bind(plan_id)
-    .bind(plan_id)
-    .execute(&mut **transaction)
-    .await?
-    .rows_affected();
+    let settled = transaction
+        .execute(
+            "UPDATE plans SET status = 'SETTLED', updated_at_micros = $1 \
+             WHERE plan_id = $2 AND status = 'ACTIVE' \
+               AND NOT EXISTS (SELECT 1 FROM bills WHERE bills.plan_id = $3 AND bills.state IN ('OPEN', 'OVERDUE'))",
+            &[
+                Param::Integer(now),
+                Param::Text(plan_id),
+                Param::Text(plan_id),
+            ],
+        )
+        .await?;
     if settled == 1 {
         let event = NewEvent {
             account_id,
@@ -676,22 +687,23 @@ pub(super) async fn settle_plan_if_paid(
 
 /// Cuts a bill's interest and fee to what an early payoff charges (never raises them).
 async fn cut_charge(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     bill_id: &str,
     charge: &Components,
     now: i64,
 ) -> Result<(), StorageError> {
-    let updated = sqlx::query(
-        "UPDATE bills SET interest_minor = $1, fee_minor = $2, updated_at_micros = $3 \
-         WHERE bill_id = $4 AND interest_minor >= $1 AND fee_minor >= $2",
-    )
-    .bind(charge.interest.minor())
-    .bind(charge.fee.minor())
-    .bind(now)
-    .bind(bill_id)
-    .execute(&mut **transaction)
-    .await?
-    .rows_affected();
+    let updated = transaction
+        .execute(
+            "UPDATE bills SET interest_minor = $1, fee_minor = $2, updated_at_micros = $3 \
+             WHERE bill_id = $4 AND interest_minor >= $1 AND fee_minor >= $2",
+            &[
+                Param::Integer(charge.interest.minor()),
+                Param::Integer(charge.fee.minor()),
+                Param::Integer(now),
+                Param::Text(bill_id),
+            ],
+        )
+        .await?;
     if updated != 1 {
         return Err(StorageError::Corrupt(format!(
             "bill {bill_id} cannot be settled early"
@@ -703,16 +715,18 @@ async fn cut_charge(
 /// An account is DELINQUENT exactly while one of its bills is OVERDUE (a CLOSED
 /// account stays closed).
 pub(super) async fn refresh_account_status(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut impl Statements,
     account_id: &str,
 ) -> Result<(), StorageError> {
-    sqlx::query(&format!(
-        "UPDATE accounts SET status = {} WHERE account_id = $1 AND status <> 'CLOSED'",
-        standing("$1")
-    ))
-    .bind(account_id)
-    .execute(&mut **transaction)
-    .await?;
+    transaction
+        .execute(
+            &format!(
+                "UPDATE accounts SET status = {} WHERE account_id = $1 AND status <> 'CLOSED'",
+                standing("$1")
+            ),
+            &[Param::Text(account_id)],
+        )
+        .await?;
     Ok(())
 }
 

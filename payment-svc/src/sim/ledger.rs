@@ -135,7 +135,7 @@ impl Ledger {
         .bind(charge.outcome.decline_code().map(|code| code.as_str()))
         .bind(charge.provider_ref.as_str())
         .bind(now_micros)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         if inserted == 1 {

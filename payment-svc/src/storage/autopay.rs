@@ -403,7 +403,7 @@ impl Store {
         )
         .bind(as_of.to_string())
         .bind(now_micros())
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?;
         Ok(())
     }

@@ -3,11 +3,12 @@
 //! WatchPaymentEvents. The same design as billing-svc's events (and its reader
 //! horizon on PostgreSQL).
 
+use service_kit::db::WriteTransaction;
 use service_kit::{
     db::{Dialect, EventTable},
     money::{Currency, Money},
 };
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 use super::{StorageError, Store};
 
@@ -90,7 +91,7 @@ pub struct StoredPaymentEvent {
 /// Writes `event` of `kind` unless that kind and subject were written before; true
 /// when written.
 pub(super) async fn insert_event(
-    transaction: &mut Transaction<'static, Any>,
+    transaction: &mut WriteTransaction,
     dialect: Dialect,
     kind: PaymentEventKind,
     event: &NewPaymentEvent<'_>,

@@ -1,8 +1,11 @@
 //! The outbox: what billing-svc must still be told, written in the same transaction
 //! as the state change that requires it, and delivered until acknowledged.
 
-use service_kit::clock::now_micros;
-use sqlx::{Any, Row, Transaction};
+use service_kit::{
+    clock::now_micros,
+    db::{DirectWrite, Param, Statements as _},
+};
+use sqlx::Row;
 
 use super::{StorageError, Store};
 
@@ -47,22 +50,24 @@ pub struct OutboxRow {
 const INLINE_DELIVERY_GRACE_MICROS: i64 = 2_000_000;
 
 pub(super) async fn insert_outbox(
-    transaction: &mut Transaction<'static, Any>,
+    write: &mut DirectWrite,
     payment_id: &str,
     kind: OutboxKind,
     now: i64,
 ) -> Result<(), StorageError> {
-    sqlx::query(
-        "INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
-         SELECT payment_id, $1, account_id, 0, $2, $3 FROM payments WHERE payment_id = $4 \
-         ON CONFLICT (payment_id, kind) DO NOTHING",
-    )
-    .bind(kind.as_str())
-    .bind(now + INLINE_DELIVERY_GRACE_MICROS)
-    .bind(now)
-    .bind(payment_id)
-    .execute(&mut **transaction)
-    .await?;
+    write
+        .execute(
+            "INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
+             SELECT payment_id, $1, account_id, 0, $2, $3 FROM payments WHERE payment_id = $4 \
+             ON CONFLICT (payment_id, kind) DO NOTHING",
+            &[
+                Param::Text(kind.as_str()),
+                Param::Integer(now + INLINE_DELIVERY_GRACE_MICROS),
+                Param::Integer(now),
+                Param::Text(payment_id),
+            ],
+        )
+        .await?;
     Ok(())
 }
 
@@ -108,7 +113,7 @@ impl Store {
         .bind(row.payment_id.as_str())
         .bind(row.kind.as_str())
         .bind(row.next_attempt_at_micros)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         Ok(claimed == 1)
@@ -120,24 +125,27 @@ impl Store {
         payment_id: &str,
         kind: OutboxKind,
     ) -> Result<(), StorageError> {
-        let now = now_micros();
-        let mut transaction = self.db.begin_write().await?;
-        sqlx::query(
-            "UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
-             WHERE payment_id = $2 AND kind = $3",
-        )
-        .bind(now)
-        .bind(payment_id)
-        .bind(kind.as_str())
-        .execute(&mut *transaction)
-        .await?;
+        let mut write = self.db.begin_direct().await?;
+        write
+            .execute(
+                "UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
+                 WHERE payment_id = $2 AND kind = $3",
+                &[
+                    Param::Integer(now_micros()),
+                    Param::Text(payment_id),
+                    Param::Text(kind.as_str()),
+                ],
+            )
+            .await?;
         if kind == OutboxKind::Apply {
-            sqlx::query("UPDATE payments SET applied = 1 WHERE payment_id = $1")
-                .bind(payment_id)
-                .execute(&mut *transaction)
+            write
+                .execute(
+                    "UPDATE payments SET applied = 1 WHERE payment_id = $1",
+                    &[Param::Text(payment_id)],
+                )
                 .await?;
         }
-        transaction.commit().await?;
+        write.commit().await?;
         Ok(())
     }
 
@@ -157,7 +165,7 @@ impl Store {
         .bind(error)
         .bind(payment_id)
         .bind(kind.as_str())
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?;
         Ok(())
     }
@@ -178,7 +186,7 @@ impl Store {
         .bind(error)
         .bind(payment_id)
         .bind(kind.as_str())
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?;
         self.dead_letter_count().await
     }
@@ -255,7 +263,7 @@ impl Store {
         .bind(now_micros())
         .bind(payment_id)
         .bind(kind.as_str())
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         Ok((revived == 1).then_some(letter))

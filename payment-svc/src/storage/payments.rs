@@ -3,7 +3,7 @@
 
 use service_kit::{
     clock::now_micros,
-    db::{Param, StoredRow},
+    db::{Param, Statements as _, StoredRow},
     money::{Currency, Money},
 };
 
@@ -100,35 +100,43 @@ impl Store {
         new: &NewPayment<'_>,
     ) -> Result<InsertOutcome, StorageError> {
         let payment_id = format!("pay_{}", uuid::Uuid::now_v7().simple());
-        let inserted = sqlx::query(
-            "INSERT INTO payments (payment_id, caller, idempotency_key, request_fingerprint, account_id, target, \
-               currency_code, amount_minor, method, instrument_last4, status, applied, created_at_micros, updated_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PROCESSING', 0, $11, $11) \
-             ON CONFLICT (caller, idempotency_key) DO NOTHING",
-        )
-        .bind(payment_id.as_str())
-        .bind(new.caller)
-        .bind(new.idempotency_key)
-        .bind(new.request_fingerprint)
-        .bind(new.account_id)
-        .bind(new.target)
-        .bind(new.amount.currency().code())
-        .bind(new.amount.minor())
-        .bind(new.method.as_str())
-        .bind(new.instrument_last4)
-        .bind(now_micros())
-        .execute(self.db.writer())
-        .await?
-        .rows_affected();
+        let now = now_micros();
+        let inserted = self
+            .db
+            .write_rows(
+                &format!(
+                    "INSERT INTO payments (payment_id, caller, idempotency_key, request_fingerprint, account_id, target, \
+                       currency_code, amount_minor, method, instrument_last4, status, applied, created_at_micros, updated_at_micros) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'PROCESSING', 0, $11, $11) \
+                     ON CONFLICT (caller, idempotency_key) DO NOTHING RETURNING {PAYMENT_COLUMNS}"
+                ),
+                &[
+                    Param::Text(&payment_id),
+                    Param::Text(new.caller),
+                    Param::Text(new.idempotency_key),
+                    Param::Text(new.request_fingerprint),
+                    Param::Text(new.account_id),
+                    Param::Text(new.target),
+                    Param::Text(new.amount.currency().code()),
+                    Param::Integer(new.amount.minor()),
+                    Param::Text(new.method.as_str()),
+                    Param::Text(new.instrument_last4),
+                    Param::Integer(now),
+                ],
+                payment_from_row,
+            )
+            .await?
+            .pop();
+        if let Some(stored) = inserted {
+            return Ok(InsertOutcome::Inserted(stored));
+        }
         let stored = self
             .payment_by_key(new.caller, new.idempotency_key)
             .await?
-            .ok_or_else(|| StorageError::Corrupt("payment vanished after insert".into()))?;
-        Ok(if inserted == 1 {
-            InsertOutcome::Inserted(stored)
-        } else {
-            InsertOutcome::Existing(stored)
-        })
+            .ok_or_else(|| {
+                StorageError::Corrupt("a payment's key is taken by no payment".into())
+            })?;
+        Ok(InsertOutcome::Existing(stored))
     }
 
     /// PROCESSING → SUCCEEDED with an APPLY outbox row, in one transaction. False if
@@ -154,17 +162,19 @@ impl Store {
         code: &str,
         message: &str,
     ) -> Result<bool, StorageError> {
-        let moved = sqlx::query(
-            "UPDATE payments SET status = 'FAILED', failure_code = $1, failure_message = $2, updated_at_micros = $3 \
-             WHERE payment_id = $4 AND status = 'PROCESSING'",
-        )
-        .bind(code)
-        .bind(message)
-        .bind(now_micros())
-        .bind(payment_id)
-        .execute(self.db.writer())
-        .await?
-        .rows_affected();
+        let moved = self
+            .db
+            .write(
+                "UPDATE payments SET status = 'FAILED', failure_code = $1, failure_message = $2, updated_at_micros = $3 \
+                 WHERE payment_id = $4 AND status = 'PROCESSING'",
+                &[
+                    Param::Text(code),
+                    Param::Text(message),
+                    Param::Integer(now_micros()),
+                    Param::Text(payment_id),
+                ],
+            )
+            .await?;
         Ok(moved == 1)
     }
 
@@ -174,13 +184,12 @@ impl Store {
         payment_id: &str,
         provider_ref: &str,
     ) -> Result<(), StorageError> {
-        sqlx::query(
-            "UPDATE payments SET provider_ref = $1 WHERE payment_id = $2 AND status = 'PROCESSING'",
-        )
-        .bind(provider_ref)
-        .bind(payment_id)
-        .execute(self.db.writer())
-        .await?;
+        self.db
+            .write(
+                "UPDATE payments SET provider_ref = $1 WHERE payment_id = $2 AND status = 'PROCESSING'",
+                &[Param::Text(provider_ref), Param::Text(payment_id)],
+            )
+            .await?;
         Ok(())
     }
 
@@ -200,23 +209,24 @@ impl Store {
             )));
         }
         let now = now_micros();
-        let mut transaction = self.db.begin_write().await?;
-        let moved = sqlx::query(
-            "UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
-             WHERE payment_id = $4 AND status = $5",
-        )
-        .bind(step.to.as_str())
-        .bind(step.provider_ref)
-        .bind(now)
-        .bind(payment_id)
-        .bind(step.from.as_str())
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        let mut write = self.db.begin_direct().await?;
+        let moved = write
+            .execute(
+                "UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
+                 WHERE payment_id = $4 AND status = $5",
+                &[
+                    Param::Text(step.to.as_str()),
+                    Param::OptionalText(step.provider_ref),
+                    Param::Integer(now),
+                    Param::Text(payment_id),
+                    Param::Text(step.from.as_str()),
+                ],
+            )
+            .await?;
         if moved == 1 {
-            insert_outbox(&mut transaction, payment_id, step.outbox, now).await?;
+            insert_outbox(&mut write, payment_id, step.outbox, now).await?;
         }
-        transaction.commit().await?;
+        write.commit().await?;
         Ok(moved == 1)
     }
 

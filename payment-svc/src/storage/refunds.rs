@@ -101,7 +101,7 @@ impl Store {
         .bind(idempotency_key)
         .bind(reason)
         .bind(now)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?;
         let row = sqlx::query(&format!(
             "SELECT {REFUND_COLUMNS} FROM refunds \
@@ -149,7 +149,7 @@ impl Store {
         .bind(now_micros())
         .bind(refund_id)
         .bind(from.as_str())
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         Ok(moved == 1)
@@ -212,7 +212,7 @@ impl Store {
         .bind(refund.refund_id.as_str())
         .bind(refund.status.as_str())
         .bind(refund.updated_at_micros)
-        .execute(self.db.writer())
+        .execute(&mut *self.db.write_connection().await?)
         .await?
         .rows_affected();
         Ok(claimed == 1)

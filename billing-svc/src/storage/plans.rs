@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use service_kit::{
     clock::now_micros,
-    db::{Param, StoredRow},
+    db::{Param, Statements, StoredRow},
     money::{Currency, Money},
 };
 use sqlx::Row;
@@ -64,54 +64,63 @@ impl Store {
         let now = now_micros();
         let plan_id = format!("plan_{}", uuid::Uuid::now_v7().simple());
         let priced = new.priced;
-        let mut transaction = self.db.begin_write().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO plans (plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
-               term_count, rate, currency_code, price_minor, down_payment_minor, principal_minor, purchase_date, \
-               apr, effective_rate, status, created_at_micros, updated_at_micros) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
-             ON CONFLICT (account_id, order_ref) DO NOTHING",
-        )
-        .bind(plan_id.as_str())
-        .bind(new.account_id.as_str())
-        .bind(new.order_ref)
-        .bind(new.fingerprint.as_str())
-        .bind(priced.product_id.as_str())
-        .bind(priced.method.as_str())
-        .bind(i64::from(priced.term_count))
-        .bind(priced.rate.to_string())
-        .bind(priced.principal.currency().code())
-        .bind(priced.price.minor())
-        .bind(priced.down_payment.minor())
-        .bind(priced.principal.minor())
-        .bind(priced.purchase_date.to_string())
-        .bind(priced.apr.annual_percent.to_string())
-        .bind(priced.apr.effective_percent.to_string())
-        .bind(PlanStatus::Active.as_str())
-        .bind(now)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        let (rate, purchase_date) = (priced.rate.to_string(), priced.purchase_date.to_string());
+        let (apr, effective) = (
+            priced.apr.annual_percent.to_string(),
+            priced.apr.effective_percent.to_string(),
+        );
+        // On SQLite the whole transaction runs on the calling thread
+        // (`service_kit::sqlite_writes`).
+        let mut transaction = self.db.begin_direct().await?;
+        let inserted = transaction
+            .execute(
+                "INSERT INTO plans (plan_id, account_id, order_ref, request_fingerprint, product_id, method, \
+                   term_count, rate, currency_code, price_minor, down_payment_minor, principal_minor, purchase_date, \
+                   apr, effective_rate, status, created_at_micros, updated_at_micros) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17) \
+                 ON CONFLICT (account_id, order_ref) DO NOTHING",
+                &[
+                    Param::Text(&plan_id),
+                    Param::Text(new.account_id.as_str()),
+                    Param::Text(new.order_ref),
+                    Param::Text(new.fingerprint.as_str()),
+                    Param::Text(priced.product_id.as_str()),
+                    Param::Text(priced.method.as_str()),
+                    Param::Integer(i64::from(priced.term_count)),
+                    Param::Text(&rate),
+                    Param::Text(priced.principal.currency().code()),
+                    Param::Integer(priced.price.minor()),
+                    Param::Integer(priced.down_payment.minor()),
+                    Param::Integer(priced.principal.minor()),
+                    Param::Text(&purchase_date),
+                    Param::Text(&apr),
+                    Param::Text(&effective),
+                    Param::Text(PlanStatus::Active.as_str()),
+                    Param::Integer(now),
+                ],
+            )
+            .await?;
         if inserted == 0 {
-            transaction.rollback().await?;
+            drop(transaction);
             return self.existing_plan(new).await;
         }
 
         // The limit in force: a temporary limit while one is in force (day close ends
         // it), else the permanent one.
-        let reserved = sqlx::query(
-            "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor + $1, updated_at_micros = $2 \
-             WHERE account_id = $3 AND status = 'ACTIVE' \
-               AND COALESCE(temporary_limit_minor, credit_limit_minor) - principal_unpaid_minor >= $1",
-        )
-        .bind(priced.principal.minor())
-        .bind(now)
-        .bind(new.account_id.as_str())
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        let reserved = transaction
+            .execute(
+                "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor + $1, updated_at_micros = $2 \
+                 WHERE account_id = $3 AND status = 'ACTIVE' \
+                   AND COALESCE(temporary_limit_minor, credit_limit_minor) - principal_unpaid_minor >= $1",
+                &[
+                    Param::Integer(priced.principal.minor()),
+                    Param::Integer(now),
+                    Param::Text(new.account_id.as_str()),
+                ],
+            )
+            .await?;
         if reserved == 0 {
-            transaction.rollback().await?;
+            drop(transaction);
             let account = self.account(new.account_id).await?.unwrap_or(account);
             return Ok(match account.status {
                 AccountStatus::Active => CreatePlanOutcome::CreditLimitExceeded {
@@ -221,7 +230,7 @@ impl Store {
 
 /// Inserts a plan's bills in one statement.
 async fn insert_bills(
-    transaction: &mut sqlx::Transaction<'static, sqlx::Any>,
+    transaction: &mut impl Statements,
     plan_id: &str,
     new: &NewPlan<'_>,
     now: i64,
@@ -246,20 +255,31 @@ async fn insert_bills(
            interest_minor, fee_minor, state, penalty_minor, updated_at_micros) VALUES {}",
         values.join(", ")
     );
-    let mut query = sqlx::query(&sql);
-    for line in lines {
-        query = query
-            .bind(format!("bill_{}", uuid::Uuid::now_v7().simple()))
-            .bind(plan_id.to_owned())
-            .bind(new.account_id.as_str().to_owned())
-            .bind(i64::from(line.seq))
-            .bind(line.due_date.to_string())
-            .bind(line.principal.currency().code())
-            .bind(line.principal.minor())
-            .bind(line.interest.minor())
-            .bind(line.fee.minor());
+    let texts: Vec<(String, String)> = lines
+        .iter()
+        .map(|line| {
+            (
+                format!("bill_{}", uuid::Uuid::now_v7().simple()),
+                line.due_date.to_string(),
+            )
+        })
+        .collect();
+    let mut params = Vec::with_capacity(lines.len() * COLUMNS_PER_BILL + 1);
+    for (line, (bill_id, due_date)) in lines.iter().zip(&texts) {
+        params.extend([
+            Param::Text(bill_id),
+            Param::Text(plan_id),
+            Param::Text(new.account_id.as_str()),
+            Param::Integer(i64::from(line.seq)),
+            Param::Text(due_date),
+            Param::Text(line.principal.currency().code()),
+            Param::Integer(line.principal.minor()),
+            Param::Integer(line.interest.minor()),
+            Param::Integer(line.fee.minor()),
+        ]);
     }
-    query.bind(now).execute(&mut **transaction).await?;
+    params.push(Param::Integer(now));
+    transaction.execute(&sql, &params).await?;
     Ok(())
 }
 

@@ -196,6 +196,17 @@ impl PaymentFlow {
             .payment(payment_id)
             .await?
             .ok_or_else(|| DeliveryError::BadPayment(payment_id.to_owned()))?;
+        self.deliver_payment(&payment, kind, request_id).await
+    }
+
+    /// [`PaymentFlow::deliver`] for a payment the caller has just read.
+    pub async fn deliver_payment(
+        &self,
+        payment: &Payment,
+        kind: OutboxKind,
+        request_id: Option<&str>,
+    ) -> Result<(), DeliveryError> {
+        let payment_id = payment.payment_id.as_str();
         match kind {
             OutboxKind::Apply => {
                 let target = decode_target(&payment.target)

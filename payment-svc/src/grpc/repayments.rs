@@ -227,7 +227,7 @@ impl PaymentApi {
         }
         if let Err(error) = self
             .flow
-            .deliver(payment_id, OutboxKind::Apply, request_id)
+            .deliver_payment(&payment, OutboxKind::Apply, request_id)
             .await
         {
             tracing::warn!(%error, "billing not told yet; the outbox will deliver");

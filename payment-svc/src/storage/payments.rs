@@ -3,11 +3,14 @@
 
 use service_kit::{
     clock::now_micros,
-    db::{Param, Statements as _, StoredRow},
+    db::{Dialect, Param, Statements as _, StoredRow},
     money::{Currency, Money},
 };
 
-use super::{StorageError, Store, outbox::OutboxKind, outbox::insert_outbox};
+use super::{
+    StorageError, Store,
+    outbox::{INLINE_DELIVERY_GRACE_MICROS, OutboxKind, insert_outbox},
+};
 use crate::domain::payment::{PaymentMethod, PaymentStatus};
 
 const PAYMENT_COLUMNS: &str = "payment_id, caller, idempotency_key, request_fingerprint, account_id, target, \
@@ -209,6 +212,11 @@ impl Store {
             )));
         }
         let now = now_micros();
+        if self.db.dialect() == Dialect::Postgres {
+            return self
+                .transition_in_one_statement(payment_id, &step, now)
+                .await;
+        }
         let mut write = self.db.begin_direct().await?;
         let moved = write
             .execute(
@@ -228,6 +236,42 @@ impl Store {
         }
         write.commit().await?;
         Ok(moved == 1)
+    }
+
+    /// [`Store::transition_with_outbox`] on PostgreSQL: the move and its outbox row in
+    /// one statement (a data-modifying WITH, which SQLite lacks), so one round trip
+    /// instead of four (BEGIN, two statements, COMMIT). The statement is atomic as
+    /// the transaction was; the outbox row is inserted only if the payment moved.
+    async fn transition_in_one_statement(
+        &self,
+        payment_id: &str,
+        step: &Transition<'_>,
+        now: i64,
+    ) -> Result<bool, StorageError> {
+        let moved = self
+            .db
+            .write_rows(
+                "WITH moved AS ( \
+                   UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
+                   WHERE payment_id = $4 AND status = $5 RETURNING payment_id, account_id), \
+                 queued AS ( \
+                   INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
+                   SELECT payment_id, $6, account_id, 0, $7, $3 FROM moved \
+                   ON CONFLICT (payment_id, kind) DO NOTHING) \
+                 SELECT COUNT(*) AS moved FROM moved",
+                &[
+                    Param::Text(step.to.as_str()),
+                    Param::OptionalText(step.provider_ref),
+                    Param::Integer(now),
+                    Param::Text(payment_id),
+                    Param::Text(step.from.as_str()),
+                    Param::Text(step.outbox.as_str()),
+                    Param::Integer(now + INLINE_DELIVERY_GRACE_MICROS),
+                ],
+                |row| row.integer("moved"),
+            )
+            .await?;
+        Ok(moved.first() == Some(&1))
     }
 
     /// Payments still PROCESSING that were last touched before `cutoff_micros`.

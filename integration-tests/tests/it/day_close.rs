@@ -18,7 +18,7 @@ use crate::{
     on_both_backends,
     support::{
         bills_target, business_today, close, expect_code, follow_run, new_plan, open_account, pay,
-        reason, repayment, violated_fields,
+        poll_until, reason, repayment, violated_fields,
     },
 };
 
@@ -516,7 +516,7 @@ async fn the_automatic_close_catches_up_finished_days(backend: Backend, test: &s
     // yesterday: bill 1, due ten days ago, is past grace by then.
     app.spawn_billing_with_auto_close().await;
     let yesterday = (business_today() - Days::new(1)).to_string();
-    crate::support::poll_until("the automatic close has run", || async {
+    poll_until("the automatic close has run", || async {
         let closed: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM day_closes WHERE as_of = $1")
             .bind(yesterday.as_str())
             .fetch_one(app.billing_db.pool())
@@ -581,12 +581,36 @@ async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend
 
     // Both follow the run the hurried call started: asked for "the run of as_of", a
     // replica whose first call came after the other had finished it would start a
-    // second run.
+    // second run. An answer given while the accounts were still being listed has
+    // no run id yet; the run's row, written with its list, has it.
+    let mut run_id = started.run_id;
+    if run_id == 0 {
+        let db = app.billing_db.clone();
+        let date = as_of.to_string();
+        poll_until("the run's accounts are listed", || {
+            let (db, date) = (db.clone(), date.clone());
+            async move {
+                let found: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(run_id) FROM day_close_runs WHERE as_of = $1")
+                        .bind(date)
+                        .fetch_one(db.pool())
+                        .await
+                        .unwrap();
+                found.is_some()
+            }
+        })
+        .await;
+        run_id = sqlx::query_scalar("SELECT MIN(run_id) FROM day_close_runs WHERE as_of = $1")
+            .bind(as_of.to_string())
+            .fetch_one(app.billing_db.pool())
+            .await
+            .unwrap();
+    }
     let mut first = app.billing().await;
     let mut second = BillingServiceClient::new(connect(replica).await);
     let (first, second) = tokio::join!(
-        follow_run(&mut first, &admin, as_of, started.run_id),
-        follow_run(&mut second, &admin, as_of, started.run_id),
+        follow_run(&mut first, &admin, as_of, run_id),
+        follow_run(&mut second, &admin, as_of, run_id),
     );
     let (first, second) = (first.unwrap(), second.unwrap());
     assert!(first.finished && second.finished, "{first:?} {second:?}");

@@ -158,11 +158,19 @@ async fn a_refund_after_a_payoff_moves_no_money(backend: Backend, test: &str) {
 }
 
 async fn a_refund_of_credit_a_close_spent_moves_no_money(backend: Backend, test: &str) {
-    let Some(app) = TestApp::spawn(backend, test).await else {
+    let options = StackOptions {
+        flaky_billing: true,
+        ..StackOptions::default()
+    };
+    let Some(app) = TestApp::spawn_with(backend, test, options).await else {
         return;
     };
     let (account_id, bills) = account_with_bills(&app, "c-credit-refund").await;
     // Two keys pay bill 1 at once: both captures are kept, one of them as credit.
+    // Billing applies nothing until both are captured, so both quotes see the bill
+    // unpaid however the calls interleave (a repayment fast enough to be applied
+    // before the other's quote would get that one refused NOTHING_TO_PAY).
+    app.set_billing_apply_down(true);
     let calls: Vec<_> = ["k-a", "k-b"]
         .into_iter()
         .map(|key| {
@@ -187,8 +195,13 @@ async fn a_refund_of_credit_a_close_spent_moves_no_money(backend: Backend, test:
             })
         })
         .collect();
+    let mut captured = Vec::new();
     for call in calls {
-        until_applied(&app, &call.await.unwrap().payment_id).await;
+        captured.push(call.await.unwrap().payment_id);
+    }
+    app.set_billing_apply_down(false);
+    for payment_id in &captured {
+        until_applied(&app, payment_id).await;
     }
     assert_eq!(credit_balance(&app, &account_id).await, "535.91");
     let in_credit: String = sqlx::query_scalar(

@@ -162,18 +162,23 @@ type Turn = tokio::sync::OwnedMutexGuard<Option<rusqlite::Connection>>;
 #[derive(Debug)]
 pub struct WriteTransaction {
     transaction: Transaction<'static, Any>,
+    dialect: Dialect,
     // Dropped after the transaction, so the next writer finds the connection free.
     _turn: Option<Turn>,
 }
 
 impl WriteTransaction {
     pub async fn commit(self) -> Result<(), sqlx::Error> {
-        let Self { transaction, _turn } = self;
+        let Self {
+            transaction, _turn, ..
+        } = self;
         transaction.commit().await
     }
 
     pub async fn rollback(self) -> Result<(), sqlx::Error> {
-        let Self { transaction, _turn } = self;
+        let Self {
+            transaction, _turn, ..
+        } = self;
         transaction.rollback().await
     }
 }
@@ -226,6 +231,9 @@ enum Direct {
 /// [`Param`]s, so that one piece of storage code serves a [`WriteTransaction`] and a
 /// [`DirectWrite`] alike.
 pub trait Statements: Send {
+    /// The database the statements run on, for SQL that differs per dialect.
+    fn dialect(&self) -> Dialect;
+
     /// Runs one statement; returns how many rows it changed.
     fn execute(
         &mut self,
@@ -244,6 +252,10 @@ pub trait Statements: Send {
 }
 
 impl Statements for WriteTransaction {
+    fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
         Ok(bound(sql, params)
             .execute(&mut **self)
@@ -263,6 +275,13 @@ impl Statements for WriteTransaction {
 }
 
 impl Statements for DirectWrite {
+    fn dialect(&self) -> Dialect {
+        match &self.0 {
+            Direct::Sqlite(_) => Dialect::Sqlite,
+            Direct::Sqlx(transaction) => transaction.dialect,
+        }
+    }
+
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
         match &mut self.0 {
             Direct::Sqlite(direct) => direct.execute(sql, params),
@@ -635,6 +654,7 @@ impl Db {
         };
         Ok(WriteTransaction {
             transaction,
+            dialect: self.dialect,
             _turn: turn,
         })
     }

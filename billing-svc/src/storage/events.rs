@@ -107,35 +107,52 @@ pub(super) async fn insert_event(
     event: &NewEvent<'_>,
     now: i64,
 ) -> Result<(), StorageError> {
-    EVENTS.before_insert(transaction, dialect).await?;
     let due_date = event.due_date.map(|date| date.to_string());
     let until_date = event
         .limit_change
         .and_then(|detail| detail.until)
         .map(|date| date.to_string());
-    transaction
-        .execute(
-            "INSERT INTO events (account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, currency_code, \
-               due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-             ON CONFLICT (kind, subject_id) DO NOTHING",
-            &[
-                Param::Text(event.account_id),
-                Param::Text(event.kind.as_str()),
-                Param::Text(event.subject_id),
-                Param::OptionalText(event.plan_id),
-                Param::OptionalText(event.bill_id),
-                Param::OptionalText(event.payment_id),
-                Param::OptionalInteger(event.amount.map(|amount| amount.minor())),
-                Param::OptionalText(event.amount.map(|amount| amount.currency().code())),
-                Param::OptionalText(due_date.as_deref()),
-                Param::Integer(now),
-                Param::OptionalInteger(event.limit_change.map(|detail| detail.previous_limit.minor())),
-                Param::OptionalText(event.limit_change.map(|detail| detail.kind.as_str())),
-                Param::OptionalText(until_date.as_deref()),
-            ],
-        )
-        .await?;
+    let mut params = vec![
+        Param::Text(event.account_id),
+        Param::Text(event.kind.as_str()),
+        Param::Text(event.subject_id),
+        Param::OptionalText(event.plan_id),
+        Param::OptionalText(event.bill_id),
+        Param::OptionalText(event.payment_id),
+        Param::OptionalInteger(event.amount.map(|amount| amount.minor())),
+        Param::OptionalText(event.amount.map(|amount| amount.currency().code())),
+        Param::OptionalText(due_date.as_deref()),
+        Param::Integer(now),
+        Param::OptionalInteger(
+            event
+                .limit_change
+                .map(|detail| detail.previous_limit.minor()),
+        ),
+        Param::OptionalText(event.limit_change.map(|detail| detail.kind.as_str())),
+        Param::OptionalText(until_date.as_deref()),
+    ];
+    const COLUMNS: &str = "account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, \
+        currency_code, due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date";
+    const VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13";
+    let sql = match dialect {
+        // The writers' shared lock (`EventTable`) taken in the insert's own statement:
+        // the row is produced only once the lock is held, and one round trip is saved.
+        Dialect::Postgres => {
+            params.push(Param::Integer(EVENTS.lock_key));
+            format!(
+                "WITH shared_lock AS (SELECT pg_advisory_xact_lock_shared($14)) \
+                 INSERT INTO events ({COLUMNS}) SELECT {VALUES} FROM shared_lock \
+                 ON CONFLICT (kind, subject_id) DO NOTHING"
+            )
+        }
+        Dialect::Sqlite => {
+            EVENTS.before_insert(transaction, dialect).await?;
+            format!(
+                "INSERT INTO events ({COLUMNS}) VALUES ({VALUES}) ON CONFLICT (kind, subject_id) DO NOTHING"
+            )
+        }
+    };
+    transaction.execute(&sql, &params).await?;
     Ok(())
 }
 

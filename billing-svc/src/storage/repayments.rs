@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 
 use chrono::NaiveDate;
-use service_kit::db::{Param, Statements};
+use service_kit::db::{Dialect, Param, Statements};
 use service_kit::{
     clock::now_micros,
     money::{Currency, Money, MoneyError},
@@ -575,46 +575,53 @@ pub(super) async fn set_paid(
     now: i64,
 ) -> Result<(), StorageError> {
     let principal_delta = paid.principal.minor() - bill.paid.principal.minor();
-    if principal_delta != 0 {
+    let counts_from = counts_from.to_string();
+    let log_params = [
+        Param::Text(bill.bill_id.as_str()),
+        Param::Text(bill.account_id.as_str()),
+        Param::Text(&counts_from),
+        Param::Integer(principal_delta),
+    ];
+    const LOG_INSERT: &str =
+        "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES";
+    // On PostgreSQL the log row goes in with the bill's update, one round trip
+    // (a data-modifying WITH, which SQLite lacks; there a statement costs no trip).
+    let log_in_update = principal_delta != 0 && transaction.dialect() == Dialect::Postgres;
+    if principal_delta != 0 && !log_in_update {
         transaction
-            .execute(
-                "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES ($1, $2, $3, $4)",
-                &[
-                    Param::Text(bill.bill_id.as_str()),
-                    Param::Text(bill.account_id.as_str()),
-                    Param::Text(&counts_from.to_string()),
-                    Param::Integer(principal_delta),
-                ],
-            )
+            .execute(&format!("{LOG_INSERT} ($1, $2, $3, $4)"), &log_params)
             .await?;
     }
     let (paid_at, paid_on) = match (state, paid_now) {
         (BillState::Paid, Some((at, on))) => (Some(at), Some(on.to_string())),
         _ => (None, None),
     };
-    let updated = transaction
-        .execute(
-            "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
-               paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
-             WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
-               AND paid_fee_minor = $12 AND paid_penalty_minor = $13",
-            &[
-                Param::Integer(paid.principal.minor()),
-                Param::Integer(paid.interest.minor()),
-                Param::Integer(paid.fee.minor()),
-                Param::Integer(paid.penalty.minor()),
-                Param::Text(state.as_str()),
-                Param::OptionalInteger(paid_at),
-                Param::OptionalText(paid_on.as_deref()),
-                Param::Integer(now),
-                Param::Text(bill.bill_id.as_str()),
-                Param::Integer(bill.paid.principal.minor()),
-                Param::Integer(bill.paid.interest.minor()),
-                Param::Integer(bill.paid.fee.minor()),
-                Param::Integer(bill.paid.penalty.minor()),
-            ],
-        )
-        .await?;
+    const UPDATE: &str = "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
+           paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
+         WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
+           AND paid_fee_minor = $12 AND paid_penalty_minor = $13";
+    let mut params = vec![
+        Param::Integer(paid.principal.minor()),
+        Param::Integer(paid.interest.minor()),
+        Param::Integer(paid.fee.minor()),
+        Param::Integer(paid.penalty.minor()),
+        Param::Text(state.as_str()),
+        Param::OptionalInteger(paid_at),
+        Param::OptionalText(paid_on.as_deref()),
+        Param::Integer(now),
+        Param::Text(bill.bill_id.as_str()),
+        Param::Integer(bill.paid.principal.minor()),
+        Param::Integer(bill.paid.interest.minor()),
+        Param::Integer(bill.paid.fee.minor()),
+        Param::Integer(bill.paid.penalty.minor()),
+    ];
+    let sql = if log_in_update {
+        params.extend(log_params);
+        format!("WITH logged AS ({LOG_INSERT} ($14, $15, $16, $17)) {UPDATE}")
+    } else {
+        UPDATE.to_owned()
+    };
+    let updated = transaction.execute(&sql, &params).await?;
     if updated != 1 {
         return Err(StorageError::Corrupt(format!(
             "bill {} changed under the account lock",

@@ -137,8 +137,11 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        self.existing_account(&account_id).await?;
-        let bills = self.store.account_bills(&account_id).await?;
+        let (_, bills) = self
+            .store
+            .account_with_bills(&account_id)
+            .await?
+            .ok_or_else(|| super::accounts::unknown_account(&account_id))?;
         let products = self.store.plan_products(&account_id).await?;
         let grace_days = |bill: &crate::domain::bill::Bill| {
             products

@@ -44,9 +44,9 @@ impl BillingApi {
             account_id.as_str(),
         )
         .await?;
-        self.existing_account(&account_id).await?;
         let today = self.today();
         let (allocations, amount) = if let Target::PlanPayoff(plan_id) = &target {
+            self.existing_account(&account_id).await?;
             let (terms, bills) = self.payoff_terms(&account_id, plan_id).await?;
             let lines = payoff_lines(terms, &bills, today).map_err(sum_error)?;
             let (allocations, total) = payoff_allocations(&lines, &bills).map_err(sum_error)?;
@@ -55,7 +55,12 @@ impl BillingApi {
             }
             (allocations, total)
         } else {
-            let bills = self.store.account_bills(&account_id).await?;
+            // The account and its bills in one read (one round trip on PostgreSQL).
+            let (_, bills) = self
+                .store
+                .account_with_bills(&account_id)
+                .await?
+                .ok_or_else(|| unknown_account(&account_id))?;
             let (owed, amount) = owed(&target, &bills, today).map_err(target_error)?;
             (allocate(amount, &owed).map_err(sum_error)?.0, amount)
         };

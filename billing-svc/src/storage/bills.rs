@@ -100,34 +100,39 @@ impl Store {
             .await
     }
 
-    /// Every bill of an account, any state, in due-date order.
-    pub async fn account_bills(&self, account_id: &AccountId) -> Result<Vec<Bill>, StorageError> {
-        self.db
-            .read_rows(
-                &format!(
-                    "SELECT {BILL_COLUMNS} FROM bills WHERE account_id = $1 ORDER BY due_date, plan_id, seq"
-                ),
-                &[Param::Text(account_id.as_str())],
-                bill_from_row,
-            )
-            .await
-    }
-
     /// An account and its unpaid (OPEN and OVERDUE) bills in due-date order (`None`
     /// for no such account): what its summary is made of. Paid, settled and cancelled
     /// bills stay behind the `(account_id, state)` index.
-    ///
-    /// One statement, so one snapshot and, on PostgreSQL, one round trip: the account
-    /// row joined to its unpaid bills, the account's columns repeated on each (or
-    /// once, with the bill's columns NULL, when it has none).
     pub async fn account_with_unpaid_bills(
         &self,
         account_id: &AccountId,
     ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
+        self.account_joined_to_bills(account_id, "AND state IN ('OPEN', 'OVERDUE')")
+            .await
+    }
+
+    /// An account and every bill of it, any state, in due-date order (`None` for no
+    /// such account): what a repayment is quoted from.
+    pub async fn account_with_bills(
+        &self,
+        account_id: &AccountId,
+    ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
+        self.account_joined_to_bills(account_id, "").await
+    }
+
+    /// One statement, so one snapshot and, on PostgreSQL, one round trip: the account
+    /// row joined to its bills that meet `bill_condition` (SQL after `account_id =
+    /// $1`), the account's columns repeated on each (or once, with the bill's columns
+    /// NULL, when it has none).
+    async fn account_joined_to_bills(
+        &self,
+        account_id: &AccountId,
+        bill_condition: &str,
+    ) -> Result<Option<(Account, Vec<Bill>)>, StorageError> {
         let sql = format!(
             "SELECT a.*, b.* FROM (SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE account_id = $1) a \
              LEFT JOIN (SELECT {SUMMARY_BILL_COLUMNS} FROM bills \
-                        WHERE account_id = $1 AND state IN ('OPEN', 'OVERDUE')) b ON TRUE \
+                        WHERE account_id = $1 {bill_condition}) b ON TRUE \
              ORDER BY b.due_date, b.plan_id, b.seq"
         );
         // The account is decoded from the first row only.

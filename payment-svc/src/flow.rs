@@ -124,12 +124,13 @@ impl PaymentFlow {
     }
 
     /// Charges a stored PROCESSING payment, with its id as the provider's idempotency
-    /// key, and records the answer.
+    /// key, and records the answer: the payment as this charge made it SUCCEEDED, or
+    /// `None` when it did not (declined, pending, no answer, or moved meanwhile).
     pub async fn charge(
         &self,
         payment: &Payment,
         instrument: &Instrument,
-    ) -> Result<(), StorageError> {
+    ) -> Result<Option<Payment>, StorageError> {
         let notify_url = format!(
             "{}/notify/{}",
             self.notify_base_url,
@@ -160,37 +161,36 @@ impl PaymentFlow {
         );
         match outcome {
             ChargeOutcome::Succeeded { provider_ref } => {
-                self.succeeded(&payment.payment_id, &provider_ref).await
+                self.store
+                    .record_success(&payment.payment_id, &provider_ref)
+                    .await
             }
             ChargeOutcome::Declined { code, message } => {
                 self.store
                     .record_failure(&payment.payment_id, &code, &message)
                     .await?;
-                Ok(())
+                Ok(None)
             }
             ChargeOutcome::Pending { provider_ref } => {
                 self.store
                     .record_pending(&payment.payment_id, &provider_ref)
-                    .await
+                    .await?;
+                Ok(None)
             }
             // No explicit answer: the payment stays PROCESSING for the reconciler.
-            ChargeOutcome::Unknown { .. } => Ok(()),
+            ChargeOutcome::Unknown { .. } => Ok(None),
         }
     }
 
-    async fn succeeded(&self, payment_id: &str, provider_ref: &str) -> Result<(), StorageError> {
-        self.store.record_success(payment_id, provider_ref).await?;
-        Ok(())
-    }
-
     /// Tells billing-svc about `payment_id` (apply or reverse) and marks the outbox row
-    /// delivered. Safe to repeat: billing is idempotent on the payment id.
+    /// delivered. Safe to repeat: billing is idempotent on the payment id. An APPLY
+    /// answers the payment as it is once marked applied.
     pub async fn deliver(
         &self,
         payment_id: &str,
         kind: OutboxKind,
         request_id: Option<&str>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Option<Payment>, DeliveryError> {
         let payment = self
             .store
             .payment(payment_id)
@@ -205,7 +205,7 @@ impl PaymentFlow {
         payment: &Payment,
         kind: OutboxKind,
         request_id: Option<&str>,
-    ) -> Result<(), DeliveryError> {
+    ) -> Result<Option<Payment>, DeliveryError> {
         let payment_id = payment.payment_id.as_str();
         match kind {
             OutboxKind::Apply => {
@@ -227,8 +227,7 @@ impl PaymentFlow {
             }
         }
         failpoint("payment-before-outbox-acknowledged");
-        self.store.outbox_delivered(payment_id, kind).await?;
-        Ok(())
+        Ok(self.store.outbox_delivered(payment_id, kind).await?)
     }
 
     /// Verifies and acts on a notification from `method`'s provider.
@@ -260,6 +259,7 @@ impl PaymentFlow {
                     .store
                     .record_success(&payment.payment_id, &notification.provider_ref)
                     .await?
+                    .is_some()
                 {
                     NotificationResult::Succeeded(payment.payment_id.clone())
                 } else {
@@ -448,7 +448,10 @@ impl PaymentFlow {
         tracing::info!(payment_id = %payment.payment_id, %answer, "reconciling");
         match answer {
             QueryOutcome::Succeeded { provider_ref } => {
-                self.succeeded(&payment.payment_id, &provider_ref).await
+                self.store
+                    .record_success(&payment.payment_id, &provider_ref)
+                    .await?;
+                Ok(())
             }
             QueryOutcome::Declined { code, message } => {
                 self.store

@@ -109,7 +109,7 @@ async fn outbox_pass(flow: &PaymentFlow) -> Result<(), crate::storage::StorageEr
             continue;
         }
         match flow.deliver(&row.payment_id, row.kind, None).await {
-            Ok(()) => {
+            Ok(_) => {
                 tracing::debug!(payment_id = %row.payment_id, kind = row.kind.as_str(), "delivered to billing")
             }
             Err(error) => {

@@ -189,48 +189,75 @@ impl PaymentApi {
         let work = tokio::spawn({
             let (api, payment) = (self.clone(), payment.clone());
             async move {
-                api.flow.charge(&payment, &instrument).await?;
-                api.apply_now_if_succeeded(&payment.payment_id, request_id.as_deref())
-                    .await;
-                Ok::<_, StorageError>(())
+                let succeeded = api.flow.charge(&payment, &instrument).await?;
+                Ok::<_, StorageError>(
+                    api.apply_now_if_succeeded(
+                        succeeded,
+                        &payment.payment_id,
+                        request_id.as_deref(),
+                    )
+                    .await,
+                )
             }
             .instrument(tracing::Span::current())
         });
         let answer_by = deadline.0.checked_sub(ANSWER_RESERVE).unwrap_or(deadline.0);
-        match tokio::time::timeout_at(answer_by, work).await {
-            Ok(Ok(Ok(()))) => {}
+        let last_written = match tokio::time::timeout_at(answer_by, work).await {
+            Ok(Ok(Ok(last_written))) => last_written,
             Ok(Ok(Err(error))) => {
                 tracing::error!(%error, "recording the charge failed; the reconciler resolves it");
+                None
             }
-            Ok(Err(error)) => tracing::error!(%error, "the charge task failed"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "the charge task failed");
+                None
+            }
             Err(_) => {
                 tracing::warn!(
                     "the deadline is near: answering the payment as it stands; the work goes on"
                 );
+                None
             }
-        }
-        let payment = self.reload(&payment.payment_id).await?;
+        };
+        // The row the work last wrote or read is the payment as it stands; read it
+        // only when the work did not finish with one.
+        let payment = match last_written {
+            Some(payment) => payment,
+            None => self.reload(&payment.payment_id).await?,
+        };
         Ok(wire::CreateRepaymentResponse {
             payment: Some(payment_to_wire(&payment)),
         })
     }
 
     /// The fast path: tell billing at once, so a synchronous success answers with the
-    /// bill already PAID. If billing is down the outbox delivers it later.
-    async fn apply_now_if_succeeded(&self, payment_id: &str, request_id: Option<&str>) {
-        let Ok(Some(payment)) = self.flow.store().payment(payment_id).await else {
-            return;
+    /// bill already PAID. If billing is down the outbox delivers it later. `succeeded`
+    /// is the payment as the charge made it SUCCEEDED (none: it is read). Answers the
+    /// payment as this last wrote or read it.
+    async fn apply_now_if_succeeded(
+        &self,
+        succeeded: Option<Payment>,
+        payment_id: &str,
+        request_id: Option<&str>,
+    ) -> Option<Payment> {
+        let payment = match succeeded {
+            Some(payment) => payment,
+            None => self.flow.store().payment(payment_id).await.ok()??,
         };
         let unapplied_success = payment.status == PaymentStatus::Succeeded && !payment.applied;
         if !unapplied_success {
-            return;
+            return Some(payment);
         }
-        if let Err(error) = self
+        match self
             .flow
             .deliver_payment(&payment, OutboxKind::Apply, request_id)
             .await
         {
-            tracing::warn!(%error, "billing not told yet; the outbox will deliver");
+            Ok(applied) => applied,
+            Err(error) => {
+                tracing::warn!(%error, "billing not told yet; the outbox will deliver");
+                Some(payment)
+            }
         }
     }
 

@@ -3,7 +3,7 @@
 
 use service_kit::{
     clock::now_micros,
-    db::{Dialect, DirectWrite, Param, Statements as _},
+    db::{DirectWrite, Param, Statements as _},
 };
 use sqlx::Row;
 
@@ -117,54 +117,6 @@ impl Store {
         .await?
         .rows_affected();
         Ok(claimed == 1)
-    }
-
-    /// Billing acknowledged: the row is done (and an APPLY marks the payment applied).
-    pub async fn outbox_delivered(
-        &self,
-        payment_id: &str,
-        kind: OutboxKind,
-    ) -> Result<(), StorageError> {
-        if self.db.dialect() == Dialect::Postgres && kind == OutboxKind::Apply {
-            // One statement (a data-modifying WITH, which SQLite lacks): one round
-            // trip instead of four, and as atomic as the transaction below.
-            self.db
-                .write(
-                    "WITH delivered AS ( \
-                       UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
-                       WHERE payment_id = $2 AND kind = $3) \
-                     UPDATE payments SET applied = 1 WHERE payment_id = $2",
-                    &[
-                        Param::Integer(now_micros()),
-                        Param::Text(payment_id),
-                        Param::Text(kind.as_str()),
-                    ],
-                )
-                .await?;
-            return Ok(());
-        }
-        let mut write = self.db.begin_direct().await?;
-        write
-            .execute(
-                "UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
-                 WHERE payment_id = $2 AND kind = $3",
-                &[
-                    Param::Integer(now_micros()),
-                    Param::Text(payment_id),
-                    Param::Text(kind.as_str()),
-                ],
-            )
-            .await?;
-        if kind == OutboxKind::Apply {
-            write
-                .execute(
-                    "UPDATE payments SET applied = 1 WHERE payment_id = $1",
-                    &[Param::Text(payment_id)],
-                )
-                .await?;
-        }
-        write.commit().await?;
-        Ok(())
     }
 
     /// Delivery failed: try again at `retry_at_micros`.

@@ -142,13 +142,14 @@ impl Store {
         Ok(InsertOutcome::Existing(stored))
     }
 
-    /// PROCESSING → SUCCEEDED with an APPLY outbox row, in one transaction. False if
-    /// the payment was no longer PROCESSING (a duplicate or stale answer).
+    /// PROCESSING → SUCCEEDED with an APPLY outbox row, in one transaction: the
+    /// payment as it became, or `None` if it was no longer PROCESSING (a duplicate or
+    /// stale answer).
     pub async fn record_success(
         &self,
         payment_id: &str,
         provider_ref: &str,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Payment>, StorageError> {
         let step = Transition {
             from: PaymentStatus::Processing,
             to: PaymentStatus::Succeeded,
@@ -196,14 +197,77 @@ impl Store {
         Ok(())
     }
 
+    // Here rather than in `outbox`: it returns the payment row, and `outbox` is the
+    // leaf that this module builds on.
+    /// Billing acknowledged an outbox row: the row is done, and an APPLY marks the
+    /// payment applied and returns it as it now is (so the caller need not read it
+    /// again).
+    pub async fn outbox_delivered(
+        &self,
+        payment_id: &str,
+        kind: OutboxKind,
+    ) -> Result<Option<Payment>, StorageError> {
+        let now = now_micros();
+        if kind == OutboxKind::Apply && self.db.dialect() == Dialect::Postgres {
+            // One statement (a data-modifying WITH, which SQLite lacks): one round
+            // trip instead of four, and as atomic as the transaction below.
+            let applied = self
+                .db
+                .write_rows(
+                    &format!(
+                        "WITH delivered AS ( \
+                           UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
+                           WHERE payment_id = $2 AND kind = $3) \
+                         UPDATE payments SET applied = 1 WHERE payment_id = $2 RETURNING {PAYMENT_COLUMNS}"
+                    ),
+                    &[
+                        Param::Integer(now),
+                        Param::Text(payment_id),
+                        Param::Text(kind.as_str()),
+                    ],
+                    payment_from_row,
+                )
+                .await?;
+            return Ok(applied.into_iter().next());
+        }
+        let mut write = self.db.begin_direct().await?;
+        write
+            .execute(
+                "UPDATE outbox SET delivered_at_micros = $1, last_error = NULL, dead_at_micros = NULL \
+                 WHERE payment_id = $2 AND kind = $3",
+                &[
+                    Param::Integer(now),
+                    Param::Text(payment_id),
+                    Param::Text(kind.as_str()),
+                ],
+            )
+            .await?;
+        let applied = match kind {
+            OutboxKind::Apply => write
+                .rows(
+                    &format!(
+                        "UPDATE payments SET applied = 1 WHERE payment_id = $1 RETURNING {PAYMENT_COLUMNS}"
+                    ),
+                    &[Param::Text(payment_id)],
+                    payment_from_row,
+                )
+                .await?
+                .pop(),
+            OutboxKind::Reverse => None,
+        };
+        write.commit().await?;
+        Ok(applied)
+    }
+
     /// Moves a payment `step.from` → `step.to` and writes the outbox row billing must
-    /// hear about, in one transaction. False (and nothing written) if the payment was
-    /// no longer in `step.from`: a duplicate or stale answer.
+    /// hear about, in one transaction: the payment as it became (`RETURNING`, so no
+    /// read after), or `None` (and nothing written) if it was no longer in
+    /// `step.from`: a duplicate or stale answer.
     async fn transition_with_outbox(
         &self,
         payment_id: &str,
         step: Transition<'_>,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Payment>, StorageError> {
         if !step.from.may_become(step.to) {
             return Err(StorageError::Corrupt(format!(
                 "{} → {} is not a payment transition",
@@ -219,9 +283,11 @@ impl Store {
         }
         let mut write = self.db.begin_direct().await?;
         let moved = write
-            .execute(
-                "UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
-                 WHERE payment_id = $4 AND status = $5",
+            .rows(
+                &format!(
+                    "UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
+                     WHERE payment_id = $4 AND status = $5 RETURNING {PAYMENT_COLUMNS}"
+                ),
                 &[
                     Param::Text(step.to.as_str()),
                     Param::OptionalText(step.provider_ref),
@@ -229,13 +295,15 @@ impl Store {
                     Param::Text(payment_id),
                     Param::Text(step.from.as_str()),
                 ],
+                payment_from_row,
             )
-            .await?;
-        if moved == 1 {
+            .await?
+            .pop();
+        if moved.is_some() {
             insert_outbox(&mut write, payment_id, step.outbox, now).await?;
         }
         write.commit().await?;
-        Ok(moved == 1)
+        Ok(moved)
     }
 
     /// [`Store::transition_with_outbox`] on PostgreSQL: the move and its outbox row in
@@ -247,18 +315,20 @@ impl Store {
         payment_id: &str,
         step: &Transition<'_>,
         now: i64,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Option<Payment>, StorageError> {
         let moved = self
             .db
             .write_rows(
-                "WITH moved AS ( \
-                   UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
-                   WHERE payment_id = $4 AND status = $5 RETURNING payment_id, account_id), \
-                 queued AS ( \
-                   INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
-                   SELECT payment_id, $6, account_id, 0, $7, $3 FROM moved \
-                   ON CONFLICT (payment_id, kind) DO NOTHING) \
-                 SELECT COUNT(*) AS moved FROM moved",
+                &format!(
+                    "WITH moved AS ( \
+                       UPDATE payments SET status = $1, provider_ref = COALESCE($2, provider_ref), updated_at_micros = $3 \
+                       WHERE payment_id = $4 AND status = $5 RETURNING {PAYMENT_COLUMNS}), \
+                     queued AS ( \
+                       INSERT INTO outbox (payment_id, kind, account_id, attempts, next_attempt_at_micros, created_at_micros) \
+                       SELECT payment_id, $6, account_id, 0, $7, $3 FROM moved \
+                       ON CONFLICT (payment_id, kind) DO NOTHING) \
+                     SELECT {PAYMENT_COLUMNS} FROM moved"
+                ),
                 &[
                     Param::Text(step.to.as_str()),
                     Param::OptionalText(step.provider_ref),
@@ -268,10 +338,10 @@ impl Store {
                     Param::Text(step.outbox.as_str()),
                     Param::Integer(now + INLINE_DELIVERY_GRACE_MICROS),
                 ],
-                |row| row.integer("moved"),
+                payment_from_row,
             )
             .await?;
-        Ok(moved.first() == Some(&1))
+        Ok(moved.into_iter().next())
     }
 
     /// Payments still PROCESSING that were last touched before `cutoff_micros`.

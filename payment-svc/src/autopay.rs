@@ -32,8 +32,8 @@ use crate::{
     flow::{PaymentFlow, encode_target, refusal_reason},
     seal::{InstrumentSeal, SealError},
     storage::{
-        Attempt, AttemptClaim, AttemptOutcome, InsertOutcome, Mandate, NewPayment, OutboxKind,
-        Settlement, StorageError,
+        Attempt, AttemptClaim, AttemptOutcome, InsertOutcome, Mandate, NewPayment, Settlement,
+        StorageError,
     },
 };
 
@@ -378,17 +378,10 @@ impl Autopay {
         };
         summary.debits_started += 1;
         tracing::info!(payment_id = %payment.payment_id, mandate_id = %mandate.mandate_id, key = %attempt.idempotency_key, "autopay debit");
-        self.flow.charge(&payment, &instrument).await?;
-        if let Some(charged) = store.payment(&payment.payment_id).await?
-            && charged.status == PaymentStatus::Succeeded
-            && !charged.applied
-            && let Err(error) = self
-                .flow
-                .deliver(&payment.payment_id, OutboxKind::Apply, None)
-                .await
-        {
-            tracing::warn!(%error, "billing not told yet; the outbox will deliver");
-        }
+        let succeeded = self.flow.charge(&payment, &instrument).await?;
+        self.flow
+            .apply_now_if_succeeded(succeeded, &payment.payment_id, None)
+            .await?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use tonic::Status;
 
 use crate::{
     billing::BillingClient,
-    domain::payment::{Instrument, PaymentMethod},
+    domain::payment::{Instrument, PaymentMethod, PaymentStatus},
     providers::{
         ChargeOutcome, ChargeRequest, NotificationError, NotifiedStatus, Provider, Providers,
         QueryOutcome, RefundOutcome,
@@ -179,6 +179,38 @@ impl PaymentFlow {
             }
             // No explicit answer: the payment stays PROCESSING for the reconciler.
             ChargeOutcome::Unknown { .. } => Ok(None),
+        }
+    }
+
+    /// The fast path after a charge: tell billing at once, so a synchronous success
+    /// answers with the bill already PAID; if billing is down the outbox delivers it
+    /// later. `succeeded` is the payment as the charge made it SUCCEEDED (`None`: it
+    /// is read). Answers the payment as this last wrote or read it.
+    pub async fn apply_now_if_succeeded(
+        &self,
+        succeeded: Option<Payment>,
+        payment_id: &str,
+        request_id: Option<&str>,
+    ) -> Result<Option<Payment>, StorageError> {
+        let payment = match succeeded {
+            Some(payment) => payment,
+            None => match self.store.payment(payment_id).await? {
+                Some(payment) => payment,
+                None => return Ok(None),
+            },
+        };
+        if payment.status != PaymentStatus::Succeeded || payment.applied {
+            return Ok(Some(payment));
+        }
+        match self
+            .deliver_payment(&payment, OutboxKind::Apply, request_id)
+            .await
+        {
+            Ok(applied) => Ok(applied),
+            Err(error) => {
+                tracing::warn!(%error, "billing not told yet; the outbox will deliver");
+                Ok(Some(payment))
+            }
         }
     }
 

@@ -24,7 +24,7 @@ use super::{
 use crate::{
     domain::payment::{Instrument, PaymentStatus, parse_idempotency_key, request_fingerprint},
     flow::encode_target,
-    storage::{InsertOutcome, NewPayment, OutboxKind, Payment, Refund, RefundStatus, StorageError},
+    storage::{InsertOutcome, NewPayment, Payment, Refund, RefundStatus, StorageError},
 };
 
 /// Kept back from the call's deadline to read the payment and answer.
@@ -190,13 +190,17 @@ impl PaymentApi {
             let (api, payment) = (self.clone(), payment.clone());
             async move {
                 let succeeded = api.flow.charge(&payment, &instrument).await?;
+                // A failed read here only costs the answer's row: it is read again.
                 Ok::<_, StorageError>(
-                    api.apply_now_if_succeeded(
-                        succeeded,
-                        &payment.payment_id,
-                        request_id.as_deref(),
-                    )
-                    .await,
+                    api.flow
+                        .apply_now_if_succeeded(
+                            succeeded,
+                            &payment.payment_id,
+                            request_id.as_deref(),
+                        )
+                        .await
+                        .ok()
+                        .flatten(),
                 )
             }
             .instrument(tracing::Span::current())
@@ -228,37 +232,6 @@ impl PaymentApi {
         Ok(wire::CreateRepaymentResponse {
             payment: Some(payment_to_wire(&payment)),
         })
-    }
-
-    /// The fast path: tell billing at once, so a synchronous success answers with the
-    /// bill already PAID. If billing is down the outbox delivers it later. `succeeded`
-    /// is the payment as the charge made it SUCCEEDED (none: it is read). Answers the
-    /// payment as this last wrote or read it.
-    async fn apply_now_if_succeeded(
-        &self,
-        succeeded: Option<Payment>,
-        payment_id: &str,
-        request_id: Option<&str>,
-    ) -> Option<Payment> {
-        let payment = match succeeded {
-            Some(payment) => payment,
-            None => self.flow.store().payment(payment_id).await.ok()??,
-        };
-        let unapplied_success = payment.status == PaymentStatus::Succeeded && !payment.applied;
-        if !unapplied_success {
-            return Some(payment);
-        }
-        match self
-            .flow
-            .deliver_payment(&payment, OutboxKind::Apply, request_id)
-            .await
-        {
-            Ok(applied) => applied,
-            Err(error) => {
-                tracing::warn!(%error, "billing not told yet; the outbox will deliver");
-                Some(payment)
-            }
-        }
     }
 
     fn replay(

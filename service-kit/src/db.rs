@@ -13,14 +13,14 @@ use std::{
 };
 
 use crate::{
+    pg_reads::PgReads,
     sqlite_reads::SqliteReads,
     sqlite_writes::{self, DirectSqlite, WriteTurn},
 };
 use sqlx::{
-    Any, AnyConnection, AnyPool, Connection, Executor, PgPool, Transaction,
+    Any, AnyConnection, AnyPool, Connection, Executor, Transaction,
     any::{AnyConnectOptions, AnyPoolOptions},
     pool::PoolConnection,
-    postgres::PgPoolOptions,
 };
 
 /// How long a SQLite writer waits for the lock before giving up.
@@ -477,7 +477,7 @@ pub struct Db {
     /// A SQLite file's reads on the calling thread (none for PostgreSQL).
     pub(crate) sqlite_reads: Option<SqliteReads>,
     /// PostgreSQL's hot reads through the typed driver (none for SQLite).
-    pg_reads: Option<PgPool>,
+    pg_reads: Option<Arc<PgReads>>,
     /// SQLite: the turn to write, which every write waits for in order, holding the
     /// direct writer connection of a file (none for PostgreSQL).
     write_turn: Option<WriteTurn>,
@@ -551,17 +551,13 @@ impl Db {
             Dialect::Postgres => None,
         };
         // `Any` converts every PostgreSQL row value by value into its own row type
-        // (5 % of a read's profile); the hot reads skip that with a typed pool of
-        // half as many connections again (a read holds one only for its statement).
+        // (5 % of a read's profile); the hot reads skip that with typed connections,
+        // half as many again (a read holds one only for its statement), which go
+        // back idle without sqlx's ping (`pg_reads`).
         let pg_reads = match dialect {
-            Dialect::Postgres => Some(
-                PgPoolOptions::new()
-                    .max_connections(max_connections.div_ceil(2))
-                    .acquire_timeout(ACQUIRE_TIMEOUT)
-                    .test_before_acquire(false)
-                    .connect(&url)
-                    .await?,
-            ),
+            Dialect::Postgres => Some(Arc::new(
+                PgReads::connect(&url, max_connections.div_ceil(2), ACQUIRE_TIMEOUT).await?,
+            )),
             Dialect::Sqlite => None,
         };
         Ok(Self {
@@ -588,7 +584,7 @@ impl Db {
             return reads.rows(sql, params, decode);
         }
         if let Some(pg_reads) = &self.pg_reads {
-            let rows = bound(sql, params).fetch_all(pg_reads).await?;
+            let rows = pg_reads.fetch_all(bound(sql, params)).await?;
             return rows.iter().map(|row| decode(row)).collect();
         }
         let rows = bound(sql, params).fetch_all(&self.pool).await?;

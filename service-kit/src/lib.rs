@@ -14,6 +14,7 @@ pub mod event_watch;
 pub mod failpoint;
 pub mod metrics;
 pub mod money;
+mod pg_reads;
 pub mod reflection;
 pub mod server;
 pub mod shutdown;

@@ -15,6 +15,7 @@ mod chaos;
 mod crash;
 mod credit_limits;
 mod day_close;
+mod db_reads;
 mod events;
 mod lifecycle;
 mod model;

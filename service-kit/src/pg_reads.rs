@@ -55,19 +55,24 @@ impl PgReads {
         })
     }
 
-    /// The rows of `query`, on an idle connection or a new one.
+    /// The rows of `query`, on an idle connection or a new one. Waiting for a
+    /// connection, and opening one, end with `PoolTimedOut` after the acquire timeout,
+    /// as sqlx's pool does.
     pub(crate) async fn fetch_all(
         &self,
         query: Query<'_, Postgres, PgArguments>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
-        let _permit = tokio::time::timeout(self.acquire_timeout, self.permits.acquire())
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let _permit = tokio::time::timeout_at(deadline, self.permits.acquire())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
         let idle = self.idle_connections().pop();
         let mut connection = match idle {
             Some(connection) => connection,
-            None => self.options.connect().await?,
+            None => tokio::time::timeout_at(deadline, self.options.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??,
         };
         let rows = query.fetch_all(&mut connection).await?;
         self.idle_connections().push(connection);

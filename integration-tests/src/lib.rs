@@ -42,6 +42,22 @@ pub fn postgres_required() -> bool {
     set(REQUIRE_POSTGRES_VAR, "1") || set("CI", "true")
 }
 
+/// The PostgreSQL server URL for `test`, or `None` after saying the test skipped; a
+/// run that requires PostgreSQL fails here instead of skipping.
+pub fn postgres_server_url(test: &str) -> Option<String> {
+    let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
+        assert!(
+            !postgres_required(),
+            "{test}: {POSTGRES_URL_VAR} is not set, and PostgreSQL is required \
+             here ({REQUIRE_POSTGRES_VAR}=1 or CI=true): a skipped case must \
+             not count as a pass"
+        );
+        say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
+        return None;
+    };
+    Some(server_url)
+}
+
 /// Which database the stack runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -188,16 +204,7 @@ impl TestApp {
                 format!("sqlite://{}", data_dir.path().join("payment.db").display()),
             ),
             Backend::Postgres => {
-                let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
-                    assert!(
-                        !postgres_required(),
-                        "{test}: {POSTGRES_URL_VAR} is not set, and PostgreSQL is required \
-                         here ({REQUIRE_POSTGRES_VAR}=1 or CI=true): a skipped case must \
-                         not count as a pass"
-                    );
-                    say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
-                    return None;
-                };
+                let server_url = postgres_server_url(test)?;
                 let (billing, payment) = (database_name("billing"), database_name("payment"));
                 let urls = (
                     fresh_postgres_database(&server_url, &billing).await,

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use integration_tests::{POSTGRES_URL_VAR, postgres_required, say_skipped};
+use integration_tests::postgres_server_url;
 use service_kit::db::{Db, Param};
 
 /// The PostgreSQL backend serving this read.
@@ -20,12 +20,7 @@ async fn backend_pid(db: &Db) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_reads_reuse_clean_connections_and_close_the_others() {
     let test = "db_reads::postgres_reads_reuse_clean_connections_and_close_the_others";
-    let Ok(server_url) = std::env::var(POSTGRES_URL_VAR) else {
-        assert!(
-            !postgres_required(),
-            "{test}: {POSTGRES_URL_VAR} is not set, and PostgreSQL is required here"
-        );
-        say_skipped(test, &format!("{POSTGRES_URL_VAR} is not set"));
+    let Some(server_url) = postgres_server_url(test) else {
         return;
     };
     // Two connections in all: one read connection, so every read below shares it.

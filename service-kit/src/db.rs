@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    pg_reads::PgReads,
+    pg_direct::{PgConnections, PgTransaction},
     sqlite_reads::SqliteReads,
     sqlite_writes::{self, DirectSqlite, WriteTurn},
 };
@@ -224,6 +224,7 @@ pub struct DirectWrite(Direct);
 #[derive(Debug)]
 enum Direct {
     Sqlite(DirectSqlite),
+    Postgres(PgTransaction),
     Sqlx(WriteTransaction),
 }
 
@@ -278,6 +279,7 @@ impl Statements for DirectWrite {
     fn dialect(&self) -> Dialect {
         match &self.0 {
             Direct::Sqlite(_) => Dialect::Sqlite,
+            Direct::Postgres(_) => Dialect::Postgres,
             Direct::Sqlx(transaction) => transaction.dialect,
         }
     }
@@ -285,6 +287,11 @@ impl Statements for DirectWrite {
     async fn execute(&mut self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
         match &mut self.0 {
             Direct::Sqlite(direct) => direct.execute(sql, params),
+            Direct::Postgres(transaction) => {
+                let done = bound(sql, params).execute(transaction.statement()?).await?;
+                transaction.finished();
+                Ok(done.rows_affected())
+            }
             Direct::Sqlx(transaction) => transaction.execute(sql, params).await,
         }
     }
@@ -297,6 +304,13 @@ impl Statements for DirectWrite {
     ) -> Result<Vec<T>, StorageError> {
         match &mut self.0 {
             Direct::Sqlite(direct) => direct.rows(sql, params, decode),
+            Direct::Postgres(transaction) => {
+                let rows = bound(sql, params)
+                    .fetch_all(transaction.statement()?)
+                    .await?;
+                transaction.finished();
+                rows.iter().map(|row| decode(row)).collect()
+            }
             Direct::Sqlx(transaction) => transaction.rows(sql, params, decode).await,
         }
     }
@@ -306,6 +320,7 @@ impl DirectWrite {
     pub async fn commit(self) -> Result<(), StorageError> {
         match self.0 {
             Direct::Sqlite(direct) => direct.commit(),
+            Direct::Postgres(transaction) => Ok(transaction.commit().await?),
             Direct::Sqlx(transaction) => Ok(transaction.commit().await?),
         }
     }
@@ -477,7 +492,11 @@ pub struct Db {
     /// A SQLite file's reads on the calling thread (none for PostgreSQL).
     pub(crate) sqlite_reads: Option<SqliteReads>,
     /// PostgreSQL's hot reads through the typed driver (none for SQLite).
-    pg_reads: Option<Arc<PgReads>>,
+    pg_reads: Option<Arc<PgConnections>>,
+    /// PostgreSQL's hot writes ([`Db::write`], [`Db::write_rows`],
+    /// [`Db::begin_direct`]) the same way, apart from the reads so that a writer
+    /// never waits for a reader's connection or the other way round.
+    pg_writes: Option<Arc<PgConnections>>,
     /// SQLite: the turn to write, which every write waits for in order, holding the
     /// direct writer connection of a file (none for PostgreSQL).
     write_turn: Option<WriteTurn>,
@@ -551,14 +570,21 @@ impl Db {
             Dialect::Postgres => None,
         };
         // `Any` converts every PostgreSQL row value by value into its own row type
-        // (5 % of a read's profile); the hot reads skip that with typed connections,
-        // half as many again (a read holds one only for its statement), which go
-        // back idle without sqlx's ping (`pg_reads`).
-        let pg_reads = match dialect {
-            Dialect::Postgres => Some(Arc::new(
-                PgReads::connect(&url, max_connections.div_ceil(2), ACQUIRE_TIMEOUT).await?,
-            )),
-            Dialect::Sqlite => None,
+        // (5 % of a read's profile), and sqlx's pool pings each connection it takes
+        // back (one more round trip per statement or transaction). The hot reads and
+        // writes skip both with typed connections that go back idle without a ping
+        // (`pg_direct`): half as many again for reads (a read holds one only for its
+        // statement) and half as many again for writes. All open on demand; the
+        // `Any` pool keeps the colder statements.
+        let (pg_reads, pg_writes) = match dialect {
+            Dialect::Postgres => {
+                let limit = max_connections.div_ceil(2);
+                (
+                    Some(PgConnections::connect(&url, limit, ACQUIRE_TIMEOUT).await?),
+                    Some(PgConnections::connect(&url, limit, ACQUIRE_TIMEOUT).await?),
+                )
+            }
+            Dialect::Sqlite => (None, None),
         };
         Ok(Self {
             pool,
@@ -566,6 +592,7 @@ impl Db {
             dialect,
             sqlite_reads,
             pg_reads,
+            pg_writes,
             write_turn,
         })
     }
@@ -610,12 +637,6 @@ impl Db {
         &self.pool
     }
 
-    /// The pool the writes use, for its gauges: on SQLite its one connection, on
-    /// PostgreSQL the same pool as [`Db::pool`].
-    pub fn writer_pool(&self) -> &AnyPool {
-        &self.writer
-    }
-
     /// A connection for statements that write outside a transaction. On SQLite it
     /// waits for the turn to write, so writers go one at a time in the order they
     /// came; on PostgreSQL it is any pooled connection. Hold it only for the
@@ -626,6 +647,25 @@ impl Db {
             connection: self.writer.acquire().await?,
             _turn: turn,
         })
+    }
+
+    /// Connections of every pool, for the gauges: (pool, in use, idle). `read` is
+    /// the `Any` pool, `write` the one writes use (on PostgreSQL the same pool),
+    /// and on PostgreSQL `hot_read` and `hot_write` are the typed connections of
+    /// the hot reads and writes.
+    pub fn pool_gauges(&self) -> Vec<(&'static str, usize, usize)> {
+        let mut gauges = Vec::with_capacity(4);
+        for (name, pool) in [("read", &self.pool), ("write", &self.writer)] {
+            let idle = pool.num_idle();
+            gauges.push((name, (pool.size() as usize).saturating_sub(idle), idle));
+        }
+        for (name, connections) in [("hot_read", &self.pg_reads), ("hot_write", &self.pg_writes)] {
+            if let Some(connections) = connections {
+                let (in_use, idle) = connections.in_use_and_idle();
+                gauges.push((name, in_use, idle));
+            }
+        }
+        gauges
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -658,10 +698,17 @@ impl Db {
     /// Begins a write transaction whose statements are given as SQL text and
     /// [`Param`]s ([`DirectWrite`]): on a SQLite file they run on the calling thread
     /// through the direct writer connection ([`crate::sqlite_writes`]), with no hop to
-    /// another thread, so the turn to write is held for SQLite's own work only.
-    /// Elsewhere it is a [`Db::begin_write`] transaction. The same rule holds: no
-    /// other write while holding it.
+    /// another thread, so the turn to write is held for SQLite's own work only. On
+    /// PostgreSQL it runs on a hot-write connection that goes back idle without
+    /// sqlx's ping ([`crate::pg_direct`]). Elsewhere (SQLite in memory) it is a
+    /// [`Db::begin_write`] transaction. The same rule holds: no other write while
+    /// holding it.
     pub async fn begin_direct(&self) -> Result<DirectWrite, StorageError> {
+        if let Some(writes) = &self.pg_writes {
+            return Ok(DirectWrite(Direct::Postgres(
+                PgTransaction::begin(writes).await?,
+            )));
+        }
         let turn = self.take_turn().await;
         let turn = match turn.map(DirectSqlite::begin) {
             Some(Ok(direct)) => return Ok(DirectWrite(Direct::Sqlite(direct?))),
@@ -673,13 +720,17 @@ impl Db {
 
     /// One writing statement on its own; returns how many rows it changed. A
     /// statement is atomic by itself, so on PostgreSQL it runs without BEGIN and
-    /// COMMIT (one round trip instead of three).
+    /// COMMIT, on a hot-write connection: one round trip, where a transaction on
+    /// sqlx's pool made four (BEGIN, COMMIT and the pool's ping).
     pub async fn write(&self, sql: &str, params: &[Param<'_>]) -> Result<u64, StorageError> {
         if self.has_direct_writer() {
             let mut write = self.begin_direct().await?;
             let changed = write.execute(sql, params).await?;
             write.commit().await?;
             return Ok(changed);
+        }
+        if let Some(writes) = &self.pg_writes {
+            return Ok(writes.execute(bound(sql, params)).await?.rows_affected());
         }
         Ok(bound(sql, params)
             .execute(&mut *self.write_connection().await?)
@@ -699,6 +750,10 @@ impl Db {
             let rows = write.rows(sql, params, decode).await?;
             write.commit().await?;
             return Ok(rows);
+        }
+        if let Some(writes) = &self.pg_writes {
+            let rows = writes.fetch_all(bound(sql, params)).await?;
+            return rows.iter().map(|row| decode(row)).collect();
         }
         let rows = bound(sql, params)
             .fetch_all(&mut *self.write_connection().await?)

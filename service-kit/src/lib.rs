@@ -14,7 +14,7 @@ pub mod event_watch;
 pub mod failpoint;
 pub mod metrics;
 pub mod money;
-mod pg_reads;
+mod pg_direct;
 pub mod reflection;
 pub mod server;
 pub mod shutdown;

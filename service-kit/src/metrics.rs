@@ -148,13 +148,11 @@ pub async fn sample_pool(
     mut stopped: tokio::sync::watch::Receiver<()>,
 ) {
     loop {
-        for (pool_name, pool) in [("read", db.pool()), ("write", db.writer_pool())] {
-            let size = f64::from(pool.size());
-            let idle = pool.num_idle() as f64;
+        for (pool_name, in_use, idle) in db.pool_gauges() {
             metrics::gauge!("db_pool_connections", "service" => service, "pool" => pool_name, "state" => "in_use")
-                .set(size - idle);
+                .set(in_use as f64);
             metrics::gauge!("db_pool_connections", "service" => service, "pool" => pool_name, "state" => "idle")
-                .set(idle);
+                .set(idle as f64);
         }
         tokio::select! {
             _ = stopped.changed() => return,

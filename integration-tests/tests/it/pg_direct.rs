@@ -1,0 +1,226 @@
+//! PostgreSQL's hot reads and writes (`service_kit::db::Db::read_rows`, `write`,
+//! `write_rows`, `begin_direct`) keep their connections between statements without
+//! sqlx's ping on release, so they must close a connection whose statement failed or
+//! was abandoned instead of handing it on, and a transaction dropped without commit
+//! must roll back before its connection serves anyone else.
+
+use std::time::Duration;
+
+use integration_tests::postgres_server_url;
+use service_kit::db::{Db, Param, Statements as _};
+
+/// The PostgreSQL backend serving this read.
+async fn backend_pid(db: &Db) -> i64 {
+    db.read_row("SELECT pg_backend_pid() AS pid", &[], |row| {
+        row.integer("pid")
+    })
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_reuse_clean_connections_and_close_the_others() {
+    let test = "pg_direct::postgres_reads_reuse_clean_connections_and_close_the_others";
+    let Some(server_url) = postgres_server_url(test) else {
+        return;
+    };
+    // Two connections in all: one read connection, so every read below shares it.
+    let db = Db::connect(&server_url, 2).await.unwrap();
+
+    let first = backend_pid(&db).await;
+    assert_eq!(
+        backend_pid(&db).await,
+        first,
+        "a read that ended cleanly gives its connection to the next read"
+    );
+
+    // A failed statement: its connection is closed, the next read gets a new one.
+    let failed = db
+        .read_rows("SELECT x FROM no_such_table", &[], |row| row.integer("x"))
+        .await;
+    assert!(failed.is_err(), "reading a missing table must fail");
+    let after_failure = backend_pid(&db).await;
+    assert_ne!(
+        after_failure, first,
+        "a failed read's connection was reused"
+    );
+
+    // An abandoned statement (its caller gave up waiting): the next read must not get
+    // that connection, still busy with the old statement, nor wait for it.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        db.read_rows(
+            "SELECT 1 AS slept FROM pg_sleep($1)",
+            &[Param::Integer(30)],
+            |row| row.integer("slept"),
+        ),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the 30 s read should have been abandoned"
+    );
+    let started = tokio::time::Instant::now();
+    let after_abandon = backend_pid(&db).await;
+    assert_ne!(
+        after_abandon, after_failure,
+        "an abandoned read's connection was reused"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the read after an abandoned one waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend_pid(&db).await, after_abandon);
+}
+
+/// The PostgreSQL backend serving this write.
+async fn writer_pid(db: &Db) -> i64 {
+    db.write_rows("SELECT pg_backend_pid() AS pid", &[], |row| {
+        row.integer("pid")
+    })
+    .await
+    .unwrap()
+    .pop()
+    .unwrap()
+}
+
+/// The rows of the test's table, in order.
+async fn notes(db: &Db, table: &str) -> Vec<String> {
+    db.read_rows(
+        &format!("SELECT note FROM {table} ORDER BY note"),
+        &[],
+        |row| row.text("note"),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transactions() {
+    let test =
+        "pg_direct::postgres_writes_reuse_clean_connections_and_roll_back_dropped_transactions";
+    let Some(server_url) = postgres_server_url(test) else {
+        return;
+    };
+    // Two connections in all: one write connection, so every write below shares it.
+    let db = Db::connect(&server_url, 2).await.unwrap();
+    let table = format!("pg_direct_{}", std::process::id());
+    db.write(&format!("DROP TABLE IF EXISTS {table}"), &[])
+        .await
+        .unwrap();
+    db.write(
+        &format!("CREATE TABLE {table} (note TEXT PRIMARY KEY)"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let insert = format!("INSERT INTO {table} (note) VALUES ($1)");
+
+    let first = writer_pid(&db).await;
+    assert_eq!(
+        writer_pid(&db).await,
+        first,
+        "a write that ended cleanly gives its connection to the next write"
+    );
+
+    // A committed transaction: its rows stay, and its connection serves the next write.
+    let mut write = db.begin_direct().await.unwrap();
+    write
+        .execute(&insert, &[Param::Text("committed")])
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+    assert_eq!(notes(&db, &table).await, ["committed"]);
+    assert_eq!(
+        writer_pid(&db).await,
+        first,
+        "a commit's connection was not reused"
+    );
+
+    // Dropped between statements: it rolls back, and its connection goes back with
+    // the ROLLBACK queued, so the next transaction starts afresh on the same backend.
+    let mut write = db.begin_direct().await.unwrap();
+    write
+        .execute(&insert, &[Param::Text("dropped")])
+        .await
+        .unwrap();
+    drop(write);
+    let mut write = db.begin_direct().await.unwrap();
+    write
+        .execute(&insert, &[Param::Text("after drop")])
+        .await
+        .unwrap();
+    write.commit().await.unwrap();
+    assert_eq!(
+        notes(&db, &table).await,
+        ["after drop", "committed"],
+        "a transaction dropped without commit must leave nothing behind"
+    );
+    assert_eq!(
+        writer_pid(&db).await,
+        first,
+        "a transaction dropped between statements can give its connection back"
+    );
+
+    // A failed statement: nothing of its transaction stays, and its connection is
+    // closed (the next write gets a new backend).
+    let mut write = db.begin_direct().await.unwrap();
+    write
+        .execute(&insert, &[Param::Text("before failure")])
+        .await
+        .unwrap();
+    let duplicate = write.execute(&insert, &[Param::Text("committed")]).await;
+    assert!(duplicate.is_err(), "a duplicate key must fail");
+    drop(write);
+    let after_failure = writer_pid(&db).await;
+    assert_ne!(
+        after_failure, first,
+        "a failed transaction's connection was reused"
+    );
+    let failed_alone = db.write(&insert, &[Param::Text("committed")]).await;
+    assert!(failed_alone.is_err(), "a duplicate key must fail");
+    let after_failed_write = writer_pid(&db).await;
+    assert_ne!(
+        after_failed_write, after_failure,
+        "a failed statement's connection was reused"
+    );
+    assert_eq!(notes(&db, &table).await, ["after drop", "committed"]);
+
+    // Abandoned in the middle of a statement: its transaction does not commit, and the
+    // next write neither gets that connection nor waits for it. (The abandoned backend
+    // sleeps on, holding its insert, until its 8 s are up: the DROP at the end waits
+    // for that.)
+    let abandoned = tokio::time::timeout(Duration::from_millis(200), async {
+        let mut write = db.begin_direct().await.unwrap();
+        write
+            .execute(&insert, &[Param::Text("abandoned")])
+            .await
+            .unwrap();
+        write
+            .execute("SELECT pg_sleep($1)", &[Param::Integer(8)])
+            .await
+            .unwrap();
+        write.commit().await.unwrap();
+    })
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "the 8 s transaction should have been abandoned"
+    );
+    let started = tokio::time::Instant::now();
+    assert_ne!(
+        writer_pid(&db).await,
+        after_failed_write,
+        "an abandoned transaction's connection was reused"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the write after an abandoned one waited {:?}",
+        started.elapsed()
+    );
+    assert_eq!(notes(&db, &table).await, ["after drop", "committed"]);
+
+    db.write(&format!("DROP TABLE {table}"), &[]).await.unwrap();
+}

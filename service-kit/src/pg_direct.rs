@@ -1,0 +1,213 @@
+//! PostgreSQL's hot reads and writes, on connections that go back idle without a ping.
+//!
+//! sqlx's pool pings every connection it takes back (a Sync message and PostgreSQL's
+//! ReadyForQuery), because a statement whose future was dropped half way can leave a
+//! connection in the middle of a conversation. That is one more round trip per
+//! statement or transaction, and work for PostgreSQL's backend too: a profile of reads
+//! on PostgreSQL put the release task at 8 % of our process, and a card repayment made
+//! four such pings. Here a connection goes back only after its work ended cleanly; one
+//! whose statement failed, or whose future was dropped half way, is closed with its
+//! [`Lease`], and a later caller opens a new one.
+//!
+//! A transaction ([`PgTransaction`]) dropped without commit between two statements
+//! goes back with a ROLLBACK queued, which the connection sends before its next
+//! statement; PostgreSQL rolls back a transaction whose connection closes.
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sqlx::{
+    ConnectOptions, Postgres, TransactionManager,
+    postgres::{
+        PgArguments, PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgTransactionManager,
+    },
+    query::Query,
+};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Up to `limit` connections, each lent for one statement or one transaction.
+pub(crate) struct PgConnections {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    /// One permit per connection that may be open.
+    permits: Arc<Semaphore>,
+    limit: usize,
+    acquire_timeout: Duration,
+}
+
+impl fmt::Debug for PgConnections {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter
+            .debug_struct("PgConnections")
+            .field("available", &self.permits.available_permits())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgConnections {
+    /// Opens one connection at once, so a wrong URL fails at start-up; the others
+    /// open when callers need them.
+    pub(crate) async fn connect(
+        url: &str,
+        limit: u32,
+        acquire_timeout: Duration,
+    ) -> Result<Arc<Self>, sqlx::Error> {
+        let options: PgConnectOptions = url.parse()?;
+        let first = options.connect().await?;
+        let limit = limit.max(1) as usize;
+        Ok(Arc::new(Self {
+            options,
+            idle: Mutex::new(vec![first]),
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            acquire_timeout,
+        }))
+    }
+
+    /// Connections lent out now, and connections idle.
+    pub(crate) fn in_use_and_idle(&self) -> (usize, usize) {
+        let in_use = self.limit - self.permits.available_permits();
+        (in_use, self.idle_connections().len())
+    }
+
+    /// An idle connection or a new one. Waiting for a permit, and opening a
+    /// connection, end with `PoolTimedOut` after the acquire timeout, as sqlx's pool
+    /// does.
+    pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, sqlx::Error> {
+        let deadline = tokio::time::Instant::now() + self.acquire_timeout;
+        let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)?
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let idle = self.idle_connections().pop();
+        let connection = match idle {
+            Some(connection) => connection,
+            None => tokio::time::timeout_at(deadline, self.options.connect())
+                .await
+                .map_err(|_| sqlx::Error::PoolTimedOut)??,
+        };
+        Ok(Lease {
+            connection,
+            home: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    /// The rows of `query`, a statement on its own.
+    pub(crate) async fn fetch_all(
+        self: &Arc<Self>,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        let mut lease = self.lease().await?;
+        let rows = query.fetch_all(&mut lease.connection).await?;
+        lease.give_back();
+        Ok(rows)
+    }
+
+    /// Runs `query`, a statement on its own (PostgreSQL commits it by itself).
+    pub(crate) async fn execute(
+        self: &Arc<Self>,
+        query: Query<'_, Postgres, PgArguments>,
+    ) -> Result<PgQueryResult, sqlx::Error> {
+        let mut lease = self.lease().await?;
+        let done = query.execute(&mut lease.connection).await?;
+        lease.give_back();
+        Ok(done)
+    }
+
+    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<PgConnection>> {
+        // A panic while holding this lock leaves a plain list of connections.
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A connection lent by [`PgConnections`]. Dropped, it closes the connection (its
+/// state is unknown); [`Lease::give_back`] returns it idle.
+pub(crate) struct Lease {
+    connection: PgConnection,
+    home: Arc<PgConnections>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl fmt::Debug for Lease {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// Returns the connection idle: only once its last statement ended cleanly.
+    fn give_back(self) {
+        let Self {
+            connection, home, ..
+        } = self;
+        home.idle_connections().push(connection);
+    }
+}
+
+/// A transaction on a leased connection. Dropped without [`PgTransaction::commit`],
+/// it rolls back: between statements the connection goes back with a ROLLBACK
+/// queued; in the middle of one, or after one failed, it is closed.
+#[derive(Debug)]
+pub(crate) struct PgTransaction {
+    lease: Option<Lease>,
+    /// No statement is under way or failed: the connection is between statements.
+    clean: bool,
+}
+
+impl PgTransaction {
+    pub(crate) async fn begin(connections: &Arc<PgConnections>) -> Result<Self, sqlx::Error> {
+        let mut lease = connections.lease().await?;
+        PgTransactionManager::begin(&mut lease.connection, None).await?;
+        Ok(Self {
+            lease: Some(lease),
+            clean: true,
+        })
+    }
+
+    /// The connection for one statement; [`PgTransaction::finished`] after it
+    /// succeeded.
+    pub(crate) fn statement(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        self.clean = false;
+        self.lease
+            .as_mut()
+            .map(|lease| &mut lease.connection)
+            .ok_or_else(ended)
+    }
+
+    /// The statement begun with [`PgTransaction::statement`] ended cleanly.
+    pub(crate) fn finished(&mut self) {
+        self.clean = true;
+    }
+
+    pub(crate) async fn commit(mut self) -> Result<(), sqlx::Error> {
+        let mut lease = self.lease.take().ok_or_else(ended)?;
+        // Failed or abandoned, the lease closes the connection, which rolls back
+        // whatever did not commit.
+        PgTransactionManager::commit(&mut lease.connection).await?;
+        lease.give_back();
+        Ok(())
+    }
+}
+
+/// A transaction's connection is gone only once it committed or was dropped, after
+/// which nothing can reach it: this error cannot happen.
+fn ended() -> sqlx::Error {
+    sqlx::Error::Protocol("the transaction has already ended".into())
+}
+
+impl Drop for PgTransaction {
+    fn drop(&mut self) {
+        if let Some(mut lease) = self.lease.take()
+            && self.clean
+        {
+            PgTransactionManager::start_rollback(&mut lease.connection);
+            lease.give_back();
+        }
+    }
+}

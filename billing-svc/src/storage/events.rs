@@ -100,6 +100,101 @@ pub struct StoredEvent {
     pub created_at_micros: i64,
 }
 
+/// The text of an event's dates, which its insert's parameters borrow.
+pub(super) struct EventDates {
+    due_date: Option<String>,
+    until_date: Option<String>,
+}
+
+impl EventDates {
+    pub(super) fn of(event: &NewEvent<'_>) -> Self {
+        Self {
+            due_date: event.due_date.map(|date| date.to_string()),
+            until_date: event
+                .limit_change
+                .and_then(|detail| detail.until)
+                .map(|date| date.to_string()),
+        }
+    }
+}
+
+/// An event's insert (unless its kind and subject were written before) as SQL and
+/// parameters, its placeholders numbered from `$first`, so that it can also ride in
+/// another statement on PostgreSQL.
+pub(super) struct EventInsert<'a> {
+    /// PostgreSQL: the CTE `shared_lock` taking the writers' shared lock
+    /// (`EventTable`), which `insert` reads from, so that the row is produced only
+    /// once the lock is held.
+    pub lock: Option<String>,
+    pub insert: String,
+    pub params: Vec<Param<'a>>,
+}
+
+impl<'a> EventInsert<'a> {
+    pub(super) fn new(
+        dialect: Dialect,
+        event: &NewEvent<'a>,
+        dates: &'a EventDates,
+        now: i64,
+        first: usize,
+    ) -> Self {
+        let mut params = vec![
+            Param::Text(event.account_id),
+            Param::Text(event.kind.as_str()),
+            Param::Text(event.subject_id),
+            Param::OptionalText(event.plan_id),
+            Param::OptionalText(event.bill_id),
+            Param::OptionalText(event.payment_id),
+            Param::OptionalInteger(event.amount.map(|amount| amount.minor())),
+            Param::OptionalText(event.amount.map(|amount| amount.currency().code())),
+            Param::OptionalText(dates.due_date.as_deref()),
+            Param::Integer(now),
+            Param::OptionalInteger(
+                event
+                    .limit_change
+                    .map(|detail| detail.previous_limit.minor()),
+            ),
+            Param::OptionalText(event.limit_change.map(|detail| detail.kind.as_str())),
+            Param::OptionalText(dates.until_date.as_deref()),
+        ];
+        const COLUMNS: &str = "account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, \
+            currency_code, due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date";
+        let values = placeholders(first, params.len());
+        match dialect {
+            Dialect::Postgres => {
+                let lock = format!(
+                    "shared_lock AS (SELECT pg_advisory_xact_lock_shared(${}))",
+                    first + params.len()
+                );
+                params.push(Param::Integer(EVENTS.lock_key));
+                Self {
+                    lock: Some(lock),
+                    insert: format!(
+                        "INSERT INTO events ({COLUMNS}) SELECT {values} FROM shared_lock \
+                         ON CONFLICT (kind, subject_id) DO NOTHING"
+                    ),
+                    params,
+                }
+            }
+            Dialect::Sqlite => Self {
+                lock: None,
+                insert: format!(
+                    "INSERT INTO events ({COLUMNS}) VALUES ({values}) ON CONFLICT (kind, subject_id) DO NOTHING"
+                ),
+                params,
+            },
+        }
+    }
+}
+
+/// `$first, …` for `count` placeholders.
+pub(super) fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|number| format!("${number}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Writes `event` unless its kind and subject were written before.
 pub(super) async fn insert_event(
     transaction: &mut impl Statements,
@@ -107,52 +202,17 @@ pub(super) async fn insert_event(
     event: &NewEvent<'_>,
     now: i64,
 ) -> Result<(), StorageError> {
-    let due_date = event.due_date.map(|date| date.to_string());
-    let until_date = event
-        .limit_change
-        .and_then(|detail| detail.until)
-        .map(|date| date.to_string());
-    let mut params = vec![
-        Param::Text(event.account_id),
-        Param::Text(event.kind.as_str()),
-        Param::Text(event.subject_id),
-        Param::OptionalText(event.plan_id),
-        Param::OptionalText(event.bill_id),
-        Param::OptionalText(event.payment_id),
-        Param::OptionalInteger(event.amount.map(|amount| amount.minor())),
-        Param::OptionalText(event.amount.map(|amount| amount.currency().code())),
-        Param::OptionalText(due_date.as_deref()),
-        Param::Integer(now),
-        Param::OptionalInteger(
-            event
-                .limit_change
-                .map(|detail| detail.previous_limit.minor()),
-        ),
-        Param::OptionalText(event.limit_change.map(|detail| detail.kind.as_str())),
-        Param::OptionalText(until_date.as_deref()),
-    ];
-    const COLUMNS: &str = "account_id, kind, subject_id, plan_id, bill_id, payment_id, amount_minor, \
-        currency_code, due_date, created_at_micros, previous_amount_minor, limit_change_kind, until_date";
-    const VALUES: &str = "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13";
-    let sql = match dialect {
-        // The writers' shared lock (`EventTable`) taken in the insert's own statement:
-        // the row is produced only once the lock is held, and one round trip is saved.
-        Dialect::Postgres => {
-            params.push(Param::Integer(EVENTS.lock_key));
-            format!(
-                "WITH shared_lock AS (SELECT pg_advisory_xact_lock_shared($14)) \
-                 INSERT INTO events ({COLUMNS}) SELECT {VALUES} FROM shared_lock \
-                 ON CONFLICT (kind, subject_id) DO NOTHING"
-            )
-        }
-        Dialect::Sqlite => {
+    let dates = EventDates::of(event);
+    let insert = EventInsert::new(dialect, event, &dates, now, 1);
+    let sql = match &insert.lock {
+        // The lock taken in the insert's own statement: one round trip fewer.
+        Some(lock) => format!("WITH {lock} {}", insert.insert),
+        None => {
             EVENTS.before_insert(transaction, dialect).await?;
-            format!(
-                "INSERT INTO events ({COLUMNS}) VALUES ({VALUES}) ON CONFLICT (kind, subject_id) DO NOTHING"
-            )
+            insert.insert
         }
     };
-    transaction.execute(&sql, &params).await?;
+    transaction.execute(&sql, &insert.params).await?;
     Ok(())
 }
 

@@ -632,7 +632,8 @@ impl Db {
             .next())
     }
 
-    /// The pool for reads (and, on PostgreSQL, for everything).
+    /// The `Any` pool: on PostgreSQL it serves every statement but the hot reads and
+    /// writes ([`Db::read_rows`], [`Db::write`], [`Db::write_rows`], [`Db::begin_direct`]).
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -275,36 +275,36 @@ impl Store {
             Param::Integer(surplus.minor()),
             Param::Text(account_id.as_str()),
         ];
-        let mut riders = Vec::new();
-        let dialect = self.db.dialect();
-        if !allocations.is_empty() {
-            match dialect {
-                Dialect::Postgres => {
+        let with = match self.db.dialect() {
+            Dialect::Postgres => {
+                let mut riders = Vec::new();
+                if !allocations.is_empty() {
                     let (insert, allocation_params) =
                         allocations_insert(payment_id, account_id, allocations, params.len() + 1);
                     riders.push(format!("allocated AS ({insert})"));
                     params.extend(allocation_params);
                 }
-                Dialect::Sqlite => {
+                let event = EventInsert::new(
+                    Dialect::Postgres,
+                    &event,
+                    &event_dates,
+                    now,
+                    params.len() + 1,
+                );
+                riders.extend(event.lock);
+                riders.push(format!("evented AS ({})", event.insert));
+                params.extend(event.params);
+                format!("WITH {} ", riders.join(", "))
+            }
+            Dialect::Sqlite => {
+                if !allocations.is_empty() {
                     let (insert, allocation_params) =
                         allocations_insert(payment_id, account_id, allocations, 1);
                     transaction.execute(&insert, &allocation_params).await?;
                 }
+                insert_event(&mut transaction, Dialect::Sqlite, &event, now).await?;
+                String::new()
             }
-        }
-        match dialect {
-            Dialect::Postgres => {
-                let event = EventInsert::new(dialect, &event, &event_dates, now, params.len() + 1);
-                riders.extend(event.lock);
-                riders.push(format!("evented AS ({})", event.insert));
-                params.extend(event.params);
-            }
-            Dialect::Sqlite => insert_event(&mut transaction, dialect, &event, now).await?,
-        }
-        let with = if riders.is_empty() {
-            String::new()
-        } else {
-            format!("WITH {} ", riders.join(", "))
         };
         let updated = transaction
             .execute(

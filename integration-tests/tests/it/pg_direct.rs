@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use integration_tests::postgres_server_url;
-use service_kit::db::{Db, Param, Statements as _};
+use service_kit::db::{Db, DirectWrite, Param, Statements as _};
 
 /// The PostgreSQL backend serving this read.
 async fn backend_pid(db: &Db) -> i64 {
@@ -97,6 +97,13 @@ async fn notes(db: &Db, table: &str) -> Vec<String> {
     .unwrap()
 }
 
+/// A write transaction that has inserted `note` into the test's table.
+async fn inserting(db: &Db, insert: &str, note: &str) -> DirectWrite {
+    let mut write = db.begin_direct().await.unwrap();
+    write.execute(insert, &[Param::Text(note)]).await.unwrap();
+    write
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transactions() {
     let test =
@@ -126,11 +133,7 @@ async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transacti
     );
 
     // A committed transaction: its rows stay, and its connection serves the next write.
-    let mut write = db.begin_direct().await.unwrap();
-    write
-        .execute(&insert, &[Param::Text("committed")])
-        .await
-        .unwrap();
+    let write = inserting(&db, &insert, "committed").await;
     write.commit().await.unwrap();
     assert_eq!(notes(&db, &table).await, ["committed"]);
     assert_eq!(
@@ -141,17 +144,9 @@ async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transacti
 
     // Dropped between statements: it rolls back, and its connection goes back with
     // the ROLLBACK queued, so the next transaction starts afresh on the same backend.
-    let mut write = db.begin_direct().await.unwrap();
-    write
-        .execute(&insert, &[Param::Text("dropped")])
-        .await
-        .unwrap();
+    let write = inserting(&db, &insert, "dropped").await;
     drop(write);
-    let mut write = db.begin_direct().await.unwrap();
-    write
-        .execute(&insert, &[Param::Text("after drop")])
-        .await
-        .unwrap();
+    let write = inserting(&db, &insert, "after drop").await;
     write.commit().await.unwrap();
     assert_eq!(
         notes(&db, &table).await,
@@ -166,11 +161,7 @@ async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transacti
 
     // A failed statement: nothing of its transaction stays, and its connection is
     // closed (the next write gets a new backend).
-    let mut write = db.begin_direct().await.unwrap();
-    write
-        .execute(&insert, &[Param::Text("before failure")])
-        .await
-        .unwrap();
+    let mut write = inserting(&db, &insert, "before failure").await;
     let duplicate = write.execute(&insert, &[Param::Text("committed")]).await;
     assert!(duplicate.is_err(), "a duplicate key must fail");
     drop(write);
@@ -193,11 +184,7 @@ async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transacti
     // sleeps on, holding its insert, until its 8 s are up: the DROP at the end waits
     // for that.)
     let abandoned = tokio::time::timeout(Duration::from_millis(200), async {
-        let mut write = db.begin_direct().await.unwrap();
-        write
-            .execute(&insert, &[Param::Text("abandoned")])
-            .await
-            .unwrap();
+        let mut write = inserting(&db, &insert, "abandoned").await;
         write
             .execute("SELECT pg_sleep($1)", &[Param::Integer(8)])
             .await

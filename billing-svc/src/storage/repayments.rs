@@ -18,7 +18,7 @@ use super::{
     events::{EventDates, EventInsert, EventKind, NewEvent, insert_event, placeholders},
 };
 use crate::domain::{
-    account::AccountId,
+    account::{AccountId, AccountStatus},
     allocation::BillAllocation,
     bill::{Bill, BillState, Components},
 };
@@ -142,33 +142,28 @@ impl Store {
         };
         let (allocations, surplus) = (&decision.allocations, decision.surplus);
         let applied_to_bills = amount.checked_sub(surplus).map_err(money_error)?;
-        // Inserted with its final figures once they are known (one statement fewer
-        // than inserting first and updating at the end), and before its allocations,
-        // which reference it. A payment_id applied before stops here.
-        let inserted = transaction
-            .execute(
-                "INSERT INTO repayments (payment_id, account_id, currency_code, amount_minor, applied_to_bills_minor, \
-                   added_to_credit_balance_minor, state, applied_at_micros) \
-                 VALUES ($1, $2, $3, $4, $5, $6, 'APPLIED', $7) ON CONFLICT (payment_id) DO NOTHING",
-                &[
-                    Param::Text(payment_id),
-                    Param::Text(account_id.as_str()),
-                    Param::Text(amount.currency().code()),
-                    Param::Integer(amount.minor()),
-                    Param::Integer(applied_to_bills.minor()),
-                    Param::Integer(surplus.minor()),
-                    Param::Integer(now),
-                ],
-            )
-            .await?;
-        if inserted == 0 {
+        let dialect = self.db.dialect();
+        // The repayment row, with its final figures once they are known (one statement
+        // fewer than inserting first and updating at the end). A payment_id applied
+        // before stops here: on SQLite at once, before its bills are touched; on
+        // PostgreSQL, where it rides in the account update below, there.
+        let repayment = [
+            Param::Text(payment_id),
+            Param::Text(account_id.as_str()),
+            Param::Text(amount.currency().code()),
+            Param::Integer(amount.minor()),
+            Param::Integer(applied_to_bills.minor()),
+            Param::Integer(surplus.minor()),
+            Param::Integer(now),
+        ];
+        const REPAYMENT_INSERT: &str = "INSERT INTO repayments (payment_id, account_id, currency_code, amount_minor, \
+               applied_to_bills_minor, added_to_credit_balance_minor, state, applied_at_micros) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'APPLIED', $7) ON CONFLICT (payment_id) DO NOTHING";
+        if dialect == Dialect::Sqlite
+            && transaction.execute(REPAYMENT_INSERT, &repayment).await? == 0
+        {
             drop(transaction);
-            return self
-                .replay(payment_id, account_id, amount)
-                .await?
-                .ok_or_else(|| {
-                    StorageError::Corrupt("a payment_id that conflicts but is not stored".into())
-                });
+            return self.replayed(payment_id, account_id, amount).await;
         }
         for (bill_id, charge) in &decision.settled_charges {
             cut_charge(&mut transaction, bill_id, charge, now).await?;
@@ -177,10 +172,12 @@ impl Store {
             }
         }
 
+        let today_text = today.to_string();
         let mut principal_paid = Money::zero(amount.currency());
         let mut plans = BTreeSet::new();
         // Bills this repayment closes (PAID or SETTLED_EARLY).
         let mut closed_now = BTreeSet::new();
+        let mut bills_paid = Vec::new();
         for allocation in allocations {
             let bill = bills
                 .iter()
@@ -198,16 +195,14 @@ impl Store {
                 (true, false) => BillState::Paid,
                 (false, _) => bill.state,
             };
-            set_paid(
-                &mut transaction,
+            bills_paid.push(BillPaid::new(
                 bill,
                 &paid,
                 state,
-                Some((now, today)),
-                today,
+                Some((now, &today_text)),
+                &today_text,
                 now,
-            )
-            .await?;
+            ));
             principal_paid = principal_paid
                 .checked_add(allocation.parts.principal)
                 .map_err(money_error)?;
@@ -229,35 +224,41 @@ impl Store {
             if let Some(bill) = bills.iter().find(|bill| &bill.bill_id == bill_id)
                 && bill.paid == *charge
             {
-                set_paid(
-                    &mut transaction,
+                bills_paid.push(BillPaid::new(
                     bill,
                     &bill.paid,
                     BillState::SettledEarly,
-                    Some((now, today)),
-                    today,
+                    Some((now, &today_text)),
+                    &today_text,
                     now,
-                )
-                .await?;
+                ));
                 closed_now.insert(bill.bill_id.as_str());
                 plans.insert(bill.plan_id.clone());
             }
         }
-        // A plan can only have become settled if no bill of it is left unpaid: the
-        // account's bills were read in this transaction, under the account's lock, so
-        // a plan that still owes needs no statement to say so.
+        // The account's bills were read in this transaction, under the account's
+        // lock, so what is left unpaid after this repayment is known without another
+        // statement: whether a plan can have become settled, and the account's status
+        // (DELINQUENT exactly while a bill is OVERDUE: `refresh_account_status`).
+        let still_unpaid = |bill: &&Bill| {
+            matches!(bill.state, BillState::Open | BillState::Overdue)
+                && !closed_now.contains(bill.bill_id.as_str())
+        };
         plans.retain(|plan_id| {
-            !bills.iter().any(|bill| {
-                &bill.plan_id == plan_id
-                    && matches!(bill.state, BillState::Open | BillState::Overdue)
-                    && !closed_now.contains(bill.bill_id.as_str())
-            })
+            !bills
+                .iter()
+                .filter(still_unpaid)
+                .any(|bill| &bill.plan_id == plan_id)
         });
-        // The bills are final now, so the account's status is refreshed in the same
-        // statement (one fewer on the write path than [`refresh_account_status`]).
-        // On PostgreSQL the allocations and the REPAYMENT_APPLIED event ride in it
-        // too (data-modifying WITHs, which SQLite lacks; there a statement costs no
-        // round trip): one round trip instead of three or more.
+        let standing = if bills
+            .iter()
+            .filter(still_unpaid)
+            .any(|bill| bill.state == BillState::Overdue)
+        {
+            AccountStatus::Delinquent
+        } else {
+            AccountStatus::Active
+        };
         let event = NewEvent {
             account_id: account_id.as_str(),
             kind: EventKind::RepaymentApplied,
@@ -274,13 +275,40 @@ impl Store {
             Param::Integer(principal_paid.minor()),
             Param::Integer(surplus.minor()),
             Param::Text(account_id.as_str()),
+            Param::Text(standing.as_str()),
         ];
-        let with = match self.db.dialect() {
+        const ACCOUNT_UPDATE: &str = "UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
+               credit_balance_minor = credit_balance_minor + $2, \
+               status = CASE WHEN status = 'CLOSED' THEN status ELSE $4 END \
+             WHERE account_id = $3 AND principal_unpaid_minor >= $1";
+        // On PostgreSQL the repayment row, the bills' updates, the allocations and the
+        // REPAYMENT_APPLIED event ride in the account's update (data-modifying WITHs,
+        // which SQLite lacks; there a statement costs no round trip): one round trip
+        // instead of three or more. The update takes place only if the repayment row
+        // and every bill's update did, so a replay or a bill changed under the lock
+        // leaves it undone, and the transaction is rolled back.
+        let sql = match dialect {
             Dialect::Postgres => {
-                let mut riders = Vec::new();
+                let mut riders = vec![format!(
+                    "repaid AS ({} RETURNING 1)",
+                    renumbered(REPAYMENT_INSERT, params.len() + 1)
+                )];
+                params.extend(repayment);
+                let mut conditions = vec!["EXISTS (SELECT 1 FROM repaid)".to_owned()];
+                for (index, bill_paid) in bills_paid.into_iter().enumerate() {
+                    let name = bill_paid.ride(index, &mut riders, &mut params);
+                    conditions.push(format!("EXISTS (SELECT 1 FROM {name})"));
+                }
                 if !allocations.is_empty() {
-                    let (insert, allocation_params) =
-                        allocations_insert(payment_id, account_id, allocations, params.len() + 1);
+                    // Only with a repayment row inserted now: a replay's allocations
+                    // are there already, and would conflict.
+                    let (insert, allocation_params) = allocations_insert(
+                        payment_id,
+                        account_id,
+                        allocations,
+                        params.len() + 1,
+                        Some("EXISTS (SELECT 1 FROM repaid)"),
+                    );
                     riders.push(format!("allocated AS ({insert})"));
                     params.extend(allocation_params);
                 }
@@ -294,32 +322,35 @@ impl Store {
                 riders.extend(event.lock);
                 riders.push(format!("evented AS ({})", event.insert));
                 params.extend(event.params);
-                format!("WITH {} ", riders.join(", "))
+                format!(
+                    "WITH {} {ACCOUNT_UPDATE} AND {}",
+                    riders.join(", "),
+                    conditions.join(" AND ")
+                )
             }
             Dialect::Sqlite => {
+                for bill_paid in bills_paid {
+                    bill_paid.execute(&mut transaction).await?;
+                }
                 if !allocations.is_empty() {
                     let (insert, allocation_params) =
-                        allocations_insert(payment_id, account_id, allocations, 1);
+                        allocations_insert(payment_id, account_id, allocations, 1, None);
                     transaction.execute(&insert, &allocation_params).await?;
                 }
                 insert_event(&mut transaction, Dialect::Sqlite, &event, now).await?;
-                String::new()
+                ACCOUNT_UPDATE.to_owned()
             }
         };
-        let updated = transaction
-            .execute(
-                &format!(
-                    "{with}UPDATE accounts SET principal_unpaid_minor = principal_unpaid_minor - $1, \
-                       credit_balance_minor = credit_balance_minor + $2, status = {} \
-                     WHERE account_id = $3 AND principal_unpaid_minor >= $1",
-                    standing("$3")
-                ),
-                &params,
-            )
-            .await?;
-        if updated != 1 {
+        if transaction.execute(&sql, &params).await? != 1 {
+            drop(transaction);
+            if dialect == Dialect::Postgres
+                && let Some(replayed) = self.replay(payment_id, account_id, amount).await?
+            {
+                return Ok(replayed);
+            }
             return Err(StorageError::Corrupt(
-                "principal repaid exceeds the principal owed".into(),
+                "principal repaid exceeds the principal owed, or a bill changed under the account lock"
+                    .into(),
             ));
         }
         if let Some(plan_id) = &decision.settles_plan_early {
@@ -347,6 +378,21 @@ impl Store {
             applied_to_bills,
             added_to_credit_balance: surplus,
         }))
+    }
+
+    /// The result of `payment_id`'s earlier application, whose repayment row
+    /// conflicted with this one's.
+    async fn replayed(
+        &self,
+        payment_id: &str,
+        account_id: &AccountId,
+        amount: Money,
+    ) -> Result<ApplyOutcome, StorageError> {
+        self.replay(payment_id, account_id, amount)
+            .await?
+            .ok_or_else(|| {
+                StorageError::Corrupt("a payment_id that conflicts but is not stored".into())
+            })
     }
 
     async fn replay(
@@ -608,69 +654,154 @@ pub(super) async fn set_paid(
     counts_from: NaiveDate,
     now: i64,
 ) -> Result<(), StorageError> {
-    let principal_delta = paid.principal.minor() - bill.paid.principal.minor();
+    let paid_on = paid_now.map(|(at, on)| (at, on.to_string()));
     let counts_from = counts_from.to_string();
-    let log_params = [
-        Param::Text(bill.bill_id.as_str()),
-        Param::Text(bill.account_id.as_str()),
-        Param::Text(&counts_from),
-        Param::Integer(principal_delta),
-    ];
-    const LOG_INSERT: &str =
-        "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES";
-    // On PostgreSQL the log row goes in with the bill's update, one round trip
-    // (a data-modifying WITH, which SQLite lacks; there a statement costs no trip).
-    let log_in_update = principal_delta != 0 && transaction.dialect() == Dialect::Postgres;
-    if principal_delta != 0 && !log_in_update {
-        transaction
-            .execute(&format!("{LOG_INSERT} ($1, $2, $3, $4)"), &log_params)
-            .await?;
-    }
-    let (paid_at, paid_on) = match (state, paid_now) {
-        (BillState::Paid, Some((at, on))) => (Some(at), Some(on.to_string())),
-        _ => (None, None),
-    };
-    const UPDATE: &str = "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
-           paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
-         WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
-           AND paid_fee_minor = $12 AND paid_penalty_minor = $13";
-    let mut params = vec![
-        Param::Integer(paid.principal.minor()),
-        Param::Integer(paid.interest.minor()),
-        Param::Integer(paid.fee.minor()),
-        Param::Integer(paid.penalty.minor()),
-        Param::Text(state.as_str()),
-        Param::OptionalInteger(paid_at),
-        Param::OptionalText(paid_on.as_deref()),
-        Param::Integer(now),
-        Param::Text(bill.bill_id.as_str()),
-        Param::Integer(bill.paid.principal.minor()),
-        Param::Integer(bill.paid.interest.minor()),
-        Param::Integer(bill.paid.fee.minor()),
-        Param::Integer(bill.paid.penalty.minor()),
-    ];
-    let sql = if log_in_update {
-        params.extend(log_params);
-        format!("WITH logged AS ({LOG_INSERT} ($14, $15, $16, $17)) {UPDATE}")
-    } else {
-        UPDATE.to_owned()
-    };
-    let updated = transaction.execute(&sql, &params).await?;
-    if updated != 1 {
-        return Err(StorageError::Corrupt(format!(
-            "bill {} changed under the account lock",
-            bill.bill_id
-        )));
-    }
-    Ok(())
+    BillPaid::new(
+        bill,
+        paid,
+        state,
+        paid_on.as_ref().map(|(at, on)| (*at, on.as_str())),
+        &counts_from,
+        now,
+    )
+    .execute(transaction)
+    .await
 }
 
-/// One INSERT of a repayment's `allocations`, its placeholders numbered from `$first`.
+/// A bill's paid amounts set ([`set_paid`]), as SQL that runs alone or rides in
+/// another statement on PostgreSQL.
+struct BillPaid<'a> {
+    bill_id: &'a str,
+    /// `PAID_LOG_INSERT`'s parameters, if the paid principal changes.
+    log: Option<[Param<'a>; 4]>,
+    /// `PAID_UPDATE`'s parameters.
+    update: [Param<'a>; 13],
+}
+
+const PAID_LOG_INSERT: &str = "INSERT INTO principal_paid_log (bill_id, account_id, on_date, delta_minor) VALUES ($1, $2, $3, $4)";
+const PAID_UPDATE: &str = "UPDATE bills SET paid_principal_minor = $1, paid_interest_minor = $2, paid_fee_minor = $3, \
+       paid_penalty_minor = $4, state = $5, paid_at_micros = $6, paid_on = $7, updated_at_micros = $8 \
+     WHERE bill_id = $9 AND paid_principal_minor = $10 AND paid_interest_minor = $11 \
+       AND paid_fee_minor = $12 AND paid_penalty_minor = $13";
+
+impl<'a> BillPaid<'a> {
+    /// `paid_now` and `counts_from` as [`set_paid`]'s, the dates as text.
+    fn new(
+        bill: &'a Bill,
+        paid: &Components,
+        state: BillState,
+        paid_now: Option<(i64, &'a str)>,
+        counts_from: &'a str,
+        now: i64,
+    ) -> Self {
+        let principal_delta = paid.principal.minor() - bill.paid.principal.minor();
+        let (paid_at, paid_on) = match (state, paid_now) {
+            (BillState::Paid, Some((at, on))) => (Some(at), Some(on)),
+            _ => (None, None),
+        };
+        Self {
+            bill_id: bill.bill_id.as_str(),
+            log: (principal_delta != 0).then_some([
+                Param::Text(bill.bill_id.as_str()),
+                Param::Text(bill.account_id.as_str()),
+                Param::Text(counts_from),
+                Param::Integer(principal_delta),
+            ]),
+            update: [
+                Param::Integer(paid.principal.minor()),
+                Param::Integer(paid.interest.minor()),
+                Param::Integer(paid.fee.minor()),
+                Param::Integer(paid.penalty.minor()),
+                Param::Text(state.as_str()),
+                Param::OptionalInteger(paid_at),
+                Param::OptionalText(paid_on),
+                Param::Integer(now),
+                Param::Text(bill.bill_id.as_str()),
+                Param::Integer(bill.paid.principal.minor()),
+                Param::Integer(bill.paid.interest.minor()),
+                Param::Integer(bill.paid.fee.minor()),
+                Param::Integer(bill.paid.penalty.minor()),
+            ],
+        }
+    }
+
+    /// Runs the update, with its log row: on PostgreSQL in the same statement (a
+    /// data-modifying WITH, which SQLite lacks; there a statement costs no trip).
+    async fn execute(self, transaction: &mut impl Statements) -> Result<(), StorageError> {
+        let mut params = self.update.to_vec();
+        let sql = match (self.log, transaction.dialect()) {
+            (None, _) => PAID_UPDATE.to_owned(),
+            (Some(log), Dialect::Postgres) => {
+                let sql = format!(
+                    "WITH logged AS ({}) {PAID_UPDATE}",
+                    renumbered(PAID_LOG_INSERT, params.len() + 1)
+                );
+                params.extend(log);
+                sql
+            }
+            (Some(log), Dialect::Sqlite) => {
+                transaction.execute(PAID_LOG_INSERT, &log).await?;
+                PAID_UPDATE.to_owned()
+            }
+        };
+        if transaction.execute(&sql, &params).await? != 1 {
+            return Err(StorageError::Corrupt(format!(
+                "bill {} changed under the account lock",
+                self.bill_id
+            )));
+        }
+        Ok(())
+    }
+
+    /// Adds the update and its log row to `riders` as CTEs of a PostgreSQL
+    /// statement whose parameters are `params`; returns the name of the update's,
+    /// which yields a row only if the bill was updated.
+    fn ride(self, index: usize, riders: &mut Vec<String>, params: &mut Vec<Param<'a>>) -> String {
+        if let Some(log) = self.log {
+            riders.push(format!(
+                "logged{index} AS ({})",
+                renumbered(PAID_LOG_INSERT, params.len() + 1)
+            ));
+            params.extend(log);
+        }
+        let name = format!("paid{index}");
+        riders.push(format!(
+            "{name} AS ({} RETURNING 1)",
+            renumbered(PAID_UPDATE, params.len() + 1)
+        ));
+        params.extend(self.update);
+        name
+    }
+}
+
+/// `sql` written with placeholders from `$1`, numbered from `$first` instead, so
+/// that it can ride in another statement after that one's parameters. (Our SQL has
+/// no `$` other than placeholders.)
+fn renumbered(sql: &str, first: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut rest = sql;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..=at]);
+        rest = &rest[at + 1..];
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        match rest[..digits].parse::<usize>() {
+            Ok(number) => out.push_str(&(number + first - 1).to_string()),
+            Err(_) => out.push_str(&rest[..digits]),
+        }
+        rest = &rest[digits..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One INSERT of a repayment's `allocations`, its placeholders numbered from `$first`;
+/// with `only_if`, it inserts them only where that SQL condition holds.
 fn allocations_insert<'a>(
     payment_id: &'a str,
     account_id: &'a AccountId,
     allocations: &'a [BillAllocation],
     first: usize,
+    only_if: Option<&str>,
 ) -> (String, Vec<Param<'a>>) {
     const COLUMNS: usize = 7;
     let mut params = Vec::with_capacity(allocations.len() * COLUMNS);
@@ -687,11 +818,15 @@ fn allocations_insert<'a>(
             Param::Integer(allocation.parts.penalty.minor()),
         ]);
     }
-    let sql = format!(
-        "INSERT INTO allocations (payment_id, bill_id, account_id, principal_minor, interest_minor, fee_minor, penalty_minor) \
-         VALUES {}",
-        rows.join(", ")
-    );
+    const INSERT: &str = "INSERT INTO allocations \
+        (payment_id, bill_id, account_id, principal_minor, interest_minor, fee_minor, penalty_minor)";
+    let rows = rows.join(", ");
+    let sql = match only_if {
+        None => format!("{INSERT} VALUES {rows}"),
+        Some(condition) => {
+            format!("{INSERT} SELECT new_rows.* FROM (VALUES {rows}) AS new_rows WHERE {condition}")
+        }
+    };
     (sql, params)
 }
 
@@ -767,22 +902,27 @@ pub(super) async fn refresh_account_status(
 ) -> Result<(), StorageError> {
     transaction
         .execute(
-            &format!(
-                "UPDATE accounts SET status = {} WHERE account_id = $1 AND status <> 'CLOSED'",
-                standing("$1")
-            ),
+            "UPDATE accounts SET status = CASE \
+               WHEN EXISTS (SELECT 1 FROM bills WHERE bills.account_id = $1 AND bills.state = 'OVERDUE') \
+               THEN 'DELINQUENT' ELSE 'ACTIVE' END \
+             WHERE account_id = $1 AND status <> 'CLOSED'",
             &[Param::Text(account_id)],
         )
         .await?;
     Ok(())
 }
 
-/// The SQL of an account's status by [`refresh_account_status`]'s rule, for the
-/// account whose id is the placeholder `account`.
-fn standing(account: &str) -> String {
-    format!(
-        "CASE WHEN status = 'CLOSED' THEN status \
-           WHEN EXISTS (SELECT 1 FROM bills WHERE bills.account_id = {account} AND bills.state = 'OVERDUE') \
-           THEN 'DELINQUENT' ELSE 'ACTIVE' END"
-    )
+#[cfg(test)]
+mod tests {
+    use super::renumbered;
+
+    #[test]
+    fn renumbered_shifts_every_placeholder_and_nothing_else() {
+        assert_eq!(
+            renumbered("UPDATE t SET a = $1, b = $12 WHERE c = $2", 5),
+            "UPDATE t SET a = $5, b = $16 WHERE c = $6"
+        );
+        assert_eq!(renumbered("VALUES ($1, $2)", 1), "VALUES ($1, $2)");
+        assert_eq!(renumbered("no placeholders", 9), "no placeholders");
+    }
 }

@@ -4,7 +4,10 @@
 //! equals what billing applied (to bills and to credit balance).
 
 use billpay_contracts::{
-    billing::v1::{BillStatus, GetAccountRequest, GetBillRequest, QuoteRepaymentRequest},
+    billing::v1::{
+        ApplyRepaymentRequest, ApplyRepaymentResponse, BillStatus, GetAccountRequest,
+        GetBillRequest, QuoteRepaymentRequest,
+    },
     common::v1::{AllDue, Money, RepaymentTarget, repayment_target::Kind},
     payment::v1::{
         CreateRepaymentRequest, GetPaymentRequest, Payment, PaymentMethod, PaymentStatus,
@@ -38,6 +41,7 @@ on_both_backends!(
     a_refund_reopens_the_bill,
     a_notification_with_a_bad_signature_changes_nothing,
     malformed_repayments_are_refused_and_write_nothing,
+    an_applied_payment_id_replays_its_first_result_and_changes_nothing,
 );
 
 /// An account with a 5999.00 phone on mall-fee over 12 terms, bought three months
@@ -736,4 +740,93 @@ async fn malformed_repayments_are_refused_and_write_nothing(backend: Backend, te
     );
     assert_eq!(reason(&status).as_deref(), Some("NOTHING_TO_PAY"));
     app.stop().await;
+}
+
+/// ApplyRepayment retried with a payment_id it applied before, while the bill still
+/// owes enough for the retry to be allocated again: the first result comes back,
+/// marked replayed, and nothing changes (on PostgreSQL the retry's writes ride in
+/// the statement that moves the principal, and are rolled back there). The same
+/// payment_id with another amount is refused, also writing nothing.
+async fn an_applied_payment_id_replays_its_first_result_and_changes_nothing(
+    backend: Backend,
+    test: &str,
+) {
+    let Some(app) = TestApp::spawn(backend, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-replay").await;
+    let token = app.service_token(&["billing:apply"]);
+    let apply = |amount: &str| {
+        let request = ApplyRepaymentRequest {
+            payment_id: "pay_applied_once".into(),
+            account_id: account_id.clone(),
+            amount: Some(Money::new("CNY", amount)),
+            target: Some(bills_target(&[&bills[0]])),
+        };
+        let app = &app;
+        let token = &token;
+        async move {
+            app.billing()
+                .await
+                .apply_repayment(authorized(request, token))
+                .await
+        }
+    };
+    let first = apply("100.00").await.unwrap().into_inner();
+    assert!(!first.replayed);
+    assert_eq!(applied_figures(&first), ("100.00".into(), "0.00".into(), 1));
+    let after_first = stored_money(&app, &account_id).await;
+
+    let again = apply("100.00").await.unwrap().into_inner();
+    assert!(
+        again.replayed,
+        "the retry is the first application's result"
+    );
+    assert_eq!(applied_figures(&again), applied_figures(&first));
+    assert_eq!(again.allocations, first.allocations);
+    assert_eq!(stored_money(&app, &account_id).await, after_first);
+
+    expect_code(apply("200.00").await, Code::AlreadyExists);
+    assert_eq!(stored_money(&app, &account_id).await, after_first);
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Due);
+    app.stop().await;
+}
+
+/// Applied to bills, added to credit balance, and how many bills the money went to.
+fn applied_figures(applied: &ApplyRepaymentResponse) -> (String, String, usize) {
+    let amount = |money: &Option<Money>| money.as_ref().unwrap().amount.clone();
+    (
+        amount(&applied.applied_to_bills),
+        amount(&applied.added_to_credit_balance),
+        applied.allocations.len(),
+    )
+}
+
+/// Every figure an ApplyRepayment can change: the rows it adds, what the account's
+/// bills have been paid, its principal, credit balance and status.
+async fn stored_money(app: &TestApp, account_id: &str) -> (Vec<i64>, String) {
+    let mut figures = Vec::new();
+    for table in ["repayments", "allocations", "principal_paid_log", "events"] {
+        figures.push(app.billing_rows(table).await);
+    }
+    for sql in [
+        "SELECT CAST(SUM(paid_principal_minor + paid_interest_minor + paid_fee_minor + paid_penalty_minor) AS BIGINT) \
+         FROM bills WHERE account_id = $1",
+        "SELECT principal_unpaid_minor FROM accounts WHERE account_id = $1",
+        "SELECT credit_balance_minor FROM accounts WHERE account_id = $1",
+    ] {
+        figures.push(
+            sqlx::query_scalar(sql)
+                .bind(account_id)
+                .fetch_one(app.billing_db.pool())
+                .await
+                .unwrap(),
+        );
+    }
+    let status = sqlx::query_scalar("SELECT status FROM accounts WHERE account_id = $1")
+        .bind(account_id)
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+    (figures, status)
 }

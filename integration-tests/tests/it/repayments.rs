@@ -830,3 +830,78 @@ async fn stored_money(app: &TestApp, account_id: &str) -> (Vec<i64>, String) {
         .unwrap();
     (figures, status)
 }
+
+/// On PostgreSQL ApplyRepayment reads the account's bills in the statement that takes
+/// the account's lock, with a snapshot taken before any wait for it. Here another
+/// transaction holds the lock and pays bill 1 meanwhile (as a concurrent repayment
+/// would): the waiting repayment must see bill 1 paid once it gets the lock, and put
+/// its money on bill 2. Read from the stale snapshot, it would allocate to bill 1,
+/// whose update would then find the bill changed, and fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repayment_waiting_for_the_account_sees_what_the_holder_committed() {
+    let test = "repayments::a_repayment_waiting_for_the_account_sees_what_the_holder_committed";
+    let Some(app) = TestApp::spawn(Backend::Postgres, test).await else {
+        return;
+    };
+    let (account_id, bills) = account_with_bills(&app, "c-contended").await;
+    let mut holder = app.billing_db.pool().begin().await.unwrap();
+    for (sql, id) in [
+        (
+            "UPDATE accounts SET updated_at_micros = updated_at_micros + 1, \
+               principal_unpaid_minor = principal_unpaid_minor - (SELECT principal_minor FROM bills WHERE bill_id = $1) \
+             WHERE account_id = (SELECT account_id FROM bills WHERE bill_id = $1)",
+            &bills[0],
+        ),
+        (
+            "UPDATE bills SET paid_principal_minor = principal_minor, paid_interest_minor = interest_minor, \
+               paid_fee_minor = fee_minor, paid_penalty_minor = penalty_minor, state = 'PAID' \
+             WHERE bill_id = $1",
+            &bills[0],
+        ),
+    ] {
+        sqlx::query(sql)
+            .bind(id)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    }
+
+    let request = ApplyRepaymentRequest {
+        payment_id: "pay_waited_for_the_lock".into(),
+        account_id: account_id.clone(),
+        amount: Some(Money::new("CNY", "100.00")),
+        target: Some(RepaymentTarget {
+            kind: Some(Kind::Amount(Money::new("CNY", "100.00"))),
+        }),
+    };
+    let token = app.service_token(&["billing:apply"]);
+    let mut billing = app.billing().await;
+    let apply =
+        tokio::spawn(async move { billing.apply_repayment(authorized(request, &token)).await });
+    poll_until("the repayment waits for the account's lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(app.billing_db.pool())
+        .await
+        .unwrap();
+        waiting == 1
+    })
+    .await;
+    holder.commit().await.unwrap();
+
+    let applied = apply.await.unwrap().unwrap().into_inner();
+    let allocated: Vec<_> = applied
+        .allocations
+        .iter()
+        .map(|allocation| {
+            let amount = allocation.amount.as_ref().unwrap().amount.clone();
+            (allocation.bill_id.clone(), amount)
+        })
+        .collect();
+    assert_eq!(allocated, [(bills[1].clone(), "100.00".to_owned())]);
+    assert_eq!(bill_status(&app, &bills[0]).await, BillStatus::Paid);
+    assert_eq!(bill_status(&app, &bills[1]).await, BillStatus::Due);
+    app.stop().await;
+}

@@ -541,7 +541,7 @@ async fn the_automatic_close_catches_up_finished_days(backend: Backend, test: &s
 /// close gives. The first call answers at once (its deadline leaves no time to wait)
 /// and the close goes on in the background.
 async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend, test: &str) {
-    const ACCOUNTS: usize = 120;
+    const ACCOUNTS: usize = 240;
     let Some(mut app) = TestApp::spawn(backend, test).await else {
         return;
     };
@@ -559,6 +559,10 @@ async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend
     let replica = app.spawn_billing_replica().await;
     let as_of = last_closable_day();
     let admin = app.service_token(&["billing:admin"]);
+    // Connected before the close starts: the first replica closes from its first
+    // call on, so the second must be ready to join the moment the run has an id.
+    let mut first = app.billing().await;
+    let mut second = BillingServiceClient::new(connect(replica).await);
 
     let mut hurried = authorized(
         RunDayCloseRequest {
@@ -570,13 +574,7 @@ async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend
     // The deadline is inside the answer margin: the call starts the run and answers
     // at once, unfinished; the close goes on.
     hurried.set_timeout(std::time::Duration::from_millis(450));
-    let started = app
-        .billing()
-        .await
-        .run_day_close(hurried)
-        .await
-        .unwrap()
-        .into_inner();
+    let started = first.run_day_close(hurried).await.unwrap().into_inner();
     assert!(!started.finished, "{started:?}");
 
     // Both follow the run the hurried call started: asked for "the run of as_of", a
@@ -606,8 +604,6 @@ async fn two_replicas_share_a_close_and_close_each_account_once(backend: Backend
             .await
             .unwrap();
     }
-    let mut first = app.billing().await;
-    let mut second = BillingServiceClient::new(connect(replica).await);
     let (first, second) = tokio::join!(
         follow_run(&mut first, &admin, as_of, run_id),
         follow_run(&mut second, &admin, as_of, run_id),

@@ -611,7 +611,7 @@ impl Db {
             return reads.rows(sql, params, decode);
         }
         if let Some(pg_reads) = &self.pg_reads {
-            let rows = pg_reads.fetch_all(bound(sql, params)).await?;
+            let rows = pg_reads.read_all(|| bound(sql, params)).await?;
             return rows.iter().map(|row| decode(row)).collect();
         }
         let rows = bound(sql, params).fetch_all(&self.pool).await?;

@@ -12,6 +12,14 @@
 //! A transaction ([`PgTransaction`]) dropped without commit between two statements
 //! goes back with a ROLLBACK queued, which the connection sends before its next
 //! statement; PostgreSQL rolls back a transaction whose connection closes.
+//!
+//! An idle connection can end without our knowing: PostgreSQL restarted, an operator
+//! ended its backend, or `idle_session_timeout` did. Nothing pings it before use, so
+//! the first statement on it finds out. A read, or a transaction's BEGIN, that finds
+//! its idle connection ended closes the idle ones and runs again once on a new
+//! connection: neither has changed anything. A lone write is not run again, since a
+//! connection lost in the middle of it leaves unknown whether it committed; its
+//! caller sees the error, as with any failed write.
 
 use std::{
     fmt,
@@ -77,12 +85,20 @@ impl PgConnections {
     /// connection, end with `PoolTimedOut` after the acquire timeout, as sqlx's pool
     /// does.
     pub(crate) async fn lease(self: &Arc<Self>) -> Result<Lease, sqlx::Error> {
+        self.lease_from(Source::IdleOrNew).await
+    }
+
+    async fn lease_from(self: &Arc<Self>, source: Source) -> Result<Lease, sqlx::Error> {
         let deadline = tokio::time::Instant::now() + self.acquire_timeout;
         let permit = tokio::time::timeout_at(deadline, Arc::clone(&self.permits).acquire_owned())
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let idle = self.idle_connections().pop();
+        let idle = match source {
+            Source::IdleOrNew => self.idle_connections().pop(),
+            Source::New => None,
+        };
+        let was_idle = idle.is_some();
         let connection = match idle {
             Some(connection) => connection,
             None => tokio::time::timeout_at(deadline, self.options.connect())
@@ -93,10 +109,44 @@ impl PgConnections {
             connection,
             home: Arc::clone(self),
             _permit: permit,
+            was_idle,
         })
     }
 
-    /// The rows of `query`, a statement on its own.
+    /// Closes the idle connections: one was found ended, so the others, opened as
+    /// long ago, likely were too.
+    fn close_idle(&self) {
+        let idle = std::mem::take(&mut *self.idle_connections());
+        drop(idle);
+    }
+
+    /// The rows of the read `query()`, a statement on its own. When its idle
+    /// connection turns out to have ended, it runs once more on a new one.
+    pub(crate) async fn read_all<'q>(
+        self: &Arc<Self>,
+        query: impl Fn() -> Query<'q, Postgres, PgArguments>,
+    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        let mut lease = self.lease().await?;
+        match query().fetch_all(&mut lease.connection).await {
+            Ok(rows) => {
+                lease.give_back();
+                Ok(rows)
+            }
+            Err(error) if lease.was_idle && ended_before_this(&error) => {
+                drop(lease);
+                self.close_idle();
+                tracing::warn!(%error, "an idle PostgreSQL read connection had ended; reading on a new one");
+                let mut lease = self.lease_from(Source::New).await?;
+                let rows = query().fetch_all(&mut lease.connection).await?;
+                lease.give_back();
+                Ok(rows)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// The rows of `query`, a statement on its own (a write with RETURNING: never run
+    /// twice).
     pub(crate) async fn fetch_all(
         self: &Arc<Self>,
         query: Query<'_, Postgres, PgArguments>,
@@ -126,12 +176,38 @@ impl PgConnections {
     }
 }
 
+/// Where [`PgConnections::lease_from`] takes a connection from.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    IdleOrNew,
+    /// A new connection: an idle one was found ended.
+    New,
+}
+
+/// Whether `error`, from the first statement on a connection that sat idle, says the
+/// connection had ended before the statement reached PostgreSQL: the socket was closed
+/// (I/O), or the backend's last words were an operator-intervention error (class 57P:
+/// `admin_shutdown` when its backend was terminated or the server shut down,
+/// `crash_shutdown`, `idle_session_timeout`), which PostgreSQL sends as it ends a
+/// session and which is read as the statement's answer.
+fn ended_before_this(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(database) => {
+            database.code().is_some_and(|code| code.starts_with("57P"))
+        }
+        _ => false,
+    }
+}
+
 /// A connection lent by [`PgConnections`]. Dropped, it closes the connection (its
 /// state is unknown); [`Lease::give_back`] returns it idle.
 pub(crate) struct Lease {
     connection: PgConnection,
     home: Arc<PgConnections>,
     _permit: OwnedSemaphorePermit,
+    /// It came from the idle list (not opened for this lease).
+    was_idle: bool,
 }
 
 impl fmt::Debug for Lease {
@@ -161,9 +237,20 @@ pub(crate) struct PgTransaction {
 }
 
 impl PgTransaction {
+    /// Begins on an idle connection, or on a new one when the idle one had ended
+    /// (a BEGIN that failed changed nothing).
     pub(crate) async fn begin(connections: &Arc<PgConnections>) -> Result<Self, sqlx::Error> {
         let mut lease = connections.lease().await?;
-        PgTransactionManager::begin(&mut lease.connection, None).await?;
+        if let Err(error) = PgTransactionManager::begin(&mut lease.connection, None).await {
+            if !(lease.was_idle && ended_before_this(&error)) {
+                return Err(error);
+            }
+            drop(lease);
+            connections.close_idle();
+            tracing::warn!(%error, "an idle PostgreSQL write connection had ended; beginning on a new one");
+            lease = connections.lease_from(Source::New).await?;
+            PgTransactionManager::begin(&mut lease.connection, None).await?;
+        }
         Ok(Self {
             lease: Some(lease),
             clean: true,

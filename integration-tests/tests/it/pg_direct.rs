@@ -211,3 +211,96 @@ async fn postgres_writes_reuse_clean_connections_and_roll_back_dropped_transacti
 
     db.write(&format!("DROP TABLE {table}"), &[]).await.unwrap();
 }
+
+/// Ends PostgreSQL's backend `pid` from another session, as an operator's
+/// `pg_terminate_backend` or a restart would, and waits until it is gone.
+async fn terminate(db: &Db, pid: i64) {
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend(CAST($1 AS INTEGER))")
+        .bind(pid)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert!(ended, "backend {pid} was not there to end");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = $1")
+            .bind(pid)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        if left == 0 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend {pid} still there 10 s after it was ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The PostgreSQL backend serving a write transaction, which it commits.
+async fn transaction_pid(db: &Db) -> Result<i64, service_kit::db::StorageError> {
+    let mut write = db.begin_direct().await?;
+    let pid = write
+        .rows("SELECT pg_backend_pid() AS pid", &[], |row| {
+            row.integer("pid")
+        })
+        .await?
+        .pop()
+        .unwrap();
+    write.commit().await?;
+    Ok(pid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_and_transactions_go_on_when_an_idle_connection_has_ended() {
+    let test = "pg_direct::postgres_reads_and_transactions_go_on_when_an_idle_connection_has_ended";
+    let Some(server_url) = postgres_server_url(test) else {
+        return;
+    };
+    // One read and one write connection, each idle between the calls below.
+    let db = Db::connect(&server_url, 2).await.unwrap();
+
+    // A read whose idle connection was ended runs on a new one.
+    let reader = backend_pid(&db).await;
+    terminate(&db, reader).await;
+    let read = db
+        .read_row("SELECT pg_backend_pid() AS pid", &[], |row| {
+            row.integer("pid")
+        })
+        .await;
+    let new_reader = read
+        .expect("a read on an ended idle connection must run again on a new one")
+        .unwrap();
+    assert_ne!(new_reader, reader);
+    assert_eq!(
+        backend_pid(&db).await,
+        new_reader,
+        "the new connection is kept"
+    );
+
+    // So does a transaction's BEGIN: nothing was done yet.
+    let writer = transaction_pid(&db).await.unwrap();
+    assert_eq!(transaction_pid(&db).await.unwrap(), writer);
+    terminate(&db, writer).await;
+    let new_writer = transaction_pid(&db)
+        .await
+        .expect("a transaction on an ended idle connection must begin on a new one");
+    assert_ne!(new_writer, writer);
+
+    // A lone write is not run twice: whether a statement cut off mid-way committed is
+    // unknown, so its caller sees the error, and the next write gets a new connection.
+    terminate(&db, new_writer).await;
+    let lone = db
+        .write_rows("SELECT pg_backend_pid() AS pid", &[], |row| {
+            row.integer("pid")
+        })
+        .await;
+    assert!(
+        lone.is_err(),
+        "a lone write on an ended connection was run again"
+    );
+    let after = writer_pid(&db).await;
+    assert!(after != new_writer && after != writer);
+}

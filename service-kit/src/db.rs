@@ -27,6 +27,9 @@ use sqlx::{
 pub(crate) const SQLITE_BUSY_TIMEOUT_MS: u64 = 5_000;
 /// How long to wait for a pooled connection.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A PostgreSQL connection of the `Any` pool idle this long is pinged before it is
+/// handed out (see [`pool_options`]).
+pub const IDLE_PING_AFTER: Duration = Duration::from_secs(1);
 /// Serialises concurrent migrations of replicas starting together on PostgreSQL.
 const POSTGRES_MIGRATION_LOCK_KEY: i64 = 0x0062_696c_6c70_6179; // "billpay" in ASCII
 
@@ -513,6 +516,20 @@ fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
         // connection that broke fails its statement instead, as it could right after
         // a ping anyway, and the pool replaces it.
         .test_before_acquire(false)
+        // Except a PostgreSQL connection that sat idle for a while: PostgreSQL may have
+        // ended it meanwhile (a restart, `pg_terminate_backend`, `idle_session_timeout`),
+        // and its first statement would fail where a ping lets the pool open another.
+        // Under load connections go back and out far more often than this, so the
+        // ping is paid by the quiet paths only. (The hot reads and writes, on
+        // `pg_direct`, run a read or a BEGIN once more instead.)
+        .before_acquire(move |connection, metadata| {
+            Box::pin(async move {
+                if dialect == Dialect::Postgres && metadata.idle_for >= IDLE_PING_AFTER {
+                    connection.ping().await?;
+                }
+                Ok(true)
+            })
+        })
         .after_connect(move |connection, _| {
             Box::pin(async move {
                 if dialect == Dialect::Sqlite {

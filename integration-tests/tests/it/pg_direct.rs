@@ -304,3 +304,46 @@ async fn postgres_reads_and_transactions_go_on_when_an_idle_connection_has_ended
     let after = writer_pid(&db).await;
     assert!(after != new_writer && after != writer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pools_idle_postgres_connection_that_has_ended_is_replaced_before_use() {
+    let test =
+        "pg_direct::the_pools_idle_postgres_connection_that_has_ended_is_replaced_before_use";
+    let Some(server_url) = postgres_server_url(test) else {
+        return;
+    };
+    // A pool of one connection, so every statement below is on the same one.
+    let db = Db::connect(&server_url, 1).await.unwrap();
+    let pool_pid = || async {
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(db.pool())
+            .await?;
+        Ok::<_, sqlx::Error>(pid)
+    };
+    let first = pool_pid().await.unwrap();
+    assert_eq!(
+        pool_pid().await.unwrap(),
+        first,
+        "the idle connection is reused"
+    );
+
+    // Ended from a connection outside the pool, so the pool's own is not the one
+    // asking.
+    let mut outside = <sqlx::PgConnection as sqlx::Connection>::connect(&server_url)
+        .await
+        .unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(first)
+        .fetch_one(&mut outside)
+        .await
+        .unwrap();
+    assert!(ended);
+    // The ping is for connections idle at least IDLE_PING_AFTER: let that time pass
+    // (a duration the behaviour is defined by, not a wait for some state).
+    tokio::time::sleep(service_kit::db::IDLE_PING_AFTER + Duration::from_millis(100)).await;
+
+    let after = pool_pid()
+        .await
+        .expect("the pool handed out a connection that had ended");
+    assert_ne!(after, first);
+}

@@ -132,7 +132,7 @@ impl PgConnections {
                 lease.give_back();
                 Ok(rows)
             }
-            Err(error) if lease.was_idle && ended_before_this(&error) => {
+            Err(error) if lease.was_idle && connection_ended(&error) => {
                 drop(lease);
                 self.close_idle();
                 tracing::warn!(%error, "an idle PostgreSQL read connection had ended; reading on a new one");
@@ -184,13 +184,13 @@ enum Source {
     New,
 }
 
-/// Whether `error`, from the first statement on a connection that sat idle, says the
-/// connection had ended before the statement reached PostgreSQL: the socket was closed
-/// (I/O), or the backend's last words were an operator-intervention error (class 57P:
-/// `admin_shutdown` when its backend was terminated or the server shut down,
+/// Whether `error` says the connection has ended: its socket closed (I/O), or its
+/// backend's last words were an operator-intervention error (class 57P:
+/// `admin_shutdown` when the backend was terminated or the server shut down,
 /// `crash_shutdown`, `idle_session_timeout`), which PostgreSQL sends as it ends a
-/// session and which is read as the statement's answer.
-fn ended_before_this(error: &sqlx::Error) -> bool {
+/// session and which is read as the statement's answer. It does not tell whether the
+/// statement ran: only a read or a BEGIN may be run again on its strength.
+fn connection_ended(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Io(_) => true,
         sqlx::Error::Database(database) => {
@@ -242,7 +242,7 @@ impl PgTransaction {
     pub(crate) async fn begin(connections: &Arc<PgConnections>) -> Result<Self, sqlx::Error> {
         let mut lease = connections.lease().await?;
         if let Err(error) = PgTransactionManager::begin(&mut lease.connection, None).await {
-            if !(lease.was_idle && ended_before_this(&error)) {
+            if !(lease.was_idle && connection_ended(&error)) {
                 return Err(error);
             }
             drop(lease);

@@ -14,12 +14,14 @@
 //! statement; PostgreSQL rolls back a transaction whose connection closes.
 //!
 //! An idle connection can end without our knowing: PostgreSQL restarted, an operator
-//! ended its backend, or `idle_session_timeout` did. Nothing pings it before use, so
-//! the first statement on it finds out. A read, or a transaction's BEGIN, that finds
-//! its idle connection ended closes the idle ones and runs again once on a new
-//! connection: neither has changed anything. A lone write is not run again, since a
-//! connection lost in the middle of it leaves unknown whether it committed; its
-//! caller sees the error, as with any failed write.
+//! ended its backend, or `idle_session_timeout` did. One that sat idle for
+//! [`IDLE_PING_AFTER`] or more is pinged before it is lent, and replaced if it ended;
+//! under load none sits that long, so the hot paths pay no round trip for it. One that
+//! ended sooner is found out by its next statement: a read, or a transaction's BEGIN,
+//! then closes the idle connections and runs again once on a new connection (neither
+//! has changed anything). A lone write is not run again, since a connection lost in
+//! the middle of it leaves unknown whether it committed; its caller sees the error, as
+//! with any failed write.
 
 use std::{
     fmt,
@@ -28,18 +30,23 @@ use std::{
 };
 
 use sqlx::{
-    ConnectOptions, Postgres, TransactionManager,
+    ConnectOptions, Connection as _, Postgres, TransactionManager,
     postgres::{
         PgArguments, PgConnectOptions, PgConnection, PgQueryResult, PgRow, PgTransactionManager,
     },
     query::Query,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore},
+    time::Instant,
+};
+
+use crate::db::IDLE_PING_AFTER;
 
 /// Up to `limit` connections, each lent for one statement or one transaction.
 pub(crate) struct PgConnections {
     options: PgConnectOptions,
-    idle: Mutex<Vec<PgConnection>>,
+    idle: Mutex<Vec<Idle>>,
     /// One permit per connection that may be open.
     permits: Arc<Semaphore>,
     limit: usize,
@@ -68,7 +75,7 @@ impl PgConnections {
         let limit = limit.max(1) as usize;
         Ok(Arc::new(Self {
             options,
-            idle: Mutex::new(vec![first]),
+            idle: Mutex::new(vec![Idle::since_now(first)]),
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             acquire_timeout,
@@ -94,22 +101,37 @@ impl PgConnections {
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)?
             .map_err(|_| sqlx::Error::PoolClosed)?;
-        let idle = match source {
-            Source::IdleOrNew => self.idle_connections().pop(),
-            Source::New => None,
-        };
-        let was_idle = idle.is_some();
-        let connection = match idle {
-            Some(connection) => connection,
-            None => tokio::time::timeout_at(deadline, self.options.connect())
-                .await
-                .map_err(|_| sqlx::Error::PoolTimedOut)??,
-        };
+        if let Source::IdleOrNew = source {
+            // Each taken in its own statement: the lock is not held across the ping.
+            while let Some(Idle {
+                mut connection,
+                since,
+            }) = self.pop_idle()
+            {
+                if since.elapsed() >= IDLE_PING_AFTER {
+                    match tokio::time::timeout_at(deadline, connection.ping()).await {
+                        Ok(Ok(())) => {}
+                        // Ended while idle: closed here, and the next one is tried.
+                        Ok(Err(_)) => continue,
+                        Err(_) => return Err(sqlx::Error::PoolTimedOut),
+                    }
+                }
+                return Ok(Lease {
+                    connection,
+                    home: Arc::clone(self),
+                    _permit: permit,
+                    was_idle: true,
+                });
+            }
+        }
+        let connection = tokio::time::timeout_at(deadline, self.options.connect())
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
         Ok(Lease {
             connection,
             home: Arc::clone(self),
             _permit: permit,
-            was_idle,
+            was_idle: false,
         })
     }
 
@@ -168,11 +190,30 @@ impl PgConnections {
         Ok(done)
     }
 
-    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<PgConnection>> {
+    fn pop_idle(&self) -> Option<Idle> {
+        self.idle_connections().pop()
+    }
+
+    fn idle_connections(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         // A panic while holding this lock leaves a plain list of connections.
         self.idle
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// An idle connection, and since when.
+struct Idle {
+    connection: PgConnection,
+    since: Instant,
+}
+
+impl Idle {
+    fn since_now(connection: PgConnection) -> Self {
+        Self {
+            connection,
+            since: Instant::now(),
+        }
     }
 }
 
@@ -222,7 +263,7 @@ impl Lease {
         let Self {
             connection, home, ..
         } = self;
-        home.idle_connections().push(connection);
+        home.idle_connections().push(Idle::since_now(connection));
     }
 }
 

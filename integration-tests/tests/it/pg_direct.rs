@@ -291,6 +291,9 @@ async fn postgres_reads_and_transactions_go_on_when_an_idle_connection_has_ended
 
     // A lone write is not run twice: whether a statement cut off mid-way committed is
     // unknown, so its caller sees the error, and the next write gets a new connection.
+    // (Unless the connection sat idle long enough to be pinged first: then it was
+    // replaced before the write, which ran once.)
+    let idle_since = std::time::Instant::now();
     terminate(&db, new_writer).await;
     let lone = db
         .write_rows("SELECT pg_backend_pid() AS pid", &[], |row| {
@@ -298,11 +301,25 @@ async fn postgres_reads_and_transactions_go_on_when_an_idle_connection_has_ended
         })
         .await;
     assert!(
-        lone.is_err(),
+        lone.is_err() || idle_since.elapsed() >= service_kit::db::IDLE_PING_AFTER,
         "a lone write on an ended connection was run again"
     );
     let after = writer_pid(&db).await;
     assert!(after != new_writer && after != writer);
+
+    // A connection that sat idle a second or more is pinged before it is lent, so
+    // a lone write after a quiet spell does not meet the ended connection at all.
+    terminate(&db, after).await;
+    // The ping is for connections idle at least IDLE_PING_AFTER: let that time pass
+    // (a duration the behaviour is defined by, not a wait for some state).
+    tokio::time::sleep(service_kit::db::IDLE_PING_AFTER + Duration::from_millis(100)).await;
+    let quiet = db
+        .write_rows("SELECT pg_backend_pid() AS pid", &[], |row| {
+            row.integer("pid")
+        })
+        .await
+        .expect("a lone write after a quiet second met an ended connection");
+    assert_ne!(quiet, [after]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,11 +135,22 @@ impl PgConnections {
         })
     }
 
-    /// Closes the idle connections: one was found ended, so the others, opened as
-    /// long ago, likely were too.
-    fn close_idle(&self) {
-        let idle = std::mem::take(&mut *self.idle_connections());
-        drop(idle);
+    /// A lease on a new connection in place of `ended`, whose idle connection failed
+    /// its statement with `error`, when that says the connection had ended; else the
+    /// error. Only for a statement that may run again (a read, a BEGIN). The other
+    /// idle connections, opened as long ago, are closed too.
+    async fn replace_ended(
+        self: &Arc<Self>,
+        ended: Lease,
+        error: sqlx::Error,
+    ) -> Result<Lease, sqlx::Error> {
+        if !(ended.was_idle && connection_ended(&error)) {
+            return Err(error);
+        }
+        drop(ended);
+        drop(std::mem::take(&mut *self.idle_connections()));
+        tracing::warn!(%error, "an idle PostgreSQL connection had ended; running again on a new one");
+        self.lease_from(Source::New).await
     }
 
     /// The rows of the read `query()`, a statement on its own. When its idle
@@ -149,22 +160,15 @@ impl PgConnections {
         query: impl Fn() -> Query<'q, Postgres, PgArguments>,
     ) -> Result<Vec<PgRow>, sqlx::Error> {
         let mut lease = self.lease().await?;
-        match query().fetch_all(&mut lease.connection).await {
-            Ok(rows) => {
-                lease.give_back();
-                Ok(rows)
+        let rows = match query().fetch_all(&mut lease.connection).await {
+            Ok(rows) => rows,
+            Err(error) => {
+                lease = self.replace_ended(lease, error).await?;
+                query().fetch_all(&mut lease.connection).await?
             }
-            Err(error) if lease.was_idle && connection_ended(&error) => {
-                drop(lease);
-                self.close_idle();
-                tracing::warn!(%error, "an idle PostgreSQL read connection had ended; reading on a new one");
-                let mut lease = self.lease_from(Source::New).await?;
-                let rows = query().fetch_all(&mut lease.connection).await?;
-                lease.give_back();
-                Ok(rows)
-            }
-            Err(error) => Err(error),
-        }
+        };
+        lease.give_back();
+        Ok(rows)
     }
 
     /// The rows of `query`, a statement on its own (a write with RETURNING: never run
@@ -283,13 +287,7 @@ impl PgTransaction {
     pub(crate) async fn begin(connections: &Arc<PgConnections>) -> Result<Self, sqlx::Error> {
         let mut lease = connections.lease().await?;
         if let Err(error) = PgTransactionManager::begin(&mut lease.connection, None).await {
-            if !(lease.was_idle && connection_ended(&error)) {
-                return Err(error);
-            }
-            drop(lease);
-            connections.close_idle();
-            tracing::warn!(%error, "an idle PostgreSQL write connection had ended; beginning on a new one");
-            lease = connections.lease_from(Source::New).await?;
+            lease = connections.replace_ended(lease, error).await?;
             PgTransactionManager::begin(&mut lease.connection, None).await?;
         }
         Ok(Self {

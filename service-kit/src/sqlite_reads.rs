@@ -133,16 +133,20 @@ pub(crate) fn rows<T>(
 struct SqliteRow<'row, 'statement> {
     row: &'row rusqlite::Row<'statement>,
     columns: &'row [String],
-    /// Where the next column asked for probably is: decoders mostly ask for the
-    /// columns in the order they are selected in.
+    /// Where the next column asked for probably is: decoders ask for the columns in
+    /// the order they are selected in.
     next: Cell<usize>,
 }
 
 impl SqliteRow<'_, '_> {
     fn get<T: rusqlite::types::FromSql>(&self, column: &str) -> Result<T, rusqlite::Error> {
         let guess = self.next.get();
-        let index = if self.columns.get(guess).is_some_and(|name| name == column) {
+        let named = |index: usize| self.columns.get(index).is_some_and(|name| name == column);
+        let index = if named(guess) {
             guess
+        } else if guess > 0 && named(guess - 1) {
+            // The column just read, asked for again (a presence check, then the value).
+            guess - 1
         } else {
             self.columns
                 .iter()

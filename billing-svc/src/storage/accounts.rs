@@ -92,20 +92,26 @@ impl Store {
 
 pub(super) fn account_from_row(row: &dyn StoredRow) -> Result<Account, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("accounts.{what}"));
+    // Columns are asked for in ACCOUNT_COLUMNS' order (see `bill_from_row`).
+    let account_id =
+        AccountId::parse(&row.text("account_id")?).map_err(|_| corrupt("account_id"))?;
+    let customer_ref =
+        CustomerRef::parse(&row.text("customer_ref")?).map_err(|_| corrupt("customer_ref"))?;
+    let display_name =
+        DisplayName::parse(&row.text("display_name")?).map_err(|_| corrupt("display_name"))?;
+    let phone = Phone::parse(&row.text("phone")?).map_err(|_| corrupt("phone"))?;
+    let status = AccountStatus::parse(&row.text("status")?).ok_or_else(|| corrupt("status"))?;
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     let money = |column: &str| -> Result<Money, StorageError> {
         Money::from_minor(currency, row.integer(column)?).map_err(|_| corrupt(column))
     };
     Ok(Account {
-        account_id: AccountId::parse(&row.text("account_id")?)
-            .map_err(|_| corrupt("account_id"))?,
-        customer_ref: CustomerRef::parse(&row.text("customer_ref")?)
-            .map_err(|_| corrupt("customer_ref"))?,
-        display_name: DisplayName::parse(&row.text("display_name")?)
-            .map_err(|_| corrupt("display_name"))?,
-        phone: Phone::parse(&row.text("phone")?).map_err(|_| corrupt("phone"))?,
-        status: AccountStatus::parse(&row.text("status")?).ok_or_else(|| corrupt("status"))?,
+        account_id,
+        customer_ref,
+        display_name,
+        phone,
+        status,
         credit_limit: money("credit_limit_minor")?,
         temporary_limit: temporary_limit(row, currency)?,
         opening_credit_limit: money("opening_credit_limit_minor")?,

@@ -229,21 +229,27 @@ impl Store {
 
 pub(super) fn bill_from_row(row: &dyn StoredRow) -> Result<Bill, StorageError> {
     let corrupt = |what: &str| StorageError::Corrupt(format!("bills.{what}"));
+    let date = |column: &str| -> Result<NaiveDate, StorageError> {
+        parse_date(&row.text(column)?).map_err(|_| corrupt(column))
+    };
+    // Columns are asked for in BILL_COLUMNS' order: a SQLite row finds each where
+    // the one before it ended, without searching the names.
+    let bill_id = row.text("bill_id")?;
+    let plan_id = row.text("plan_id")?;
+    let account_id = row.text("account_id")?;
+    let seq = u32::try_from(row.integer("seq")?).map_err(|_| corrupt("seq"))?;
+    let due_date = date("due_date")?;
     let currency =
         Currency::parse(&row.text("currency_code")?).map_err(|_| corrupt("currency_code"))?;
     let money = |column: &str| -> Result<Money, StorageError> {
         Money::from_minor(currency, row.integer(column)?).map_err(|_| corrupt(column))
     };
-    let date = |column: &str| -> Result<NaiveDate, StorageError> {
-        parse_date(&row.text(column)?).map_err(|_| corrupt(column))
-    };
-    let paid_on = row.optional_text("paid_on")?;
     Ok(Bill {
-        bill_id: row.text("bill_id")?,
-        plan_id: row.text("plan_id")?,
-        account_id: row.text("account_id")?,
-        seq: u32::try_from(row.integer("seq")?).map_err(|_| corrupt("seq"))?,
-        due_date: date("due_date")?,
+        bill_id,
+        plan_id,
+        account_id,
+        seq,
+        due_date,
         charged: Components {
             principal: money("principal_minor")?,
             interest: money("interest_minor")?,
@@ -258,7 +264,8 @@ pub(super) fn bill_from_row(row: &dyn StoredRow) -> Result<Bill, StorageError> {
         },
         state: BillState::parse(&row.text("state")?).ok_or_else(|| corrupt("state"))?,
         paid_at_micros: row.optional_integer("paid_at_micros")?,
-        paid_on: paid_on
+        paid_on: row
+            .optional_text("paid_on")?
             .map(|text| parse_date(&text).map_err(|_| corrupt("paid_on")))
             .transpose()?,
     })

@@ -12,6 +12,8 @@ use rust_decimal::{Decimal, RoundingStrategy};
 const INTEGER_DIGITS_MAX: usize = 13;
 /// The most decimals an amount may have on the wire.
 const FRACTION_DIGITS_MAX: usize = 2;
+/// The largest amount in minor units: 13 nines, then two.
+const MINOR_MAX: u64 = 10_u64.pow((INTEGER_DIGITS_MAX + FRACTION_DIGITS_MAX) as u32) - 1;
 
 /// An accepted currency. Only CNY today; another one arrives as a new variant and a
 /// configuration switch, never as a free-form string.
@@ -114,6 +116,14 @@ impl Money {
         i64::try_from(self.amount.mantissa()).unwrap_or(i64::MAX)
     }
 
+    /// The amount's wire text, `1066.19` (what `Display` writes, without `fmt`).
+    pub fn amount_text(&self) -> String {
+        // The digits are ASCII, so the text is never empty.
+        std::str::from_utf8(amount_digits(self.minor(), &mut [0; AMOUNT_TEXT_MAX]))
+            .map(str::to_owned)
+            .unwrap_or_default()
+    }
+
     pub fn currency(&self) -> Currency {
         self.currency
     }
@@ -129,9 +139,12 @@ impl Money {
     /// `self + other`; refuses a currency mismatch or a result beyond 13 integer digits.
     pub fn checked_add(self, other: Self) -> Result<Self, MoneyError> {
         self.same_currency(other)?;
+        // Every amount has exactly two decimals, so its minor units are exact: adding
+        // them is the sum, without `Decimal`'s scale alignment and range checks (a
+        // reply sums a few dozen amounts).
         let sum = self
-            .amount
-            .checked_add(other.amount)
+            .minor()
+            .checked_add(other.minor())
             .ok_or(MoneyError::Overflow)?;
         Self::within_range(self.currency, sum)
     }
@@ -140,10 +153,10 @@ impl Money {
     pub fn checked_sub(self, other: Self) -> Result<Self, MoneyError> {
         self.same_currency(other)?;
         let difference = self
-            .amount
-            .checked_sub(other.amount)
+            .minor()
+            .checked_sub(other.minor())
             .ok_or(MoneyError::Overflow)?;
-        if difference.is_sign_negative() && !difference.is_zero() {
+        if difference < 0 {
             return Err(MoneyError::Negative);
         }
         Self::within_range(self.currency, difference)
@@ -157,26 +170,57 @@ impl Money {
         }
     }
 
-    fn within_range(currency: Currency, mut amount: Decimal) -> Result<Self, MoneyError> {
-        if amount.trunc().abs() >= Decimal::from(10_i64.pow(INTEGER_DIGITS_MAX as u32)) {
+    /// `minor` units as money, refused beyond 13 integer digits.
+    fn within_range(currency: Currency, minor: i64) -> Result<Self, MoneyError> {
+        if minor.unsigned_abs() > MINOR_MAX {
             return Err(MoneyError::Overflow);
         }
-        amount.rescale(FRACTION_DIGITS_MAX as u32);
-        Ok(Self { currency, amount })
+        Ok(Self {
+            currency,
+            amount: Decimal::new(minor, FRACTION_DIGITS_MAX as u32),
+        })
     }
 }
 
 impl fmt::Display for Money {
     /// The wire form of the amount: `1066.19`, always two decimals.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // From the integer minor units, since every amount has exactly two decimals:
-        // this is on every reply's path, and `Decimal`'s own formatting was a few per
-        // cent of a read.
-        let minor = self.minor();
-        let sign = if minor < 0 { "-" } else { "" };
-        let units = minor.unsigned_abs();
-        write!(f, "{sign}{}.{:02}", units / 100, units % 100)
+        let mut buffer = [0; AMOUNT_TEXT_MAX];
+        let digits = amount_digits(self.minor(), &mut buffer);
+        f.write_str(std::str::from_utf8(digits).map_err(|_| fmt::Error)?)
     }
+}
+
+/// The longest amount text: an `i64`'s 19 digits, its sign and the point.
+const AMOUNT_TEXT_MAX: usize = 21;
+
+/// `minor` units as the wire writes them (`1066.19`, always two decimals), in ASCII at
+/// the end of `buffer`. Written digit by digit from the integer minor units, since every
+/// amount has exactly two decimals: a reply carries dozens of amounts, and
+/// `Decimal`'s own formatting, then `write!`, cost hundreds of instructions each.
+fn amount_digits(minor: i64, buffer: &mut [u8; AMOUNT_TEXT_MAX]) -> &[u8] {
+    let mut units = minor.unsigned_abs();
+    let mut at = buffer.len();
+    let mut put = |byte: u8| {
+        at -= 1;
+        buffer[at] = byte;
+    };
+    let cents = units % 100;
+    units /= 100;
+    put(b'0' + (cents % 10) as u8);
+    put(b'0' + (cents / 10) as u8);
+    put(b'.');
+    loop {
+        put(b'0' + (units % 10) as u8);
+        units /= 10;
+        if units == 0 {
+            break;
+        }
+    }
+    if minor < 0 {
+        put(b'-');
+    }
+    &buffer[at..]
 }
 
 fn parse_amount(text: &str) -> Result<Decimal, MoneyError> {
@@ -231,6 +275,14 @@ mod tests {
         for minor in [0, 1, 9, 10, 99, 100, 101, 12_345, 999_999_999_999_999] {
             let money = Money::from_minor(currency, minor).unwrap();
             assert_eq!(money.to_string(), Decimal::new(minor, 2).to_string());
+            assert_eq!(money.amount_text(), money.to_string());
+        }
+        // Money is never negative, but the digits are written for any minor units.
+        for minor in [-1, -100, -12_345, i64::MIN, i64::MAX] {
+            assert_eq!(
+                amount_digits(minor, &mut [0; AMOUNT_TEXT_MAX]),
+                Decimal::new(minor, 2).to_string().as_bytes()
+            );
         }
         let rounded = Money::round_half_up(currency, Decimal::new(1_005, 3)).unwrap();
         assert_eq!(rounded.to_string(), "1.01");
@@ -296,6 +348,20 @@ mod tests {
         assert_eq!(b.checked_sub(a), Err(MoneyError::Negative));
         let max = Money::parse("CNY", "9999999999999.99").unwrap();
         assert_eq!(max.checked_add(b), Err(MoneyError::Overflow));
+        let below_max = Money::parse("CNY", "9999999999999.98").unwrap();
+        assert_eq!(below_max.checked_add(b), Ok(max));
+        assert_eq!(max.checked_sub(max).unwrap().to_string(), "0.00");
+        // Sums of minor units agree with decimal arithmetic, scale included.
+        for (x, y) in [(0, 0), (1, 99), (12_345, 67_890), (999_999_999_999_999, 0)] {
+            let (x, y) = (
+                Money::from_minor(Currency::Cny, x).unwrap(),
+                Money::from_minor(Currency::Cny, y).unwrap(),
+            );
+            let sum = x.checked_add(y).unwrap();
+            assert_eq!(sum.amount(), x.amount() + y.amount());
+            assert_eq!(sum.amount().scale(), 2);
+            assert_eq!(sum.checked_sub(y), Ok(x));
+        }
         assert_eq!(
             Money::from_minor(Currency::Cny, -1),
             Err(MoneyError::Negative)

@@ -35,7 +35,7 @@ pub fn money_field(
 }
 
 pub fn money_to_wire(money: Money) -> wire::Money {
-    wire::Money::new(money.currency().code(), money.to_string())
+    wire::Money::new(money.currency().code(), money.amount_text())
 }
 
 /// `page_size`: 0 means the default; above the maximum is capped; negative is refused.

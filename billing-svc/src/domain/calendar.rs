@@ -1,7 +1,7 @@
 //! Business dates: the calendar day in the business time zone (Asia/Shanghai, UTC+8,
 //! by default), which decides what is due.
 
-use chrono::{DateTime, FixedOffset, Months, NaiveDate};
+use chrono::{DateTime, Datelike, FixedOffset, Months, NaiveDate};
 
 /// How far back a plan's purchase date may go (a back-dated import).
 pub const BACKDATE_YEARS_MAX: u32 = 5;
@@ -54,6 +54,24 @@ pub fn parse_date(text: &str) -> Result<NaiveDate, DateError> {
     NaiveDate::from_ymd_opt(year, number(5..7), number(8..10)).ok_or(DateError::Malformed)
 }
 
+/// `date` as `YYYY-MM-DD`, what `parse_date` reads: written digit by digit, since a
+/// reply carries a date per bill and chrono's `Display` goes through `write!`.
+pub fn date_text(date: NaiveDate) -> String {
+    let year = date.year();
+    if !(0..=9999).contains(&year) {
+        return date.to_string();
+    }
+    let digit = |value: u32| char::from(b'0' + (value % 10) as u8);
+    let year = year.unsigned_abs();
+    let mut text = String::with_capacity(10);
+    text.extend([year / 1000, year / 100, year / 10, year].map(digit));
+    text.push('-');
+    text.extend([date.month() / 10, date.month()].map(digit));
+    text.push('-');
+    text.extend([date.day() / 10, date.day()].map(digit));
+    text
+}
+
 /// A purchase date: absent means today; otherwise today or up to five years back.
 pub fn purchase_date(text: &str, today: NaiveDate) -> Result<NaiveDate, DateError> {
     if text.is_empty() {
@@ -94,9 +112,16 @@ mod tests {
     fn every_day_reads_back_as_written() {
         let mut day = date("2023-12-25");
         while day < date("2025-01-10") {
-            assert_eq!(parse_date(&day.to_string()), Ok(day));
+            assert_eq!(date_text(day), day.to_string());
+            assert_eq!(parse_date(&date_text(day)), Ok(day));
             day = day.succ_opt().unwrap();
         }
+        for text in ["0001-01-01", "0999-09-09", "9999-12-31"] {
+            assert_eq!(date_text(date(text)), text);
+        }
+        // Beyond four digits chrono's own form (with its sign) is kept.
+        let far = NaiveDate::from_ymd_opt(10_000, 1, 1).unwrap();
+        assert_eq!(date_text(far), far.to_string());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::{
     domain::{
-        calendar::parse_date,
+        calendar::{date_text, parse_date},
         statement::{Bucket, Standing, credit_record, summarize},
     },
     storage::BillPageKey,
@@ -101,7 +101,7 @@ impl BillingApi {
         let currency = account.credit_limit.currency();
         let summary = summarize(currency, &bills, today).map_err(sum_error)?;
         let (next_due_date, next_due_amount) = match summary.next_due {
-            Some((date, amount)) => (date.to_string(), amount),
+            Some((date, amount)) => (date_text(date), amount),
             None => (String::new(), service_kit::money::Money::zero(currency)),
         };
         Ok(wire::GetAccountSummaryResponse {
@@ -115,7 +115,7 @@ impl BillingApi {
             credit_limit: Some(money_to_wire(account.effective_limit())),
             available_credit: Some(money_to_wire(account.available_credit())),
             credit_balance: Some(money_to_wire(account.credit_balance)),
-            business_date: today.to_string(),
+            business_date: date_text(today),
             permanent_credit_limit: Some(money_to_wire(account.credit_limit)),
             temporary_limit_until: account
                 .temporary_limit
@@ -170,7 +170,7 @@ impl BillingApi {
                         bill_id: entry.bill.bill_id.clone(),
                         plan_id: entry.bill.plan_id.clone(),
                         seq: i32::try_from(entry.bill.seq).unwrap_or(i32::MAX),
-                        due_date: entry.bill.due_date.to_string(),
+                        due_date: date_text(entry.bill.due_date),
                         amount_due: Some(money_to_wire(entry.bill.amount_due()?)),
                         standing: standing_to_wire(entry.standing).into(),
                         days_past_due: i32::try_from(entry.days_past_due).unwrap_or(i32::MAX),

@@ -14,6 +14,7 @@ use tonic::Status;
 
 use crate::domain::{
     bill::{Bill, BillStatus, Components},
+    calendar::date_text,
     plan::{Plan, PlanStatus},
     product::InstallmentMethod,
 };
@@ -85,7 +86,7 @@ pub fn bill_to_wire(bill: &Bill, today: NaiveDate) -> Result<billing::Bill, Mone
         plan_id: bill.plan_id.clone(),
         account_id: bill.account_id.clone(),
         seq: i32::try_from(bill.seq).unwrap_or(i32::MAX),
-        due_date: bill.due_date.to_string(),
+        due_date: date_text(bill.due_date),
         principal: Some(money_to_wire(bill.charged.principal)),
         interest: Some(money_to_wire(bill.charged.interest)),
         fee: Some(money_to_wire(bill.charged.fee)),

@@ -78,8 +78,19 @@ fn solve_monthly_rate(principal: f64, payments: &[f64]) -> f64 {
     (low + high) / 2.0
 }
 
+/// The f64 nearest `value`, as parsing its text gives, without the text: a mantissa
+/// below 2^53 and a power of ten up to 10^22 are both exact in f64, and IEEE 754
+/// rounds their quotient once, to the nearest.
 fn to_f64(value: Decimal) -> f64 {
-    value.to_string().parse().unwrap_or(f64::NAN)
+    const POWERS_OF_TEN: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    let mantissa = value.mantissa();
+    match POWERS_OF_TEN.get(value.scale() as usize) {
+        Some(power) if mantissa.unsigned_abs() < 1 << 53 => mantissa as f64 / power,
+        _ => value.to_string().parse().unwrap_or(f64::NAN),
+    }
 }
 
 fn percent(rate: f64) -> Decimal {
@@ -97,6 +108,20 @@ mod tests {
 
     use super::*;
     use crate::domain::method::InstallmentMethod;
+
+    #[test]
+    fn decimals_become_the_f64_their_text_parses_to() {
+        let values = (0..5_000_i64).flat_map(|n| {
+            let mantissa = n * 104_729 % 1_000_000_007;
+            (0..=24).map(move |scale| Decimal::new(mantissa, scale))
+        });
+        for value in values
+            .chain(["9007199254740993.5", "0.1", "1066.19", "-1066.19"].map(|t| t.parse().unwrap()))
+        {
+            let parsed: f64 = value.to_string().parse().unwrap();
+            assert_eq!(to_f64(value).to_bits(), parsed.to_bits(), "{value}");
+        }
+    }
 
     fn apr(method: InstallmentMethod, principal: &str, n: u32, rate: &str) -> Apr {
         let principal = Money::parse("CNY", principal).unwrap();

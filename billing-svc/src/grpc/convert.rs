@@ -3,7 +3,7 @@
 use billpay_contracts::billing::v1 as billing;
 use chrono::NaiveDate;
 pub use service_kit::wire::{
-    decode_page_token, encode_page_token, money_field, money_to_wire, page_size,
+    decimal_text, decode_page_token, encode_page_token, money_field, money_to_wire, page_size,
 };
 use service_kit::{
     clock::timestamp_from_micros,
@@ -135,16 +135,16 @@ pub fn plan_to_wire(
         product_id: plan.product_id.clone(),
         method: method_to_wire(plan.method).into(),
         term_count: i32::try_from(plan.term_count).unwrap_or(i32::MAX),
-        rate: plan.rate.to_string(),
+        rate: decimal_text(plan.rate),
         price: Some(money_to_wire(plan.price)),
         down_payment: Some(money_to_wire(plan.down_payment)),
         principal: Some(money_to_wire(plan.principal)),
-        purchase_date: plan.purchase_date.to_string(),
+        purchase_date: date_text(plan.purchase_date),
         total_interest: Some(money_to_wire(interest)),
         total_fee: Some(money_to_wire(fee)),
         total_amount: Some(money_to_wire(amount)),
-        apr: plan.apr.to_string(),
-        effective_rate: plan.effective_rate.to_string(),
+        apr: decimal_text(plan.apr),
+        effective_rate: decimal_text(plan.effective_rate),
         status: status.into(),
         outstanding: Some(money_to_wire(outstanding)),
         bills: if with_bills {

@@ -13,13 +13,14 @@ use super::{
     BillingApi,
     accounts::{parse_account_id, unknown_account},
     convert::{
-        check_id, decode_page_token, encode_page_token, method_to_wire, money_field, money_to_wire,
-        page_size, plan_to_wire, sum_error,
+        check_id, decimal_text, decode_page_token, encode_page_token, method_to_wire, money_field,
+        money_to_wire, page_size, plan_to_wire, sum_error,
     },
 };
 use crate::{
     domain::{
         account::{AccountId, AccountStatus, CustomerRef},
+        calendar::date_text,
         plan::{PlanError, PlanRequest, PricedPlan, price_plan},
         product::Product,
     },
@@ -308,7 +309,7 @@ fn quote_to_wire(
         .map(|line| {
             Ok(wire::ScheduleLine {
                 seq: i32::try_from(line.seq).unwrap_or(i32::MAX),
-                due_date: line.due_date.to_string(),
+                due_date: date_text(line.due_date),
                 principal: Some(money_to_wire(line.principal)),
                 interest: Some(money_to_wire(line.interest)),
                 fee: Some(money_to_wire(line.fee)),
@@ -320,14 +321,14 @@ fn quote_to_wire(
         product_id: priced.product_id.clone(),
         method: method_to_wire(priced.method).into(),
         term_count: i32::try_from(priced.term_count).unwrap_or(i32::MAX),
-        rate: priced.rate.to_string(),
+        rate: decimal_text(priced.rate),
         principal: Some(money_to_wire(priced.principal)),
-        purchase_date: priced.purchase_date.to_string(),
+        purchase_date: date_text(priced.purchase_date),
         lines,
         total_interest: Some(money_to_wire(priced.totals.interest)),
         total_fee: Some(money_to_wire(priced.totals.fee)),
         total_amount: Some(money_to_wire(priced.totals.amount_due)),
-        apr: priced.apr.annual_percent.to_string(),
-        effective_rate: priced.apr.effective_percent.to_string(),
+        apr: decimal_text(priced.apr.annual_percent),
+        effective_rate: decimal_text(priced.apr.effective_percent),
     })
 }

@@ -243,6 +243,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn values_of_another_type_than_asked_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_a_row(&dir).await;
+        let reads = db.sqlite_reads.clone().unwrap();
+        let read = |decode: fn(&dyn StoredRow) -> Result<String, StorageError>| {
+            reads.rows("SELECT id, name, note FROM t", &[], decode)
+        };
+        assert_eq!(
+            read(|row| Ok(format!(
+                "{} {} {:?} {:?}",
+                row.integer("id")?,
+                row.text("name")?,
+                row.optional_text("note")?,
+                row.optional_integer("id")?
+            )))
+            .unwrap(),
+            vec!["1 one None Some(1)".to_owned()]
+        );
+        for (decode, wrong) in [
+            (
+                (|row: &dyn StoredRow| row.integer("name").map(|i| i.to_string()))
+                    as fn(&dyn StoredRow) -> Result<String, StorageError>,
+                "text read as an integer",
+            ),
+            (|row| row.text("id"), "an integer read as text"),
+            (|row| row.text("note"), "NULL read as text"),
+            (
+                |row| row.optional_integer("name").map(|i| format!("{i:?}")),
+                "text read as an optional integer",
+            ),
+            (|row| row.text("nothing"), "no such column"),
+        ] {
+            let error = read(decode).expect_err(wrong);
+            assert!(
+                matches!(error, StorageError::SqliteRead(_)),
+                "{wrong}: {error:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn a_read_connection_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
         let db = db_with_a_row(&dir).await;

@@ -106,6 +106,13 @@ impl Money {
             RoundingStrategy::MidpointAwayFromZero,
         );
         amount.rescale(FRACTION_DIGITS_MAX as u32);
+        // Beyond 13 integer digits is refused, as sums are: the minor units that
+        // `minor`, the sums and the wire text work from must be exact.
+        if amount.scale() != FRACTION_DIGITS_MAX as u32
+            || amount.mantissa().unsigned_abs() > u128::from(MINOR_MAX)
+        {
+            return Err(MoneyError::Overflow);
+        }
         Ok(Self { currency, amount })
     }
 
@@ -288,6 +295,17 @@ mod tests {
         assert_eq!(rounded.to_string(), "1.01");
         let whole = Money::round_half_up(currency, Decimal::from(7)).unwrap();
         assert_eq!(whole.to_string(), "7.00");
+        let round = |text: &str| Money::round_half_up(currency, text.parse().unwrap());
+        assert_eq!(
+            round("9999999999999.994").unwrap().to_string(),
+            "9999999999999.99"
+        );
+        assert_eq!(round("9999999999999.995"), Err(MoneyError::Overflow));
+        assert_eq!(round("10000000000000"), Err(MoneyError::Overflow));
+        assert_eq!(
+            round("79228162514264337593543950335"),
+            Err(MoneyError::Overflow)
+        );
     }
 
     #[test]

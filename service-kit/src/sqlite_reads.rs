@@ -283,6 +283,28 @@ mod tests {
         }
     }
 
+    /// `.cargo/config.toml` compiles the bundled SQLite so that connections do not
+    /// share one page cache behind one mutex; a build that missed it (run from
+    /// outside the workspace, say) fails here rather than reading slower unnoticed.
+    #[tokio::test]
+    async fn the_linked_sqlite_gives_each_connection_its_own_page_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_a_row(&dir).await;
+        let reads = db.sqlite_reads.clone().unwrap();
+        let used = |option: &str| {
+            reads
+                .rows(
+                    "SELECT sqlite_compileoption_used($1) AS used",
+                    &[Param::Text(option)],
+                    |row| row.integer("used"),
+                )
+                .unwrap()
+        };
+        assert_eq!(used("ENABLE_MEMORY_MANAGEMENT"), vec![0]);
+        assert_eq!(used("DEFAULT_MEMSTATUS=0"), vec![1]);
+        assert_eq!(used("THREADSAFE=1"), vec![1]);
+    }
+
     #[tokio::test]
     async fn a_read_connection_cannot_write() {
         let dir = tempfile::tempdir().unwrap();
